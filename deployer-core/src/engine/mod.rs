@@ -1,0 +1,203 @@
+//! The engine: evaluates a pipeline, then re-evaluates it whenever an input
+//! changes.
+//!
+//! The engine is event-driven: a [`Var`](crate::Var) set, a job finishing or a
+//! monitor reading a new value wakes it; any number of such events between two
+//! steps coalesce into one step. There is no polling interval.
+
+pub(crate) mod graph;
+
+use std::sync::atomic::{AtomicU32, Ordering};
+use std::sync::{Arc, Mutex, MutexGuard};
+use std::time::{Duration, Instant};
+
+use crate::analysis::{Diagram, Expanded, Stats};
+use crate::current::{Current, Value};
+use crate::output::Output;
+use crate::term::AnyTerm;
+
+pub use graph::Metadata;
+use graph::{typed, Graph, Inbox};
+
+/// What one evaluation step did.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub struct StepReport {
+    /// The step's number, from 1.
+    pub step: u64,
+    /// Nodes recomputed in this step.
+    pub recomputed: u64,
+    /// Time the step took.
+    pub duration: Duration,
+}
+
+pub(crate) struct State {
+    pub(crate) graph: Graph,
+    pub(crate) root: Option<u32>,
+    steps: u64,
+    last_step: Duration,
+    total: Duration,
+}
+
+impl Drop for State {
+    fn drop(&mut self) {
+        // Release the whole pipeline so jobs are aborted and monitors unwatched.
+        if let Some(root) = self.root.take() {
+            self.graph.unhold(root);
+            self.graph.finish_step();
+        }
+    }
+}
+
+pub(crate) struct Shared {
+    state: Mutex<State>,
+    inbox: Arc<Inbox>,
+    pub(crate) root_term: Arc<dyn AnyTerm>,
+}
+
+impl Shared {
+    pub(crate) fn lock(&self) -> MutexGuard<'_, State> {
+        self.state.lock().unwrap_or_else(|e| e.into_inner())
+    }
+
+    fn step(&self) -> StepReport {
+        let start = Instant::now();
+        let mut state = self.lock();
+        let recomputed = match state.root {
+            None => {
+                let before = state.graph.recomputed();
+                let root = state.graph.instantiate(&self.root_term);
+                state.graph.hold(root);
+                state.root = Some(root);
+                // Sources may have posted while the graph was built.
+                state.graph.propagate();
+                state.graph.recomputed() - before
+            }
+            Some(_) => state.graph.propagate(),
+        };
+        let duration = start.elapsed();
+        state.steps += 1;
+        state.last_step = duration;
+        state.total += duration;
+        StepReport { step: state.steps, recomputed, duration }
+    }
+}
+
+/// Evaluates a pipeline and keeps it up to date.
+///
+/// [`Engine::step`] runs one evaluation step; [`Engine::run`] steps whenever
+/// something changed, forever. Dropping the engine releases the pipeline:
+/// running jobs are aborted and monitors stop watching.
+///
+/// ```
+/// use deployer_core::{Current, Engine, Output, Var};
+///
+/// let commit = Var::new("commit", Output::Ok("abc".to_string()));
+/// let image = commit.current().map(|c| format!("app:{c}"));
+/// let engine = Engine::new(image);
+/// engine.step();
+/// assert_eq!(engine.output(), Output::Ok("app:abc".to_string()));
+/// ```
+pub struct Engine<T> {
+    shared: Arc<Shared>,
+    _pipeline: Current<T>,
+}
+
+/// A type-erased, cloneable view of an engine, for the web UI and metrics.
+#[derive(Clone)]
+pub struct EngineHandle {
+    shared: Arc<Shared>,
+}
+
+impl<T: Value> Engine<T> {
+    /// An engine for `pipeline`. Nothing runs until the first step.
+    pub fn new(pipeline: Current<T>) -> Engine<T> {
+        static NEXT: AtomicU32 = AtomicU32::new(1);
+        let engine_id = NEXT.fetch_add(1, Ordering::Relaxed);
+        let inbox = Inbox::new();
+        let state = State {
+            graph: Graph::new(engine_id, inbox.clone()),
+            root: None,
+            steps: 0,
+            last_step: Duration::ZERO,
+            total: Duration::ZERO,
+        };
+        let shared = Arc::new(Shared { state: Mutex::new(state), inbox, root_term: pipeline.term.clone() });
+        Engine { shared, _pipeline: pipeline }
+    }
+
+    /// Runs one evaluation step: the first builds and evaluates the whole
+    /// pipeline; later ones recompute only what changed since.
+    pub fn step(&self) -> StepReport {
+        self.shared.step()
+    }
+
+    /// Waits until something changed, then runs one step.
+    pub async fn next(&self) -> StepReport {
+        self.shared.inbox.notify.notified().await;
+        self.step()
+    }
+
+    /// Steps whenever something changes, forever.
+    pub async fn run(&self) {
+        loop {
+            let report = self.step();
+            tracing::debug!(step = report.step, recomputed = report.recomputed, "evaluated");
+            self.shared.inbox.notify.notified().await;
+        }
+    }
+
+    /// The pipeline's output after the last step (`Active(Ready)` before the first).
+    pub fn output(&self) -> Output<T> {
+        let state = self.shared.lock();
+        match state.root {
+            Some(root) => typed::<T>(state.graph.value(root)).clone(),
+            None => Output::Active(crate::ActiveState::Ready),
+        }
+    }
+
+    /// A type-erased handle on this engine.
+    pub fn handle(&self) -> EngineHandle {
+        EngineHandle { shared: self.shared.clone() }
+    }
+
+    /// Counts of boxes per state, in O(1).
+    pub fn stats(&self) -> Stats {
+        self.handle().stats()
+    }
+
+    /// The pipeline's diagram, with the collapse groups in `expanded` open.
+    pub fn diagram(&self, expanded: &Expanded) -> Diagram {
+        self.handle().diagram(expanded)
+    }
+}
+
+impl EngineHandle {
+    /// Counts of boxes per state, in O(1).
+    pub fn stats(&self) -> Stats {
+        self.shared.lock().graph.stats()
+    }
+
+    /// The pipeline's diagram (before the first step: its static shape).
+    pub fn diagram(&self, expanded: &Expanded) -> Diagram {
+        let state = self.shared.lock();
+        crate::analysis::diagram(&self.shared.root_term, &state.graph, expanded)
+    }
+
+    /// Number of steps so far, duration of the last one, and total time spent
+    /// evaluating.
+    pub fn timings(&self) -> (u64, Duration, Duration) {
+        let s = self.shared.lock();
+        (s.steps, s.last_step, s.total)
+    }
+
+    /// Number of live runtime nodes.
+    pub fn node_count(&self) -> usize {
+        self.shared.lock().graph.len()
+    }
+
+    /// Asks the engine to run a step soon (used when the confirmation
+    /// threshold or other engine-wide settings change).
+    pub fn wake(&self) {
+        self.shared.inbox.wake();
+    }
+}
