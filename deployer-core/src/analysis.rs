@@ -11,7 +11,7 @@ use std::sync::Arc;
 use serde::Serialize;
 use smallvec::SmallVec;
 
-use crate::engine::graph::{Dynamic, Graph};
+use crate::engine::graph::{BranchTerms, Dynamic, Graph};
 use crate::output::{ActiveState, NodeState};
 use crate::term::{AnyTerm, Kind, TermId};
 
@@ -181,7 +181,15 @@ impl Diagram {
                 (Some(_), Some(NodeState::Failed)) => " ✗",
                 _ => "",
             };
-            let _ = write!(out, "{indent}n{} [label=\"{}{}\" shape=\"{}\" fillcolor=\"{}\"", b.id, dot_escape(&label), suffix, shape, fill);
+            let _ = write!(
+                out,
+                "{indent}n{} [label=\"{}{}\" shape=\"{}\" fillcolor=\"{}\"",
+                b.id,
+                dot_escape(&label),
+                suffix,
+                shape,
+                fill
+            );
             if b.update.is_some() {
                 out.push_str(" style=\"filled,rounded\" gradientangle=90");
             }
@@ -290,7 +298,7 @@ fn bind_body(term: &Arc<dyn AnyTerm>, graph: &Graph) -> Option<Arc<dyn AnyTerm>>
 }
 
 /// A list map's branches as (item, body root), or its template when it has none.
-fn branches(term: &Arc<dyn AnyTerm>, graph: &Graph) -> (Vec<(Arc<dyn AnyTerm>, Arc<dyn AnyTerm>)>, bool) {
+fn branches(term: &Arc<dyn AnyTerm>, graph: &Graph) -> (Vec<BranchTerms>, bool) {
     if let Some(node) = graph.live(&**term).and_then(|i| graph.node(i)) {
         if let Dynamic::List(b) = node.dynamic() {
             if !b.is_empty() {
@@ -457,7 +465,8 @@ impl Builder<'_> {
                         if template {
                             let empty = state == Some(NodeState::Ok);
                             self.diagram.boxes[i].label = if empty { "(empty list)" } else { "(each item)" }.to_owned();
-                            self.diagram.boxes[i].state = state.map(|s| if s == NodeState::Ok { s } else { NodeState::Blocked });
+                            self.diagram.boxes[i].state =
+                                state.map(|s| if s == NodeState::Ok { s } else { NodeState::Blocked });
                         }
                     }
                     for &x in self.outs.get(&root).into_iter().flatten() {

@@ -4,11 +4,9 @@ use std::fmt;
 use std::marker::PhantomData;
 use std::sync::Arc;
 
-use crate::nodes::{
-    AllTerm, BindInTerm, BindOutTerm, ConstTerm, ItemTerm, ListInTerm, ListOutTerm, Map2Term, MapTerm,
-};
+use crate::nodes::{AllTerm, BindInTerm, BindOutTerm, ConstTerm, ItemTerm, ListInTerm, ListOutTerm, Map2Term, MapTerm};
 use crate::output::{ActiveState, Error, Output};
-use crate::term::{in_group, with_parent, AnyTerm, CollapseInfo, Kind, ListInfo, TermCore, TermId};
+use crate::term::{in_group, with_parent, AnyTerm, CollapseInfo, Kind, ListInfo, TermCore, TermId, TermRef};
 
 /// What a pipeline value must be: cloneable (items are handed to jobs),
 /// comparable (an unchanged value stops propagation) and shareable.
@@ -65,10 +63,15 @@ pub(crate) fn combine_all<T: Clone>(outputs: &[&Output<T>]) -> Output<Vec<T>> {
     }) {
         return Output::Active(a);
     }
-    Output::Ok(outputs.iter().map(|o| match o {
-        Output::Ok(v) => v.clone(),
-        _ => unreachable!("checked above"),
-    }).collect())
+    Output::Ok(
+        outputs
+            .iter()
+            .map(|o| match o {
+                Output::Ok(v) => v.clone(),
+                _ => unreachable!("checked above"),
+            })
+            .collect(),
+    )
 }
 
 /// The pair rule: an error in either input wins over a pending state;
@@ -128,7 +131,7 @@ impl<T: Value> Current<T> {
     ) -> Current<U> {
         Current::from_term(new_term(MapTerm {
             core: TermCore::new(kind, label),
-            input: self.term.clone(),
+            input: TermRef::new(self.term.clone()),
             f,
             _types: PhantomData,
         }))
@@ -177,8 +180,8 @@ impl<T: Value> Current<T> {
     pub fn pair<U: Value>(&self, other: &Current<U>) -> Current<(T, U)> {
         Current::from_term(new_term(Map2Term {
             core: TermCore::new(Kind::Join, None),
-            a: self.term.clone(),
-            b: other.term.clone(),
+            a: TermRef::new(self.term.clone()),
+            b: TermRef::new(other.term.clone()),
             f: |a: &Output<T>, b: &Output<U>, _| combine_pair(a, b),
             _types: PhantomData,
         }))
@@ -206,8 +209,8 @@ impl<T: Value> Current<T> {
     pub fn gate(&self, on: &Current<()>) -> Current<T> {
         Current::from_term(new_term(Map2Term {
             core: TermCore::new(Kind::Gate, None),
-            a: on.term.clone(),
-            b: self.term.clone(),
+            a: TermRef::new(on.term.clone()),
+            b: TermRef::new(self.term.clone()),
             f: |ctrl: &Output<()>, x: &Output<T>, _| combine_pair(ctrl, x).map(|(_, x)| x),
             _types: PhantomData,
         }))
@@ -265,8 +268,17 @@ impl<T: Value> Current<T> {
         label: Option<Arc<str>>,
         f: impl Fn(&T) -> Current<U> + Send + Sync + 'static,
     ) -> Current<U> {
-        let bind_in = new_term(BindInTerm { core: TermCore::new(Kind::BindIn, label), input: self.term.clone(), f, _types: PhantomData::<fn(T) -> U> });
-        Current::from_term(new_term(BindOutTerm::<U> { core: TermCore::new(Kind::BindOut, None), bind_in, _types: PhantomData }))
+        let bind_in = new_term(BindInTerm {
+            core: TermCore::new(Kind::BindIn, label),
+            input: TermRef::new(self.term.clone()),
+            f,
+            _types: PhantomData::<fn(T) -> U>,
+        });
+        Current::from_term(new_term(BindOutTerm::<U> {
+            core: TermCore::new(Kind::BindOut, None),
+            bind_in: TermRef::new(bind_in),
+            _types: PhantomData,
+        }))
     }
 
     /// `output.collapse(key, value, &input)` draws everything between `input`
@@ -284,7 +296,7 @@ impl<T: Value> Current<T> {
     /// wins over pending states; otherwise the first pending state wins.
     /// `all([])` is `Ok(vec![])`. Not drawn.
     pub fn all(items: impl IntoIterator<Item = Current<T>>) -> Current<Vec<T>> {
-        let inputs: Vec<Arc<dyn AnyTerm>> = items.into_iter().map(|c| c.term).collect();
+        let inputs: Vec<TermRef> = items.into_iter().map(|c| TermRef::new(c.term)).collect();
         Current::from_term(new_term(AllTerm {
             core: TermCore::new(Kind::Join, None),
             inputs,
@@ -299,17 +311,14 @@ impl Current<()> {
     /// its message names the failed items: `"A, B failed: msg"` when they share
     /// one message, `"A, B failed"` otherwise. The error originates here.
     pub fn all_labelled(items: impl IntoIterator<Item = (String, Current<()>)>) -> Current<()> {
-        let (labels, inputs): (Vec<String>, Vec<Arc<dyn AnyTerm>>) =
-            items.into_iter().map(|(l, c)| (l, c.term)).unzip();
+        let (labels, inputs): (Vec<String>, Vec<TermRef>) =
+            items.into_iter().map(|(l, c)| (l, TermRef::new(c.term))).unzip();
         Current::from_term(new_term(AllTerm {
             core: TermCore::new(Kind::AllLabelled, Some("all".into())),
             inputs,
             f: move |outputs: &[&Output<()>], me| {
-                let failed: Vec<(&str, &Error)> = labels
-                    .iter()
-                    .zip(outputs)
-                    .filter_map(|(l, o)| o.err().map(|e| (l.as_str(), e)))
-                    .collect();
+                let failed: Vec<(&str, &Error)> =
+                    labels.iter().zip(outputs).filter_map(|(l, o)| o.err().map(|e| (l.as_str(), e))).collect();
                 if let Some((_, first)) = failed.first() {
                     let names: Vec<&str> = failed.iter().map(|(l, _)| *l).collect();
                     let same = failed.iter().all(|(_, e)| e.message() == first.message());
@@ -353,12 +362,16 @@ where
     let info = ListInfo { template, placeholder: placeholder_id, option };
     let list_in = new_term(ListInTerm {
         core: TermCore::new(Kind::ListMap(Arc::new(info)), label),
-        input: input.term.clone(),
+        input: TermRef::new(input.term.clone()),
         key,
         body,
         _types: PhantomData::<fn(T, K) -> U>,
     });
-    Current::from_term(new_term(ListOutTerm::<U> { core: TermCore::new(Kind::ListOut, None), list_in, _types: PhantomData }))
+    Current::from_term(new_term(ListOutTerm::<U> {
+        core: TermCore::new(Kind::ListOut, None),
+        list_in: TermRef::new(list_in),
+        _types: PhantomData,
+    }))
 }
 
 impl<T: Value> Current<Vec<T>> {

@@ -57,3 +57,8 @@ pub use output::{ActiveState, Error, NodeState, Output};
 pub use primitive::{PrimitiveContext, Source};
 pub use term::TermId;
 pub use var::Var;
+
+/// The README's examples, compiled as doctests so they stay true.
+#[cfg(doctest)]
+#[doc = include_str!("../../README.md")]
+struct ReadmeDoctests;

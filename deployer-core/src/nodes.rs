@@ -12,7 +12,7 @@ use std::sync::Arc;
 use crate::current::{Current, Value};
 use crate::engine::graph::{Cx, Dynamic, RtNode};
 use crate::output::{panic_message, Error, NodeState, Output};
-use crate::term::{in_group, with_parent, AnyTerm, Kind, TermCore, TermId};
+use crate::term::{in_group, with_parent, AnyTerm, Kind, TermCore, TermId, TermRef};
 
 /// Replaces `slot` with `new`, reporting whether it changed.
 pub(crate) fn store<T: PartialEq>(slot: &mut Output<T>, new: Output<T>) -> bool {
@@ -102,7 +102,7 @@ impl<T: Value> RtNode for ConstRt<T> {
 /// A function of one input's whole output.
 pub(crate) struct MapTerm<A, B, F> {
     pub(crate) core: TermCore,
-    pub(crate) input: Arc<dyn AnyTerm>,
+    pub(crate) input: TermRef,
     pub(crate) f: F,
     pub(crate) _types: PhantomData<fn(A) -> B>,
 }
@@ -153,8 +153,8 @@ where
 /// A function of two inputs' outputs (pair, gate).
 pub(crate) struct Map2Term<A, B, C, F> {
     pub(crate) core: TermCore,
-    pub(crate) a: Arc<dyn AnyTerm>,
-    pub(crate) b: Arc<dyn AnyTerm>,
+    pub(crate) a: TermRef,
+    pub(crate) b: TermRef,
     pub(crate) f: F,
     pub(crate) _types: PhantomData<fn(A, B) -> C>,
 }
@@ -210,7 +210,7 @@ where
 /// A function of many inputs of one type (all, all_labelled).
 pub(crate) struct AllTerm<T, U, F> {
     pub(crate) core: TermCore,
-    pub(crate) inputs: Vec<Arc<dyn AnyTerm>>,
+    pub(crate) inputs: Vec<TermRef>,
     pub(crate) f: F,
     pub(crate) _types: PhantomData<fn(T) -> U>,
 }
@@ -231,7 +231,7 @@ where
         &self.core
     }
     fn for_each_input(&self, f: &mut dyn FnMut(&Arc<dyn AnyTerm>)) {
-        self.inputs.iter().for_each(f);
+        self.inputs.iter().for_each(|i| f(i));
     }
     fn instantiate(self: Arc<Self>, inputs: &[u32], _cx: &mut Cx<'_>) -> Box<dyn RtNode> {
         Box::new(AllRt { term: self, inputs: inputs.into(), value: Output::Active(crate::ActiveState::Ready) })
@@ -262,7 +262,7 @@ where
 /// the input and instantiates the pipeline it returns.
 pub(crate) struct BindInTerm<A, B, F> {
     pub(crate) core: TermCore,
-    pub(crate) input: Arc<dyn AnyTerm>,
+    pub(crate) input: TermRef,
     pub(crate) f: F,
     pub(crate) _types: PhantomData<fn(A) -> B>,
 }
@@ -289,7 +289,13 @@ where
         f(&self.input);
     }
     fn instantiate(self: Arc<Self>, inputs: &[u32], _cx: &mut Cx<'_>) -> Box<dyn RtNode> {
-        Box::new(BindInRt { term: self, input: inputs[0], last: None, body: None, value: Output::Active(crate::ActiveState::Ready) })
+        Box::new(BindInRt {
+            term: self,
+            input: inputs[0],
+            last: None,
+            body: None,
+            value: Output::Active(crate::ActiveState::Ready),
+        })
     }
 }
 
@@ -368,7 +374,7 @@ where
 /// The result half of a bind: the output of whatever the bind built.
 pub(crate) struct BindOutTerm<B> {
     pub(crate) core: TermCore,
-    pub(crate) bind_in: Arc<dyn AnyTerm>,
+    pub(crate) bind_in: TermRef,
     pub(crate) _types: PhantomData<fn() -> B>,
 }
 
@@ -387,7 +393,12 @@ impl<B: Value> AnyTerm for BindOutTerm<B> {
         f(&self.bind_in);
     }
     fn instantiate(self: Arc<Self>, inputs: &[u32], _cx: &mut Cx<'_>) -> Box<dyn RtNode> {
-        Box::new(BindOutRt { term: self, bind_in: inputs[0], body: None, value: Output::Active(crate::ActiveState::Ready) })
+        Box::new(BindOutRt {
+            term: self,
+            bind_in: inputs[0],
+            body: None,
+            value: Output::Active(crate::ActiveState::Ready),
+        })
     }
 }
 
@@ -456,7 +467,7 @@ impl<T: Value> RtNode for ItemRt<T> {
 /// The input half of a keyed map: keeps one branch per key.
 pub(crate) struct ListInTerm<T, K, U, KF, BF> {
     pub(crate) core: TermCore,
-    pub(crate) input: Arc<dyn AnyTerm>,
+    pub(crate) input: TermRef,
     pub(crate) key: KF,
     pub(crate) body: BF,
     pub(crate) _types: PhantomData<fn(T, K) -> U>,
@@ -633,7 +644,7 @@ where
 /// The output half of a keyed map: the branch results, in list order.
 pub(crate) struct ListOutTerm<U> {
     pub(crate) core: TermCore,
-    pub(crate) list_in: Arc<dyn AnyTerm>,
+    pub(crate) list_in: TermRef,
     pub(crate) _types: PhantomData<fn() -> U>,
 }
 
@@ -652,7 +663,12 @@ impl<U: Value> AnyTerm for ListOutTerm<U> {
         f(&self.list_in);
     }
     fn instantiate(self: Arc<Self>, inputs: &[u32], _cx: &mut Cx<'_>) -> Box<dyn RtNode> {
-        Box::new(ListOutRt { term: self, list_in: inputs[0], roots: Arc::new([]), value: Output::Active(crate::ActiveState::Ready) })
+        Box::new(ListOutRt {
+            term: self,
+            list_in: inputs[0],
+            roots: Arc::new([]),
+            value: Output::Active(crate::ActiveState::Ready),
+        })
     }
 }
 

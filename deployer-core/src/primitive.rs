@@ -16,7 +16,7 @@ use crate::current::{Current, Value};
 use crate::engine::graph::{Cx, Deferred, Inbox, Metadata, NodeRef, RtNode};
 use crate::nodes::{attribute, store};
 use crate::output::{panic_message, ActiveState, Error, NodeState, Output};
-use crate::term::{AnyTerm, Kind, TermCore};
+use crate::term::{AnyTerm, Kind, TermCore, TermRef};
 
 /// A value written from outside the engine and read by the stages that watch it.
 ///
@@ -43,7 +43,11 @@ impl<T: Value> Source<T> {
     /// A new cell holding `initial`.
     pub fn new(initial: Output<T>) -> Source<T> {
         Source {
-            inner: Arc::new(Mutex::new(SourceState { value: initial, metadata: Metadata::default(), watchers: Vec::new() })),
+            inner: Arc::new(Mutex::new(SourceState {
+                value: initial,
+                metadata: Metadata::default(),
+                watchers: Vec::new(),
+            })),
         }
     }
 
@@ -126,7 +130,7 @@ impl PrimitiveContext {
 
 pub(crate) struct PrimTerm<A, B, F> {
     core: TermCore,
-    input: Arc<dyn AnyTerm>,
+    input: TermRef,
     f: F,
     _types: PhantomData<fn(A) -> B>,
 }
@@ -272,7 +276,7 @@ impl<A: Value> Current<A> {
     ) -> Current<B> {
         Current::from_term(Arc::new(PrimTerm {
             core: TermCore::new(Kind::Primitive, Some(label.into())),
-            input: self.term.clone(),
+            input: TermRef::new(self.term.clone()),
             f,
             _types: PhantomData,
         }))

@@ -5,9 +5,10 @@
 //! ([`crate::engine`]). Because terms exist before anything runs, the diagram
 //! of a pipeline can be drawn before its first evaluation.
 
-use std::cell::RefCell;
+use std::cell::{Cell, RefCell};
 use std::fmt;
 use std::num::NonZeroU64;
+use std::ops::Deref;
 use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::Arc;
 
@@ -125,13 +126,7 @@ pub(crate) struct TermCore {
 
 impl TermCore {
     pub(crate) fn new(kind: Kind, label: Option<Arc<str>>) -> TermCore {
-        TermCore {
-            id: TermId::fresh(),
-            kind,
-            label,
-            context: construction_context(),
-            slot: AtomicU64::new(0),
-        }
+        TermCore { id: TermId::fresh(), kind, label, context: construction_context(), slot: AtomicU64::new(0) }
     }
 }
 
@@ -207,14 +202,64 @@ fn push_and_run<R>(push: impl FnOnce(&mut Builder), pop: fn(&mut Builder), f: im
 
 /// Runs `f` with `parent` drawn as an input of every term `f` builds.
 pub(crate) fn with_parent<R>(parent: Arc<dyn AnyTerm>, f: impl FnOnce() -> R) -> R {
-    push_and_run(|b| b.parents.push(parent), |b| {
-        b.parents.pop();
-    }, f)
+    push_and_run(
+        |b| b.parents.push(parent),
+        |b| {
+            b.parents.pop();
+        },
+        f,
+    )
 }
 
 /// Runs `f`, marking every term it builds as part of list item `group`.
 pub(crate) fn in_group<R>(group: TermId, f: impl FnOnce() -> R) -> R {
-    push_and_run(|b| b.groups.push(group), |b| {
-        b.groups.pop();
-    }, f)
+    push_and_run(
+        |b| b.groups.push(group),
+        |b| {
+            b.groups.pop();
+        },
+        f,
+    )
+}
+
+/// A term's reference to one of its inputs.
+///
+/// Dropping a long chain of terms would recurse once per term and overflow
+/// the stack; dropping a `TermRef` that holds the last reference instead
+/// queues the input, and the outermost drop empties the queue in a loop.
+pub(crate) struct TermRef(Option<Arc<dyn AnyTerm>>);
+
+impl TermRef {
+    pub(crate) fn new(term: Arc<dyn AnyTerm>) -> TermRef {
+        TermRef(Some(term))
+    }
+}
+
+impl Deref for TermRef {
+    type Target = Arc<dyn AnyTerm>;
+    fn deref(&self) -> &Arc<dyn AnyTerm> {
+        self.0.as_ref().expect("a TermRef is only emptied by its drop")
+    }
+}
+
+thread_local! {
+    static TRASH: RefCell<Vec<Arc<dyn AnyTerm>>> = const { RefCell::new(Vec::new()) };
+    static EMPTYING: Cell<bool> = const { Cell::new(false) };
+}
+
+impl Drop for TermRef {
+    fn drop(&mut self) {
+        let Some(term) = self.0.take() else { return };
+        if Arc::strong_count(&term) > 1 {
+            return; // only a count decrement, no recursion
+        }
+        TRASH.with(|t| t.borrow_mut().push(term));
+        if EMPTYING.with(|e| e.replace(true)) {
+            return; // an outer drop is emptying the queue
+        }
+        while let Some(next) = TRASH.with(|t| t.borrow_mut().pop()) {
+            drop(next);
+        }
+        EMPTYING.with(|e| e.set(false));
+    }
 }

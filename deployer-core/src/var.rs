@@ -122,4 +122,3 @@ impl<T: Value> Var<T> {
         self.source.get()
     }
 }
-

@@ -3,9 +3,7 @@
 
 mod support;
 
-use deployer_core::{
-    with_context, ActiveState, Config, Current, Engine, Error, Level, NodeState, Output, Stats, Var,
-};
+use deployer_core::{with_context, ActiveState, Config, Current, Engine, Error, Level, NodeState, Output, Stats, Var};
 use support::{check_diagram, Fake};
 
 fn head() -> Var<String> {
@@ -31,24 +29,30 @@ fn v1_linear_fetch_build_test() {
     let pipeline = test(&fake, &build(&fake, &fake.fetch(&head.current())));
     let engine = Engine::new(pipeline);
     engine.step();
-    check_diagram(&engine, "
+    check_diagram(
+        &engine,
+        "
         head: ok
         fetch: running
         build: blocked
         test: blocked
         head -> fetch
         fetch -> build
-        build -> test");
+        build -> test",
+    );
     fake.complete("fetch 123", Ok("fetch 123"));
     engine.step();
-    check_diagram(&engine, "
+    check_diagram(
+        &engine,
+        "
         head: ok
         fetch: ok
         build: running
         test: blocked
         head -> fetch
         fetch -> build
-        build -> test");
+        build -> test",
+    );
     fake.complete("build src-123", Ok("build src-123"));
     engine.step();
     assert_eq!(fake.pending(), vec!["test image-src-123"]);
@@ -71,7 +75,9 @@ fn v2_gate_and_push_held_by_confirmation() {
     let pushed = fake.op("push", Level::Dangerous, &bin.gate(&test(&fake, &bin)));
     let engine = Engine::new(pushed);
     engine.step();
-    check_diagram(&engine, "
+    check_diagram(
+        &engine,
+        "
         head: ok
         fetch: running
         build: blocked
@@ -83,14 +89,17 @@ fn v2_gate_and_push_held_by_confirmation() {
         build -> test
         build -> (gate)
         test -.-> (gate)
-        (gate) -> push");
+        (gate) -> push",
+    );
     fake.complete("fetch 123", Ok("fetch 123"));
     engine.step();
     fake.complete("build src-123", Ok("build src-123"));
     engine.step();
     fake.complete("test image-src-123", Ok(""));
     engine.step();
-    check_diagram(&engine, "
+    check_diagram(
+        &engine,
+        "
         head: ok
         fetch: ok
         build: ok
@@ -102,7 +111,8 @@ fn v2_gate_and_push_held_by_confirmation() {
         build -> test
         build -> (gate)
         test -.-> (gate)
-        (gate) -> push");
+        (gate) -> push",
+    );
     assert_eq!(engine.stats(), stats(4, 0, 0, 1, 0, 0));
     fake.config.set_confirm(None);
     fake.recheck();
@@ -130,9 +140,11 @@ fn v3_three_platforms_one_failure_blocks_every_deploy() {
             fake.op("build", Level::Average, &input).map(|s| s.replace("build ", "image-"))
         })
         .collect();
-    let tests = Current::all(builds.iter().map(|b| {
-        fake.op("test", Level::Average, &b.pair(&command).map(|(b, _)| b.clone())).ignore_value()
-    }));
+    let tests = Current::all(
+        builds
+            .iter()
+            .map(|b| fake.op("test", Level::Average, &b.pair(&command).map(|(b, _)| b.clone())).ignore_value()),
+    );
     let deploys = Current::all(platforms.iter().zip(&builds).map(|(p, b)| {
         let tag = format!("foo/{p}");
         fake.op("push", Level::Dangerous, &b.gate(&tests.ignore_value()).map(move |i| format!("{i} as {tag}")))
@@ -148,7 +160,9 @@ fn v3_three_platforms_one_failure_blocks_every_deploy() {
     fake.complete("test image-lin-src-123", Ok(""));
     fake.complete("test image-win-src-123", Err("Missing DLL"));
     engine.step();
-    check_diagram(&engine, "
+    check_diagram(
+        &engine,
+        "
         head: ok
         fetch: ok
         Dockerfile: ok
@@ -192,7 +206,8 @@ fn v3_three_platforms_one_failure_blocks_every_deploy() {
         test -.-> (gate)
         test -.-> (gate)
         test -.-> (gate)
-        (gate) -> push");
+        (gate) -> push",
+    );
     assert_eq!(engine.stats(), stats(8, 0, 1, 0, 1, 3));
     match engine.output() {
         Output::Err(e) => assert_eq!(e.message(), "Missing DLL"),
@@ -217,32 +232,41 @@ fn v4_a_named_bind_decides_the_rest() {
         let engine = Engine::new(pipeline);
         engine.step();
         // Before the bind runs, only what leads up to it is known.
-        check_diagram(&engine, "
+        check_diagram(
+            &engine,
+            "
             head: ok
             fetch: running
             custom-build: blocked
             head -> fetch
-            fetch -> custom-build");
+            fetch -> custom-build",
+        );
         fake.complete(&format!("fetch {commit}"), Ok(&format!("fetch {commit}")));
         engine.step();
         if expected.is_empty() {
-            check_diagram(&engine, "
+            check_diagram(
+                &engine,
+                "
                 head: ok
                 fetch: ok
                 custom-build: ok
                 head -> fetch
-                fetch -> custom-build");
+                fetch -> custom-build",
+            );
             let e = engine.output().err().cloned().expect("failed");
             assert_eq!(e.message(), "Wrong hash!");
         } else {
-            check_diagram(&engine, "
+            check_diagram(
+                &engine,
+                "
                 head: ok
                 fetch: ok
                 custom-build: ok
                 build: running
                 head -> fetch
                 fetch -> custom-build
-                custom-build -> build");
+                custom-build -> build",
+            );
             fake.complete("build src-123", Ok("build src-123"));
             engine.step();
             assert_eq!(engine.output(), Output::Ok(expected.to_string()));
@@ -261,7 +285,9 @@ fn v5_list_iter_over_a_changing_list() {
     let pipeline = revdeps.current().gate(&ok).list_iter(move |dep| test(&f, &build(&f, &f.fetch(&dep))));
     let engine = Engine::new(pipeline);
     engine.step();
-    check_diagram(&engine, "
+    check_diagram(
+        &engine,
+        "
         head: ok
         fetch: running
         build: blocked
@@ -280,7 +306,8 @@ fn v5_list_iter_over_a_changing_list() {
         (gate) -> (each item)
         (each item) -> fetch
         fetch -> build
-        build -> test");
+        build -> test",
+    );
     fake.complete("fetch 123", Ok("fetch 123"));
     engine.step();
     fake.complete("build src-123", Ok("build src-123"));
@@ -288,7 +315,9 @@ fn v5_list_iter_over_a_changing_list() {
     fake.complete("test image-src-123", Ok(""));
     revdeps.set(vec!["a".to_string(), "b".to_string()]);
     engine.step();
-    check_diagram(&engine, "
+    check_diagram(
+        &engine,
+        "
         head: ok
         fetch: ok
         build: ok
@@ -315,7 +344,8 @@ fn v5_list_iter_over_a_changing_list() {
         (gate) -> b
         b -> fetch
         fetch -> build
-        build -> test");
+        build -> test",
+    );
     assert_eq!(fake.pending(), vec!["fetch a", "fetch b"]);
     // Adding a key starts only that branch; removing one releases only it.
     revdeps.set(vec!["b".to_string(), "c".to_string()]);
@@ -328,7 +358,9 @@ fn v5_list_iter_over_a_changing_list() {
     // The empty list.
     revdeps.set(vec![]);
     engine.step();
-    check_diagram(&engine, "
+    check_diagram(
+        &engine,
+        "
         head: ok
         fetch: ok
         build: ok
@@ -347,7 +379,8 @@ fn v5_list_iter_over_a_changing_list() {
         (gate) -> (empty list)
         (empty list) -> fetch
         fetch -> build
-        build -> test");
+        build -> test",
+    );
     assert_eq!(engine.output(), Output::Ok(()));
     assert_eq!(engine.handle().stats(), stats(5, 0, 0, 0, 0, 0));
 }
@@ -359,9 +392,8 @@ fn option_pipeline(case: Option<&str>) -> (Fake, Engine<()>) {
     let case = case.map(str::to_owned);
     let analysis = src.bind("analyse", move |_| Current::constant(case.clone()));
     let s = src.clone();
-    let pipeline = analysis
-        .option_map(move |linter| s.pair(&linter).bind("lint", |_| Current::constant(())))
-        .ignore_value();
+    let pipeline =
+        analysis.option_map(move |linter| s.pair(&linter).bind("lint", |_| Current::constant(()))).ignore_value();
     (fake, Engine::new(pipeline))
 }
 
@@ -371,7 +403,9 @@ fn option_some_and_none() {
     engine.step();
     fake.complete("fetch 123", Ok("fetch 123"));
     engine.step();
-    check_diagram(&engine, "
+    check_diagram(
+        &engine,
+        "
         head: ok
         fetch: ok
         analyse: ok
@@ -380,14 +414,17 @@ fn option_some_and_none() {
         head -> fetch
         fetch -> analyse
         analyse -> some
-        some -> lint");
+        some -> lint",
+    );
     assert_eq!(engine.output(), Output::Ok(()));
 
     let (fake, engine) = option_pipeline(None);
     engine.step();
     fake.complete("fetch 123", Ok("fetch 123"));
     engine.step();
-    check_diagram(&engine, "
+    check_diagram(
+        &engine,
+        "
         head: ok
         fetch: ok
         analyse: ok
@@ -396,7 +433,8 @@ fn option_some_and_none() {
         head -> fetch
         fetch -> analyse
         analyse -> (empty list)
-        (empty list) -> lint");
+        (empty list) -> lint",
+    );
     assert!(engine.diagram(&Default::default()).clusters[0].dotted);
     assert_eq!(engine.output(), Output::Ok(()));
 }
@@ -430,8 +468,14 @@ fn pair_error_precedence() {
         e.step();
         e.output()
     };
-    assert_eq!(msg(Current::all([ok.clone(), pending.clone(), failed.clone()])).err().map(|e| e.message().to_owned()), Some("failed".into()));
-    assert_eq!(msg(Current::all([failed.clone(), pending.clone(), ok.clone()])).err().map(|e| e.message().to_owned()), Some("failed".into()));
+    assert_eq!(
+        msg(Current::all([ok.clone(), pending.clone(), failed.clone()])).err().map(|e| e.message().to_owned()),
+        Some("failed".into())
+    );
+    assert_eq!(
+        msg(Current::all([failed.clone(), pending.clone(), ok.clone()])).err().map(|e| e.message().to_owned()),
+        Some("failed".into())
+    );
     assert_eq!(msg(Current::all([pending.clone(), ok.clone()])), Output::Active(ActiveState::Running));
     assert_eq!(msg(Current::all([])), Output::Ok(vec![]));
     let e = Engine::new(pending.pair(&failed));
@@ -453,7 +497,10 @@ fn all_labelled_messages() {
     assert_eq!(run(vec![("Alpine", ok()), ("Debian", ok())]), None);
     assert_eq!(run(vec![("Alpine", Current::fail("apk")), ("Debian", ok())]).as_deref(), Some("Alpine failed: apk"));
     assert_eq!(run(vec![("Alpine", ok()), ("Debian", Current::fail("apt"))]).as_deref(), Some("Debian failed: apt"));
-    assert_eq!(run(vec![("Alpine", Current::fail("apk")), ("Debian", Current::fail("apt"))]).as_deref(), Some("Alpine, Debian failed"));
+    assert_eq!(
+        run(vec![("Alpine", Current::fail("apk")), ("Debian", Current::fail("apt"))]).as_deref(),
+        Some("Alpine, Debian failed")
+    );
     assert_eq!(
         run(vec![("Alpine", Current::fail("ENOSPACE")), ("Debian", Current::fail("ENOSPACE"))]).as_deref(),
         Some("Alpine, Debian failed: ENOSPACE")
@@ -471,12 +518,15 @@ fn with_context_draws_the_context_as_an_input() {
     .pair(&commit.current());
     let engine = Engine::new(pipeline);
     engine.step();
-    check_diagram(&engine, "
+    check_diagram(
+        &engine,
+        "
         commit: ok
         platform: ok
         build: running
         commit -> build
-        platform -> build");
+        platform -> build",
+    );
 }
 
 #[test]
@@ -493,10 +543,13 @@ fn a_panic_in_user_code_is_an_error_on_that_node() {
     assert_eq!(err.message(), "panic: bad input 2");
     assert_eq!(err.origin(), Some(boom.id()));
     // The failed map is drawn, as in OCurrent.
-    check_diagram(&engine, "
+    check_diagram(
+        &engine,
+        "
         n: ok
         map: failed
-        n -> map");
+        n -> map",
+    );
     // And the engine carries on.
     input.set(3);
     engine.step();
@@ -529,21 +582,27 @@ fn collapse_hides_a_group_until_expanded() {
     let pipeline = tested.collapse("repo", "app", &src);
     let engine = Engine::new(pipeline);
     engine.step();
-    check_diagram(&engine, "
+    check_diagram(
+        &engine,
+        "
         head: ok
         fetch: running
         (+): blocked
         head -> fetch
-        fetch -> (+)");
+        fetch -> (+)",
+    );
     let open = engine.diagram(&deployer_core::Expanded::from_pairs([("repo", "app")]));
-    support::check_text(&open.summary(), "
+    support::check_text(
+        &open.summary(),
+        "
         head: ok
         fetch: running
         build: blocked
         test: blocked
         head -> fetch
         fetch -> build
-        build -> test");
+        build -> test",
+    );
     let dot = engine.diagram(&Default::default()).to_dot();
     assert!(dot.contains("URL=\"?repo=app\""), "{dot}");
 }

@@ -1,1 +1,11 @@
-//! placeholder
+//! deployer-git: git stages: mirrors and clones of repositories, branch heads as monitors, checkouts for builds.
+//!
+//! This crate is a placeholder until its issue lands: it depends only on
+//! `deployer-core` and adds nodes to a pipeline through the core's extension
+//! points ([`deployer_core::Current::primitive`], monitors, caches).
+//!
+//! ```
+//! // Plugins build on the core's `Current`; nothing else is needed to depend on one.
+//! let stage = deployer_core::Current::constant("nothing yet");
+//! let _ = stage;
+//! ```

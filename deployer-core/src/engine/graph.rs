@@ -58,9 +58,12 @@ pub(crate) enum Dynamic {
     None,
     /// A bind's current body.
     Bind(Option<Arc<dyn AnyTerm>>),
-    /// A keyed map's branches, in list order: (item label, body root).
-    List(Vec<(Arc<dyn AnyTerm>, Arc<dyn AnyTerm>)>),
+    /// A keyed map's branches, in list order.
+    List(Vec<BranchTerms>),
 }
+
+/// One branch of a keyed map: its item and the root of its body.
+pub(crate) type BranchTerms = (Arc<dyn AnyTerm>, Arc<dyn AnyTerm>);
 
 /// What a primitive says about itself besides its value.
 #[derive(Clone, Debug, Default, PartialEq, Eq)]
@@ -258,14 +261,7 @@ impl Graph {
 
     pub(crate) fn stats(&self) -> Stats {
         let c = &self.counts;
-        Stats {
-            ok: c[0],
-            ready: c[1],
-            running: c[2],
-            waiting_for_confirmation: c[3],
-            failed: c[4],
-            blocked: c[5],
-        }
+        Stats { ok: c[0], ready: c[1], running: c[2], waiting_for_confirmation: c[3], failed: c[4], blocked: c[5] }
     }
 
     /// Number of recomputations since the engine started.

@@ -45,11 +45,8 @@ impl Fake {
             if job.source.get().is_ok() || job.source.get().err().is_some() {
                 return job.source.clone();
             }
-            let state = if config.is_confirmed(level) {
-                ActiveState::Running
-            } else {
-                ActiveState::WaitingForConfirmation
-            };
+            let state =
+                if config.is_confirmed(level) { ActiveState::Running } else { ActiveState::WaitingForConfirmation };
             job.source.set(Output::Active(state));
             job.source.clone()
         })
@@ -62,7 +59,9 @@ impl Fake {
     /// Re-checks waiting jobs after the confirmation threshold changed.
     pub fn recheck(&self) {
         for job in self.jobs.lock().unwrap().values() {
-            if job.source.get() == Output::Active(ActiveState::WaitingForConfirmation) && self.config.is_confirmed(job.level) {
+            if job.source.get() == Output::Active(ActiveState::WaitingForConfirmation)
+                && self.config.is_confirmed(job.level)
+            {
                 job.source.set(Output::Active(ActiveState::Running));
             }
         }
@@ -71,7 +70,8 @@ impl Fake {
     /// Finishes the job `key` with `result`.
     pub fn complete(&self, key: &str, result: Result<&str, &str>) {
         let jobs = self.jobs.lock().unwrap();
-        let job = jobs.get(key).unwrap_or_else(|| panic!("no job {key:?}; jobs: {:?}", jobs.keys().collect::<Vec<_>>()));
+        let job =
+            jobs.get(key).unwrap_or_else(|| panic!("no job {key:?}; jobs: {:?}", jobs.keys().collect::<Vec<_>>()));
         job.source.set(match result {
             Ok(v) => Output::Ok(v.to_owned()),
             Err(e) => Output::Err(Error::msg(e)),
@@ -85,7 +85,13 @@ impl Fake {
 
     /// Descriptions of the jobs that have no result yet.
     pub fn pending(&self) -> Vec<String> {
-        self.jobs.lock().unwrap().iter().filter(|(_, j)| !j.source.get().is_ok() && j.source.get().err().is_none()).map(|(k, _)| k.clone()).collect()
+        self.jobs
+            .lock()
+            .unwrap()
+            .iter()
+            .filter(|(_, j)| !j.source.get().is_ok() && j.source.get().err().is_none())
+            .map(|(k, _)| k.clone())
+            .collect()
     }
 }
 
