@@ -22,6 +22,19 @@ fn stats(ok: u64, ready: u64, running: u64, waiting: u64, failed: u64, blocked: 
     Stats { ok, ready, running, waiting_for_confirmation: waiting, failed, blocked }
 }
 
+const V1_EDGES: &str = "
+    head -> fetch
+    fetch -> build
+    build -> test";
+
+const V2_EDGES: &str = "
+    head -> fetch
+    fetch -> build
+    build -> test
+    build -> (gate)
+    test -.-> (gate)
+    (gate) -> push";
+
 #[test]
 fn v1_linear_fetch_build_test() {
     let fake = Fake::new(Config::default());
@@ -56,8 +69,10 @@ fn v1_linear_fetch_build_test() {
     fake.complete("build src-123", Ok("build src-123"));
     engine.step();
     assert_eq!(fake.pending(), vec!["test image-src-123"]);
+    check_diagram(&engine, &format!("head: ok\nfetch: ok\nbuild: ok\ntest: running{V1_EDGES}"));
     fake.complete("test image-src-123", Ok(""));
     engine.step();
+    check_diagram(&engine, &format!("head: ok\nfetch: ok\nbuild: ok\ntest: ok{V1_EDGES}"));
     assert_eq!(engine.output(), Output::Ok(()));
     assert_eq!(engine.stats(), stats(4, 0, 0, 0, 0, 0));
     // A new commit re-runs the chain; the old jobs are not started again.
@@ -93,8 +108,16 @@ fn v2_gate_and_push_held_by_confirmation() {
     );
     fake.complete("fetch 123", Ok("fetch 123"));
     engine.step();
+    check_diagram(
+        &engine,
+        &format!("head: ok\nfetch: ok\nbuild: running\ntest: blocked\n(gate): blocked\npush: blocked{V2_EDGES}"),
+    );
     fake.complete("build src-123", Ok("build src-123"));
     engine.step();
+    check_diagram(
+        &engine,
+        &format!("head: ok\nfetch: ok\nbuild: ok\ntest: running\n(gate): blocked\npush: blocked{V2_EDGES}"),
+    );
     fake.complete("test image-src-123", Ok(""));
     engine.step();
     check_diagram(
@@ -118,8 +141,10 @@ fn v2_gate_and_push_held_by_confirmation() {
     fake.recheck();
     engine.step();
     assert_eq!(engine.stats(), stats(4, 0, 1, 0, 0, 0));
+    check_diagram(&engine, &format!("head: ok\nfetch: ok\nbuild: ok\ntest: ok\n(gate): ok\npush: running{V2_EDGES}"));
     fake.complete("push image-src-123", Ok("pushed"));
     engine.step();
+    check_diagram(&engine, &format!("head: ok\nfetch: ok\nbuild: ok\ntest: ok\n(gate): ok\npush: ok{V2_EDGES}"));
     assert_eq!(engine.output(), Output::Ok("pushed".to_string()));
 }
 
@@ -151,12 +176,15 @@ fn v3_three_platforms_one_failure_blocks_every_deploy() {
     }));
     let engine = Engine::new(deploys);
     engine.step();
+    assert_eq!(engine.stats(), stats(3, 0, 1, 0, 0, 9));
     fake.complete("fetch 123", Ok("fetch 123"));
     engine.step();
+    assert_eq!(engine.stats(), stats(4, 0, 3, 0, 0, 6));
     for p in platforms {
         fake.complete(&format!("build {p}-src-123"), Ok(&format!("build {p}-src-123")));
     }
     engine.step();
+    assert_eq!(engine.stats(), stats(7, 0, 3, 0, 0, 3));
     fake.complete("test image-lin-src-123", Ok(""));
     fake.complete("test image-win-src-123", Err("Missing DLL"));
     engine.step();
