@@ -38,23 +38,32 @@
 //!   [`Diagram`].
 
 pub mod analysis;
+pub mod cache;
 mod config;
+mod context;
 mod current;
 mod engine;
+pub mod job;
 pub mod monitor;
 mod nodes;
 mod output;
 pub mod primitive;
+mod secret;
+pub mod store;
 mod term;
 mod var;
 
 pub use analysis::{Diagram, Expanded, Stats};
+pub use cache::{BuildCache, Builder, OutputCache, Publisher, Schedule};
 pub use config::{Config, Level, UnknownLevel};
+pub use context::Context;
 pub use current::{with_context, Current, Value};
 pub use engine::{Engine, EngineHandle, Metadata, StepReport};
+pub use job::{Job, Jobs, Pool, Priority};
 pub use monitor::Monitor;
 pub use output::{ActiveState, Error, NodeState, Output};
 pub use primitive::{PrimitiveContext, Source};
+pub use secret::Secret;
 pub use term::TermId;
 pub use var::Var;
 

@@ -111,9 +111,16 @@ impl<T: Value> Source<T> {
 pub struct PrimitiveContext {
     releases: Vec<Deferred>,
     starts: Vec<Deferred>,
+    step: u64,
 }
 
 impl PrimitiveContext {
+    /// The number of the engine's current evaluation step: two calls with
+    /// the same number happen in the same step.
+    pub fn step(&self) -> u64 {
+        self.step
+    }
+
     /// Runs `hook` when this run is no longer wanted (the input changed or the
     /// stage left the pipeline). Hooks run after the evaluation step, so a
     /// resource released and acquired again in one step survives.
@@ -227,7 +234,7 @@ where
         };
         if self.run.is_none() || self.last.as_ref() != Some(&input) {
             self.stop(cx);
-            let mut pcx = PrimitiveContext { releases: Vec::new(), starts: Vec::new() };
+            let mut pcx = PrimitiveContext { releases: Vec::new(), starts: Vec::new(), step: cx.graph.step() };
             let started = catch_unwind(AssertUnwindSafe(|| (self.term.f)(&input, &mut pcx)));
             self.last = Some(input);
             let source = match started {

@@ -175,6 +175,8 @@ pub(crate) struct Graph {
     dropped: Vec<Box<dyn RtNode>>,
     counts: [u64; 6],
     recomputed: u64,
+    /// Evaluation steps so far (propagations).
+    step: u64,
 }
 
 fn state_index(s: NodeState) -> usize {
@@ -214,6 +216,7 @@ impl Graph {
             dropped: Vec::new(),
             counts: [0; 6],
             recomputed: 0,
+            step: 1,
         }
     }
 
@@ -499,7 +502,13 @@ impl Graph {
             }
         }
         self.finish_step();
+        self.step += 1;
         self.recomputed - before
+    }
+
+    /// The number of the evaluation step in progress (or next).
+    pub(crate) fn step(&self) -> u64 {
+        self.step
     }
 
     /// Runs release hooks, then start actions, then drops released nodes.

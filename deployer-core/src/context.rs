@@ -1,0 +1,63 @@
+//! The deployer's shared services: the store, the job registry and the
+//! run-time configuration, under one state directory.
+
+use std::path::{Path, PathBuf};
+
+use crate::config::Config;
+use crate::job::Jobs;
+use crate::secret::Secret;
+use crate::store::{Retention, Store, StoreError};
+
+/// The store, the jobs and the configuration that caches and the web UI
+/// share. Cloning gives another handle on the same services.
+///
+/// ```
+/// # let dir = std::env::temp_dir().join(format!("deployer-doc-{}", std::process::id()));
+/// let ctx = deployer_core::Context::open(&dir, deployer_core::Config::default())?;
+/// assert!(ctx.state_dir().join("db.sqlite").exists());
+/// # std::fs::remove_dir_all(&dir).unwrap();
+/// # Ok::<(), deployer_core::store::StoreError>(())
+/// ```
+#[derive(Clone, Debug)]
+pub struct Context {
+    /// Outcomes of builds and publishes.
+    pub store: Store,
+    /// Active jobs and their logs.
+    pub jobs: Jobs,
+    state_dir: PathBuf,
+}
+
+impl Context {
+    /// Opens the services kept under `state_dir` (`db.sqlite` and `job/`),
+    /// creating them if needed.
+    pub fn open(state_dir: &Path, config: Config) -> Result<Context, StoreError> {
+        let store = Store::open(&state_dir.join("db.sqlite"))?;
+        let jobs = Jobs::new(&state_dir.join("job"), config);
+        Ok(Context { store, jobs, state_dir: state_dir.to_owned() })
+    }
+
+    /// The state directory.
+    pub fn state_dir(&self) -> &Path {
+        &self.state_dir
+    }
+
+    /// The run-time configuration (the confirmation threshold).
+    pub fn config(&self) -> &Config {
+        self.jobs.config()
+    }
+
+    /// Wraps `value` as a secret and registers it, so it is scrubbed from
+    /// every job log.
+    pub fn secret(&self, value: String) -> Secret<String> {
+        self.jobs.register_secret(&value);
+        Secret::new(value)
+    }
+
+    /// Deletes history beyond `policy`, and the logs of the deleted builds.
+    /// Returns how many builds were deleted.
+    pub async fn prune(&self, policy: Retention) -> Result<usize, StoreError> {
+        let gone = self.store.prune(policy).await?;
+        self.jobs.delete_logs(&gone);
+        Ok(gone.len())
+    }
+}

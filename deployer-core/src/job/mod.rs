@@ -1,0 +1,567 @@
+//! Jobs: the unit of work behind a box of the diagram, with its log.
+//!
+//! A job has an id of the form `YYYY-MM-DD/HHMMSS-<label>-<random>` (UTC) and
+//! one append-only log file, `<state>/job/<id>.log`. Each write opens,
+//! appends and closes the file, so a job waiting in a queue holds no file
+//! handle. Readers can follow a log live from any offset.
+//!
+//! A job is started with [`Job::start`], which waits for the operator's
+//! confirmation when the job's level is at or above the threshold, then for
+//! a slot in a [`Pool`]. It can be cancelled with a reason; processes it runs
+//! through [`Job::exec`] are killed then.
+
+mod pool;
+mod process;
+
+use std::collections::BTreeMap;
+use std::fmt;
+use std::io::Write as _;
+use std::path::{Path, PathBuf};
+use std::sync::{Arc, Mutex, RwLock};
+use std::time::Duration;
+
+use serde::Serialize;
+use tokio::sync::{watch, Notify};
+
+pub use pool::{Pool, PoolGuard, Priority};
+
+use crate::config::{Config, Level};
+use crate::output::Error;
+
+/// A job id that is not of the form `YYYY-MM-DD/<name>`, or tries to leave
+/// the log directory.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct BadJobId(pub String);
+
+impl fmt::Display for BadJobId {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        write!(f, "invalid job id {:?} (expected YYYY-MM-DD/HHMMSS-label-xxxxxx)", self.0)
+    }
+}
+
+impl std::error::Error for BadJobId {}
+
+/// Checks a job id and returns its log file's path relative to the job
+/// directory. Rejects anything that could escape it (`..`, `/`, `\`, NUL,
+/// leading dots).
+pub fn log_path(id: &str) -> Result<PathBuf, BadJobId> {
+    let bad = || BadJobId(id.to_owned());
+    let (date, name) = id.split_once('/').ok_or_else(bad)?;
+    let date_ok = date.len() == 10
+        && date.bytes().enumerate().all(|(i, b)| if i == 4 || i == 7 { b == b'-' } else { b.is_ascii_digit() });
+    let name_ok = !name.is_empty()
+        && name.len() <= 200
+        && !name.starts_with('.')
+        && name.bytes().all(|b| b.is_ascii_alphanumeric() || matches!(b, b'-' | b'_' | b'.'))
+        && !name.contains("..");
+    if !date_ok || !name_ok {
+        return Err(bad());
+    }
+    Ok(Path::new(date).join(format!("{name}.log")))
+}
+
+fn sanitize_label(label: &str) -> String {
+    let s: String = label
+        .chars()
+        .map(|c| if c.is_ascii_alphanumeric() || c == '_' || c == '-' { c } else { '-' })
+        .take(40)
+        .collect();
+    if s.is_empty() {
+        "job".to_owned()
+    } else {
+        s
+    }
+}
+
+fn random_suffix() -> String {
+    use std::hash::{BuildHasher, Hasher};
+    use std::sync::atomic::{AtomicU64, Ordering};
+    static COUNTER: AtomicU64 = AtomicU64::new(0);
+    let mut h = std::collections::hash_map::RandomState::new().build_hasher();
+    h.write_u64(COUNTER.fetch_add(1, Ordering::Relaxed));
+    h.write_u128(std::time::SystemTime::now().duration_since(std::time::UNIX_EPOCH).map_or(0, |d| d.as_nanos()));
+    format!("{:06x}", h.finish() & 0xff_ffff)
+}
+
+/// Where a job is in its life.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Serialize)]
+#[serde(rename_all = "snake_case")]
+pub enum JobStatus {
+    /// Created, not started.
+    Ready,
+    /// Held until an operator confirms (its level is at or above the threshold).
+    WaitingForConfirmation,
+    /// Waiting for a slot in a pool.
+    Queued,
+    /// Running.
+    Running,
+    /// Finished (its log is closed).
+    Finished,
+}
+
+/// What the web UI lists about an active job.
+#[derive(Clone, Debug, PartialEq, Eq, Serialize)]
+pub struct JobInfo {
+    /// The job's id.
+    pub id: String,
+    /// What the job does.
+    pub label: String,
+    /// Where it is in its life.
+    pub status: JobStatus,
+    /// When it was created (Unix milliseconds).
+    pub created: i64,
+    /// When it started running, if it has.
+    pub started: Option<i64>,
+    /// Its level, once it asked to start.
+    pub level: Option<Level>,
+    /// The reason it was cancelled, if it was.
+    pub cancelled: Option<String>,
+}
+
+/// What an operator can do to the work behind a job (registered by caches).
+pub trait JobActions: Send + Sync {
+    /// Runs the work again; returns the new job's id once it is known.
+    fn rebuild(&self) -> Result<(), Error>;
+}
+
+struct JobsInner {
+    dir: PathBuf,
+    config: Config,
+    active: Mutex<BTreeMap<String, Job>>,
+    actions: Mutex<BTreeMap<String, Arc<dyn JobActions>>>,
+    secrets: RwLock<Vec<String>>,
+}
+
+/// The registry of jobs: creates them, lists the active ones, finds logs.
+/// Cloning gives another handle on the same registry.
+#[derive(Clone)]
+pub struct Jobs {
+    inner: Arc<JobsInner>,
+}
+
+impl fmt::Debug for Jobs {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        write!(f, "Jobs({})", self.inner.dir.display())
+    }
+}
+
+impl Jobs {
+    /// A registry keeping logs under `dir`.
+    pub fn new(dir: &Path, config: Config) -> Jobs {
+        Jobs {
+            inner: Arc::new(JobsInner {
+                dir: dir.to_owned(),
+                config,
+                active: Mutex::default(),
+                actions: Mutex::default(),
+                secrets: RwLock::default(),
+            }),
+        }
+    }
+
+    /// The engine-wide settings (the confirmation threshold).
+    pub fn config(&self) -> &Config {
+        &self.inner.config
+    }
+
+    /// The log directory.
+    pub fn dir(&self) -> &Path {
+        &self.inner.dir
+    }
+
+    /// Creates a job and its (empty) log file.
+    pub fn create(&self, label: &str) -> Result<Job, Error> {
+        let now = chrono::Utc::now();
+        let id = format!(
+            "{}/{}-{}-{}",
+            now.format("%Y-%m-%d"),
+            now.format("%H%M%S"),
+            sanitize_label(label),
+            random_suffix()
+        );
+        let path = self.inner.dir.join(log_path(&id).map_err(|e| Error::msg(e.to_string()))?);
+        if let Some(parent) = path.parent() {
+            std::fs::create_dir_all(parent).map_err(|e| Error::msg(format!("creating {}: {e}", parent.display())))?;
+        }
+        std::fs::OpenOptions::new()
+            .create_new(true)
+            .append(true)
+            .open(&path)
+            .map_err(|e| Error::msg(format!("creating log {}: {e}", path.display())))?;
+        let (log_len, _) = watch::channel(0u64);
+        let (status, _) = watch::channel(JobStatus::Ready);
+        let (cancel, _) = watch::channel(None);
+        let job = Job {
+            inner: Arc::new(JobInner {
+                id: id.clone(),
+                label: label.to_owned(),
+                path,
+                jobs: Arc::downgrade(&self.inner),
+                created: now.timestamp_millis(),
+                started: Mutex::new(None),
+                level: Mutex::new(None),
+                log_len,
+                status,
+                cancel,
+                approve: Notify::new(),
+            }),
+        };
+        self.lock_active().insert(id, job.clone());
+        Ok(job)
+    }
+
+    fn lock_active(&self) -> std::sync::MutexGuard<'_, BTreeMap<String, Job>> {
+        self.inner.active.lock().unwrap_or_else(|e| e.into_inner())
+    }
+
+    /// The active job `id`, if it is still running (or waiting).
+    pub fn get(&self, id: &str) -> Option<Job> {
+        self.lock_active().get(id).cloned()
+    }
+
+    /// The active jobs, oldest first.
+    pub fn active(&self) -> Vec<JobInfo> {
+        let mut v: Vec<JobInfo> = self.lock_active().values().map(Job::info).collect();
+        v.sort_by(|a, b| (a.created, &a.id).cmp(&(b.created, &b.id)));
+        v
+    }
+
+    /// Number of active jobs.
+    pub fn active_count(&self) -> usize {
+        self.lock_active().len()
+    }
+
+    /// The path of job `id`'s log, checking the id.
+    pub fn log_file(&self, id: &str) -> Result<PathBuf, BadJobId> {
+        Ok(self.inner.dir.join(log_path(id)?))
+    }
+
+    /// Reads up to `max` bytes of job `id`'s log from `offset`. Returns the
+    /// bytes and whether the log is complete (the job has finished).
+    pub fn read_log(&self, id: &str, offset: u64, max: usize) -> Result<(Vec<u8>, bool), Error> {
+        use std::io::{Read, Seek, SeekFrom};
+        let path = self.log_file(id).map_err(|e| Error::msg(e.to_string()))?;
+        let finished = self.get(id).is_none();
+        let mut file = std::fs::File::open(&path).map_err(|_| Error::msg(format!("no log for job {id}")))?;
+        file.seek(SeekFrom::Start(offset)).map_err(|e| Error::msg(e.to_string()))?;
+        let mut buf = Vec::with_capacity(max.min(1 << 20));
+        file.take(max as u64).read_to_end(&mut buf).map_err(|e| Error::msg(e.to_string()))?;
+        Ok((buf, finished))
+    }
+
+    /// Waits until job `id`'s log is longer than `offset` or the job has
+    /// finished (returns at once for a finished job).
+    pub async fn wait_for_log_data(&self, id: &str, offset: u64) {
+        let Some(job) = self.get(id) else { return };
+        let mut len = job.inner.log_len.subscribe();
+        let mut status = job.inner.status.subscribe();
+        loop {
+            if *len.borrow_and_update() > offset || *status.borrow_and_update() == JobStatus::Finished {
+                return;
+            }
+            tokio::select! {
+                r = len.changed() => if r.is_err() { return },
+                r = status.changed() => if r.is_err() { return },
+            }
+        }
+    }
+
+    /// Registers what an operator can do to the work behind job `id`.
+    pub fn set_actions(&self, id: &str, actions: Arc<dyn JobActions>) {
+        self.inner.actions.lock().unwrap_or_else(|e| e.into_inner()).insert(id.to_owned(), actions);
+    }
+
+    /// Forgets job `id`'s actions (its work left the pipeline).
+    pub fn remove_actions(&self, id: &str) {
+        self.inner.actions.lock().unwrap_or_else(|e| e.into_inner()).remove(id);
+    }
+
+    /// The actions registered for job `id`.
+    pub fn actions(&self, id: &str) -> Option<Arc<dyn JobActions>> {
+        self.inner.actions.lock().unwrap_or_else(|e| e.into_inner()).get(id).cloned()
+    }
+
+    /// Registers a secret: it is replaced by `[redacted]` in every log line
+    /// written from now on.
+    pub fn register_secret(&self, secret: &str) {
+        if secret.len() >= 3 {
+            self.inner.secrets.write().unwrap_or_else(|e| e.into_inner()).push(secret.to_owned());
+        }
+    }
+
+    /// `text` with every registered secret replaced by `[redacted]`.
+    pub fn scrub(&self, text: &str) -> String {
+        scrub(&self.inner.secrets.read().unwrap_or_else(|e| e.into_inner()), text)
+    }
+
+    /// Deletes the logs of `ids` (after the store pruned their history).
+    pub fn delete_logs(&self, ids: &[String]) {
+        for id in ids {
+            if let Ok(path) = self.log_file(id) {
+                let _ = std::fs::remove_file(path);
+            }
+        }
+    }
+}
+
+fn scrub(secrets: &[String], text: &str) -> String {
+    let mut out = text.to_owned();
+    for s in secrets {
+        if out.contains(s.as_str()) {
+            out = out.replace(s.as_str(), "[redacted]");
+        }
+    }
+    out
+}
+
+struct JobInner {
+    id: String,
+    label: String,
+    path: PathBuf,
+    jobs: std::sync::Weak<JobsInner>,
+    created: i64,
+    started: Mutex<Option<i64>>,
+    level: Mutex<Option<Level>>,
+    log_len: watch::Sender<u64>,
+    status: watch::Sender<JobStatus>,
+    cancel: watch::Sender<Option<String>>,
+    approve: Notify,
+}
+
+/// One job. Cloning gives another handle on the same job.
+#[derive(Clone)]
+pub struct Job {
+    inner: Arc<JobInner>,
+}
+
+impl fmt::Debug for Job {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        write!(f, "Job({})", self.inner.id)
+    }
+}
+
+impl Job {
+    /// The job's id.
+    pub fn id(&self) -> &str {
+        &self.inner.id
+    }
+
+    /// What the job does.
+    pub fn label(&self) -> &str {
+        &self.inner.label
+    }
+
+    /// The job's log file.
+    pub fn log_path(&self) -> &Path {
+        &self.inner.path
+    }
+
+    /// Where the job is in its life.
+    pub fn status(&self) -> JobStatus {
+        *self.inner.status.borrow()
+    }
+
+    /// A receiver that sees every status change.
+    pub fn subscribe_status(&self) -> watch::Receiver<JobStatus> {
+        self.inner.status.subscribe()
+    }
+
+    /// A summary for listings.
+    pub fn info(&self) -> JobInfo {
+        JobInfo {
+            id: self.inner.id.clone(),
+            label: self.inner.label.clone(),
+            status: self.status(),
+            created: self.inner.created,
+            started: *self.inner.started.lock().unwrap_or_else(|e| e.into_inner()),
+            level: *self.inner.level.lock().unwrap_or_else(|e| e.into_inner()),
+            cancelled: self.cancelled_reason(),
+        }
+    }
+
+    /// Appends a line to the log, timestamped, with secrets scrubbed.
+    pub fn log(&self, line: &str) {
+        let text = match self.inner.jobs.upgrade() {
+            Some(jobs) => scrub(&jobs.secrets.read().unwrap_or_else(|e| e.into_inner()), line),
+            None => line.to_owned(),
+        };
+        let stamp = chrono::Utc::now().format("%Y-%m-%d %H:%M.%S");
+        let mut out = String::with_capacity(text.len() + 24);
+        for l in text.lines() {
+            out.push_str(&format!("{stamp}: {l}\n"));
+        }
+        if text.is_empty() {
+            out.push_str(&format!("{stamp}: \n"));
+        }
+        self.append(out.as_bytes());
+    }
+
+    /// Appends raw bytes (already scrubbed) to the log.
+    fn append(&self, bytes: &[u8]) {
+        let result = std::fs::OpenOptions::new().append(true).open(&self.inner.path).and_then(|mut f| {
+            f.write_all(bytes)?;
+            f.metadata().map(|m| m.len())
+        });
+        match result {
+            Ok(len) => {
+                self.inner.log_len.send_replace(len);
+            }
+            Err(e) => tracing::error!(job = self.inner.id, "cannot write job log: {e}"),
+        }
+    }
+
+    /// Waits for confirmation (if `level` is at or above the threshold), then
+    /// for a slot in `pool`, and marks the job running. With `timeout`, the
+    /// job is cancelled when that much time has passed after it started.
+    /// Fails if the job is cancelled first.
+    pub async fn start(
+        &self,
+        level: Level,
+        pool: Option<(&Pool, Priority)>,
+        timeout: Option<Duration>,
+    ) -> Result<Option<PoolGuard>, Error> {
+        *self.inner.level.lock().unwrap_or_else(|e| e.into_inner()) = Some(level);
+        let config = self.inner.jobs.upgrade().map(|j| j.config.clone()).unwrap_or_default();
+        if !config.is_confirmed(level) {
+            self.inner.status.send_replace(JobStatus::WaitingForConfirmation);
+            self.log(&format!("Waiting for confirm-threshold > {level}"));
+            tokio::select! {
+                _ = config.confirmed(level) => self.log("Confirmation threshold lowered"),
+                _ = self.inner.approve.notified() => self.log("Started early by an operator"),
+                reason = self.cancelled() => return Err(Error::msg(format!("Cancelled: {reason}"))),
+            }
+        }
+        let guard = match pool {
+            None => None,
+            Some((pool, priority)) => {
+                self.inner.status.send_replace(JobStatus::Queued);
+                if !pool.would_wait() {
+                    Some(pool.acquire(priority).await)
+                } else {
+                    self.log(&format!("Waiting for resource in pool {}", pool.label()));
+                    tokio::select! {
+                        g = pool.acquire(priority) => Some(g),
+                        reason = self.cancelled() => return Err(Error::msg(format!("Cancelled: {reason}"))),
+                    }
+                }
+            }
+        };
+        if let Some(reason) = self.cancelled_reason() {
+            return Err(Error::msg(format!("Cancelled: {reason}")));
+        }
+        *self.inner.started.lock().unwrap_or_else(|e| e.into_inner()) = Some(crate::store::now_ms());
+        self.inner.status.send_replace(JobStatus::Running);
+        if let Some(timeout) = timeout {
+            let job = self.clone();
+            tokio::spawn(async move {
+                tokio::select! {
+                    _ = tokio::time::sleep(timeout) => job.cancel(&format!("Timeout ({} s)", timeout.as_secs())),
+                    _ = job.finished() => {}
+                }
+            });
+        }
+        Ok(guard)
+    }
+
+    /// Lets a job waiting for confirmation start now.
+    pub fn approve_early_start(&self) {
+        self.inner.approve.notify_one();
+    }
+
+    /// Cancels the job with `reason` (a second cancel only logs).
+    pub fn cancel(&self, reason: &str) {
+        if self.cancelled_reason().is_some() {
+            self.log(&format!("Cancel ignored ({reason}): already cancelled"));
+            return;
+        }
+        self.log(&format!("Cancelling: {reason}"));
+        self.inner.cancel.send_replace(Some(reason.to_owned()));
+    }
+
+    /// The reason the job was cancelled, if it was.
+    pub fn cancelled_reason(&self) -> Option<String> {
+        self.inner.cancel.borrow().clone()
+    }
+
+    /// Completes (with the reason) when the job is cancelled.
+    pub async fn cancelled(&self) -> String {
+        let mut rx = self.inner.cancel.subscribe();
+        loop {
+            if let Some(reason) = rx.borrow_and_update().clone() {
+                return reason;
+            }
+            if rx.changed().await.is_err() {
+                std::future::pending::<()>().await;
+            }
+        }
+    }
+
+    async fn finished(&self) {
+        let mut rx = self.inner.status.subscribe();
+        let _ = rx.wait_for(|s| *s == JobStatus::Finished).await;
+    }
+
+    /// Closes the log and removes the job from the active list.
+    pub fn finish(&self) {
+        self.inner.status.send_replace(JobStatus::Finished);
+        if let Some(jobs) = self.inner.jobs.upgrade() {
+            jobs.active.lock().unwrap_or_else(|e| e.into_inner()).remove(&self.inner.id);
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn log_paths_reject_escapes() {
+        assert_eq!(
+            log_path("2026-11-24/061500-build-a1b2c3").unwrap(),
+            Path::new("2026-11-24/061500-build-a1b2c3.log")
+        );
+        for bad in [
+            "../etc/passwd",
+            "2026-11-24/../../x",
+            "2026-11-24/..",
+            "2026-11-24/.hidden",
+            "2026-11-24/a/b",
+            "2026-11-24",
+            "/2026-11-24/a",
+            "2026-11-24/a\\b",
+            "2026-1-124/abc",
+            "2026-11-24/",
+            "2026-11-24/a\0b",
+            "..%2f/abc",
+        ] {
+            assert!(log_path(bad).is_err(), "{bad:?} accepted");
+        }
+    }
+
+    #[test]
+    fn ids_have_the_documented_shape() {
+        let dir = std::env::temp_dir().join(format!("deployer-jobs-{}", random_suffix()));
+        let jobs = Jobs::new(&dir, Config::default());
+        let job = jobs.create("docker build!").unwrap();
+        let (date, name) = job.id().split_once('/').unwrap();
+        assert_eq!(date.len(), 10);
+        assert!(name.contains("-docker-build--"), "{name}");
+        assert_eq!(name.rsplit('-').next().unwrap().len(), 6);
+        assert!(job.log_path().exists());
+        std::fs::remove_dir_all(dir).unwrap();
+    }
+
+    #[test]
+    fn secrets_are_scrubbed_from_logs() {
+        let dir = std::env::temp_dir().join(format!("deployer-jobs-{}", random_suffix()));
+        let jobs = Jobs::new(&dir, Config::default());
+        jobs.register_secret("hunter22");
+        let job = jobs.create("login").unwrap();
+        job.log("password is hunter22, again hunter22");
+        let (log, _) = jobs.read_log(job.id(), 0, 1 << 20).unwrap();
+        let log = String::from_utf8(log).unwrap();
+        assert!(!log.contains("hunter22"), "{log}");
+        assert!(log.contains("password is [redacted], again [redacted]"), "{log}");
+        std::fs::remove_dir_all(dir).unwrap();
+    }
+}

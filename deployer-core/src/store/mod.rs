@@ -1,0 +1,582 @@
+//! The store: build and publish outcomes in SQLite, behind a dedicated thread.
+//!
+//! All database I/O happens on the store's own thread, never on the engine's
+//! task or a tokio worker. Writes queued together are committed in one
+//! transaction (group commit), so one fsync covers many outcomes, and each
+//! caller is answered only after the commit: an outcome is durable before the
+//! job that produced it is reported done.
+//!
+//! Schema changes are versioned migrations (`PRAGMA user_version`). A database
+//! written by a newer version of this program, or a file that is not a
+//! database, is refused with an error naming the file, and left untouched.
+
+mod schema;
+
+use std::fmt;
+use std::path::{Path, PathBuf};
+use std::sync::mpsc;
+use std::time::Duration;
+
+use rusqlite::{params, Connection, OpenFlags, OptionalExtension};
+use serde::Serialize;
+use tokio::sync::oneshot;
+
+pub use schema::SCHEMA_VERSION;
+
+/// What can go wrong with the store.
+#[derive(Debug)]
+#[non_exhaustive]
+pub enum StoreError {
+    /// The file could not be opened or created.
+    Open {
+        /// The database file.
+        path: PathBuf,
+        /// Why.
+        source: rusqlite::Error,
+    },
+    /// The file exists but is not a SQLite database (or is corrupt).
+    NotADatabase {
+        /// The database file.
+        path: PathBuf,
+        /// What SQLite said.
+        detail: String,
+    },
+    /// The database was written by a newer version of this program.
+    NewerSchema {
+        /// The database file.
+        path: PathBuf,
+        /// The schema version found in the file.
+        found: i64,
+        /// The newest schema version this program knows.
+        supported: i64,
+    },
+    /// A query failed.
+    Sqlite(rusqlite::Error),
+    /// A transaction could not be committed.
+    Commit(String),
+    /// The store's thread has stopped.
+    Closed,
+}
+
+impl fmt::Display for StoreError {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        match self {
+            StoreError::Open { path, source } => write!(f, "cannot open database {}: {source}", path.display()),
+            StoreError::NotADatabase { path, detail } => {
+                write!(f, "{} is not a deployer database (or is corrupt): {detail}", path.display())
+            }
+            StoreError::NewerSchema { path, found, supported } => write!(
+                f,
+                "database {} has schema version {found}, newer than the version {supported} this program supports; \
+                 use a newer deployer (the file was not changed)",
+                path.display()
+            ),
+            StoreError::Sqlite(e) => write!(f, "database error: {e}"),
+            StoreError::Commit(e) => write!(f, "cannot commit to the database: {e}"),
+            StoreError::Closed => f.write_str("the store has been closed"),
+        }
+    }
+}
+
+impl std::error::Error for StoreError {
+    fn source(&self) -> Option<&(dyn std::error::Error + 'static)> {
+        match self {
+            StoreError::Open { source, .. } => Some(source),
+            StoreError::Sqlite(e) => Some(e),
+            _ => None,
+        }
+    }
+}
+
+impl From<rusqlite::Error> for StoreError {
+    fn from(e: rusqlite::Error) -> StoreError {
+        StoreError::Sqlite(e)
+    }
+}
+
+/// One build or publish of one key: a row of the history.
+#[derive(Clone, Debug, PartialEq, Eq, Serialize)]
+pub struct BuildRecord {
+    /// The operation (`docker-build`, `docker-push`, …).
+    pub op: String,
+    /// The key's digest.
+    pub key: String,
+    /// The build number for this key, from 1.
+    pub build: i64,
+    /// The job that produced it.
+    pub job_id: String,
+    /// For publishers: the digest of the value that was published.
+    pub value: Option<String>,
+    /// Whether it succeeded.
+    pub ok: bool,
+    /// The serialized outcome (JSON) on success, or the error message.
+    pub outcome: String,
+    /// An operator asked for it to be rebuilt.
+    pub rebuild: bool,
+    /// The job was running when the deployer stopped.
+    pub interrupted: bool,
+    /// When the job was created (Unix milliseconds).
+    pub ready: i64,
+    /// When it started running, if it did.
+    pub running: Option<i64>,
+    /// When it finished.
+    pub finished: i64,
+}
+
+/// A filter on the history, with keyset paging.
+#[derive(Clone, Debug, Default, PartialEq, Eq)]
+pub struct HistoryQuery {
+    /// Only this operation.
+    pub op: Option<String>,
+    /// Only successes (`Some(true)`) or failures (`Some(false)`).
+    pub ok: Option<bool>,
+    /// Only rows marked for rebuild.
+    pub rebuild: Option<bool>,
+    /// Only job ids starting with this (a date such as `2026-11-24` works).
+    pub job_prefix: Option<String>,
+    /// Only rows finished at or after this time (Unix milliseconds).
+    pub since: Option<i64>,
+    /// Only rows finished before this time (Unix milliseconds).
+    pub until: Option<i64>,
+    /// Continue after this cursor (from [`HistoryPage::next`]).
+    pub after: Option<Cursor>,
+    /// Rows per page (at most 1,000; 0 means 100).
+    pub limit: usize,
+}
+
+/// Where a history page ended.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Serialize)]
+pub struct Cursor {
+    /// Finish time of the last row.
+    pub finished: i64,
+    /// Row id of the last row.
+    pub row: i64,
+}
+
+/// One page of history, newest first.
+#[derive(Clone, Debug, PartialEq, Eq, Serialize)]
+pub struct HistoryPage {
+    /// The rows.
+    pub rows: Vec<BuildRecord>,
+    /// The cursor for the next page, if there may be one.
+    pub next: Option<Cursor>,
+}
+
+/// How much history to keep.
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
+pub struct Retention {
+    /// Keep at most this many builds per key (the newest).
+    pub keep_last: Option<u32>,
+    /// Delete builds that finished longer ago than this.
+    pub max_age: Option<Duration>,
+}
+
+type WriteFn = Box<dyn FnOnce(&Connection) -> rusqlite::Result<()> + Send>;
+type ReadFn = Box<dyn FnOnce(&mut Connection) + Send>;
+
+enum Request {
+    Write(WriteFn, oneshot::Sender<Result<(), StoreError>>),
+    Read(ReadFn),
+}
+
+/// A handle on the store. Cloning gives another handle on the same thread.
+#[derive(Clone)]
+pub struct Store {
+    tx: mpsc::Sender<Request>,
+    path: PathBuf,
+}
+
+impl fmt::Debug for Store {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        write!(f, "Store({})", self.path.display())
+    }
+}
+
+/// The current time in Unix milliseconds.
+pub(crate) fn now_ms() -> i64 {
+    chrono::Utc::now().timestamp_millis()
+}
+
+fn row_to_record(row: &rusqlite::Row<'_>) -> rusqlite::Result<BuildRecord> {
+    Ok(BuildRecord {
+        op: row.get(0)?,
+        key: row.get(1)?,
+        build: row.get(2)?,
+        job_id: row.get(3)?,
+        value: row.get(4)?,
+        ok: row.get(5)?,
+        outcome: row.get(6)?,
+        rebuild: row.get(7)?,
+        interrupted: row.get(8)?,
+        ready: row.get(9)?,
+        running: row.get(10)?,
+        finished: row.get(11)?,
+    })
+}
+
+const COLUMNS: &str = "op, key, build, job_id, value, ok, outcome, rebuild, interrupted, ready, running, finished";
+
+impl Store {
+    /// Opens (creating if needed) the database at `path`, migrates it to the
+    /// current schema, records jobs left running by a previous process as
+    /// interrupted, and starts the store's thread.
+    pub fn open(path: &Path) -> Result<Store, StoreError> {
+        let conn = schema::open(path)?;
+        let (tx, rx) = mpsc::channel::<Request>();
+        std::thread::Builder::new().name("deployer-store".into()).spawn(move || serve(conn, rx)).map_err(|e| {
+            StoreError::Open { path: path.to_owned(), source: rusqlite::Error::InvalidPath(e.to_string().into()) }
+        })?;
+        Ok(Store { tx, path: path.to_owned() })
+    }
+
+    /// The database file.
+    pub fn path(&self) -> &Path {
+        &self.path
+    }
+
+    async fn write(
+        &self,
+        f: impl FnOnce(&Connection) -> rusqlite::Result<()> + Send + 'static,
+    ) -> Result<(), StoreError> {
+        let (reply, rx) = oneshot::channel();
+        self.tx.send(Request::Write(Box::new(f), reply)).map_err(|_| StoreError::Closed)?;
+        rx.await.map_err(|_| StoreError::Closed)?
+    }
+
+    async fn read<R: Send + 'static>(
+        &self,
+        f: impl FnOnce(&mut Connection) -> rusqlite::Result<R> + Send + 'static,
+    ) -> Result<R, StoreError> {
+        let (reply, rx) = oneshot::channel();
+        let job: ReadFn = Box::new(move |conn| {
+            let _ = reply.send(f(conn).map_err(StoreError::from));
+        });
+        self.tx.send(Request::Read(job)).map_err(|_| StoreError::Closed)?;
+        rx.await.map_err(|_| StoreError::Closed)?
+    }
+
+    /// Notes that `job_id` started working on `(op, key)` (for `value`), so
+    /// that a crash before its outcome is recorded is seen at the next start.
+    pub async fn record_start(&self, op: &str, key: &str, value: Option<&str>, job_id: &str) -> Result<(), StoreError> {
+        let (op, key, value, job_id) = (op.to_owned(), key.to_owned(), value.map(str::to_owned), job_id.to_owned());
+        let now = now_ms();
+        self.write(move |tx| {
+            tx.execute(
+                "INSERT OR REPLACE INTO running (job_id, op, key, value, started) VALUES (?1, ?2, ?3, ?4, ?5)",
+                params![job_id, op, key, value, now],
+            )?;
+            Ok(())
+        })
+        .await
+    }
+
+    /// Records an outcome durably and returns its build number. The row of
+    /// the job in `running` is removed in the same transaction.
+    pub async fn record(&self, mut record: BuildRecord) -> Result<i64, StoreError> {
+        let (reply, rx) = oneshot::channel();
+        let f: WriteFn = Box::new(move |tx| {
+            let build: i64 = tx.query_row(
+                "SELECT COALESCE(MAX(build), 0) + 1 FROM cache WHERE op = ?1 AND key = ?2",
+                params![record.op, record.key],
+                |r| r.get(0),
+            )?;
+            record.build = build;
+            insert(tx, &record)?;
+            tx.execute("DELETE FROM running WHERE job_id = ?1", params![record.job_id])?;
+            let _ = reply.send(build);
+            Ok(())
+        });
+        let (done, done_rx) = oneshot::channel();
+        self.tx.send(Request::Write(f, done)).map_err(|_| StoreError::Closed)?;
+        done_rx.await.map_err(|_| StoreError::Closed)??;
+        rx.await.map_err(|_| StoreError::Closed)
+    }
+
+    /// The newest build of `(op, key)`.
+    pub async fn latest(&self, op: &str, key: &str) -> Result<Option<BuildRecord>, StoreError> {
+        let (op, key) = (op.to_owned(), key.to_owned());
+        self.read(move |c| {
+            c.prepare_cached(&format!(
+                "SELECT {COLUMNS} FROM cache WHERE op = ?1 AND key = ?2 ORDER BY build DESC LIMIT 1"
+            ))?
+            .query_row(params![op, key], row_to_record)
+            .optional()
+        })
+        .await
+    }
+
+    /// The newest builds of `(op, key)`, newest first.
+    pub async fn builds_of(&self, op: &str, key: &str, limit: usize) -> Result<Vec<BuildRecord>, StoreError> {
+        let (op, key) = (op.to_owned(), key.to_owned());
+        self.read(move |c| {
+            let mut stmt = c.prepare_cached(&format!(
+                "SELECT {COLUMNS} FROM cache WHERE op = ?1 AND key = ?2 ORDER BY build DESC LIMIT ?3"
+            ))?;
+            let rows = stmt.query_map(params![op, key, limit as i64], row_to_record)?;
+            rows.collect()
+        })
+        .await
+    }
+
+    /// The build recorded for `job_id`, if any.
+    pub async fn by_job(&self, job_id: &str) -> Result<Option<BuildRecord>, StoreError> {
+        let job_id = job_id.to_owned();
+        self.read(move |c| {
+            c.prepare_cached(&format!("SELECT {COLUMNS} FROM cache WHERE job_id = ?1"))?
+                .query_row(params![job_id], row_to_record)
+                .optional()
+        })
+        .await
+    }
+
+    /// Marks the newest build of `(op, key)` as needing a rebuild (a restart
+    /// will rebuild it rather than reuse it).
+    pub async fn mark_rebuild(&self, op: &str, key: &str) -> Result<(), StoreError> {
+        let (op, key) = (op.to_owned(), key.to_owned());
+        self.write(move |tx| {
+            tx.execute(
+                "UPDATE cache SET rebuild = 1 WHERE op = ?1 AND key = ?2 \
+                 AND build = (SELECT MAX(build) FROM cache WHERE op = ?1 AND key = ?2)",
+                params![op, key],
+            )?;
+            Ok(())
+        })
+        .await
+    }
+
+    /// Removes every build of `(op, key)` (used when a stored outcome no
+    /// longer deserializes).
+    pub async fn invalidate(&self, op: &str, key: &str) -> Result<(), StoreError> {
+        let (op, key) = (op.to_owned(), key.to_owned());
+        self.write(move |tx| {
+            tx.execute("DELETE FROM cache WHERE op = ?1 AND key = ?2", params![op, key])?;
+            Ok(())
+        })
+        .await
+    }
+
+    /// The operations that have history.
+    pub async fn ops(&self) -> Result<Vec<String>, StoreError> {
+        self.read(|c| c.prepare_cached("SELECT op FROM ops ORDER BY op")?.query_map([], |r| r.get(0))?.collect()).await
+    }
+
+    /// One page of history matching `query`, newest first.
+    pub async fn history(&self, query: HistoryQuery) -> Result<HistoryPage, StoreError> {
+        self.read(move |c| history(c, &query)).await
+    }
+
+    /// Deletes history beyond `policy` (never the newest build of a key) and
+    /// returns the job ids whose rows were deleted, so their logs can go too.
+    pub async fn prune(&self, policy: Retention) -> Result<Vec<String>, StoreError> {
+        let (reply, rx) = oneshot::channel();
+        let f: WriteFn = Box::new(move |tx| {
+            let mut gone = Vec::new();
+            if let Some(n) = policy.keep_last {
+                let mut stmt = tx.prepare(
+                    "DELETE FROM cache WHERE rowid IN (SELECT rowid FROM (SELECT rowid, ROW_NUMBER() OVER \
+                     (PARTITION BY op, key ORDER BY build DESC) AS rank FROM cache) WHERE rank > ?1) RETURNING job_id",
+                )?;
+                let rows = stmt.query_map(params![n.max(1)], |r| r.get::<_, String>(0))?;
+                for r in rows {
+                    gone.push(r?);
+                }
+            }
+            if let Some(age) = policy.max_age {
+                let cutoff = now_ms() - age.as_millis() as i64;
+                let mut stmt = tx.prepare(
+                    "DELETE FROM cache WHERE finished < ?1 AND build < \
+                     (SELECT MAX(c2.build) FROM cache c2 WHERE c2.op = cache.op AND c2.key = cache.key) RETURNING job_id",
+                )?;
+                let rows = stmt.query_map(params![cutoff], |r| r.get::<_, String>(0))?;
+                for r in rows {
+                    gone.push(r?);
+                }
+            }
+            let _ = reply.send(gone);
+            Ok(())
+        });
+        let (done, done_rx) = oneshot::channel();
+        self.tx.send(Request::Write(f, done)).map_err(|_| StoreError::Closed)?;
+        done_rx.await.map_err(|_| StoreError::Closed)??;
+        rx.await.map_err(|_| StoreError::Closed)
+    }
+
+    /// Inserts `records` as they are, in one transaction (for imports and
+    /// benchmarks; the build numbers must not collide).
+    pub async fn insert_many(&self, records: Vec<BuildRecord>) -> Result<(), StoreError> {
+        self.write(move |tx| {
+            for r in &records {
+                insert(tx, r)?;
+            }
+            Ok(())
+        })
+        .await
+    }
+
+    /// Number of rows of history.
+    pub async fn count(&self) -> Result<i64, StoreError> {
+        self.read(|c| c.query_row("SELECT COUNT(*) FROM cache", [], |r| r.get(0))).await
+    }
+}
+
+fn insert(tx: &Connection, r: &BuildRecord) -> rusqlite::Result<()> {
+    tx.prepare_cached(&format!(
+        "INSERT OR REPLACE INTO cache ({COLUMNS}) VALUES (?1, ?2, ?3, ?4, ?5, ?6, ?7, ?8, ?9, ?10, ?11, ?12)"
+    ))?
+    .execute(params![
+        r.op,
+        r.key,
+        r.build,
+        r.job_id,
+        r.value,
+        r.ok,
+        r.outcome,
+        r.rebuild,
+        r.interrupted,
+        r.ready,
+        r.running,
+        r.finished
+    ])?;
+    tx.prepare_cached("INSERT OR IGNORE INTO ops (op) VALUES (?1)")?.execute(params![r.op])?;
+    Ok(())
+}
+
+fn history(c: &Connection, q: &HistoryQuery) -> rusqlite::Result<HistoryPage> {
+    let limit = match q.limit {
+        0 => 100,
+        n => n.min(1000),
+    };
+    let mut sql = format!("SELECT {COLUMNS}, rowid FROM cache WHERE 1");
+    let mut args: Vec<rusqlite::types::Value> = Vec::new();
+    let mut arg = |sql: &mut String, clause: &str, v: rusqlite::types::Value| {
+        args.push(v);
+        sql.push_str(&clause.replace('?', &format!("?{}", args.len())));
+    };
+    if let Some(op) = &q.op {
+        arg(&mut sql, " AND op = ?", op.clone().into());
+    }
+    if let Some(ok) = q.ok {
+        arg(&mut sql, " AND ok = ?", (ok as i64).into());
+    }
+    if let Some(rebuild) = q.rebuild {
+        arg(&mut sql, " AND rebuild = ?", (rebuild as i64).into());
+    }
+    if let Some(prefix) = &q.job_prefix {
+        // GLOB, not LIKE, so the job_id index is used; escape GLOB's specials.
+        let escaped: String = prefix
+            .chars()
+            .map(|ch| if matches!(ch, '*' | '?' | '[') { format!("[{ch}]") } else { ch.to_string() })
+            .collect();
+        arg(&mut sql, " AND job_id GLOB ?", format!("{escaped}*").into());
+    }
+    if let Some(since) = q.since {
+        arg(&mut sql, " AND finished >= ?", since.into());
+    }
+    if let Some(until) = q.until {
+        arg(&mut sql, " AND finished < ?", until.into());
+    }
+    if let Some(after) = q.after {
+        args.push(after.finished.into());
+        let a = args.len();
+        args.push(after.row.into());
+        let b = args.len();
+        sql.push_str(&format!(" AND (finished < ?{a} OR (finished = ?{a} AND rowid < ?{b}))"));
+    }
+    sql.push_str(&format!(" ORDER BY finished DESC, rowid DESC LIMIT {}", limit + 1));
+    let mut stmt = c.prepare_cached(&sql)?;
+    let mut rows = Vec::with_capacity(limit + 1);
+    let mut rowids = Vec::with_capacity(limit + 1);
+    for r in stmt
+        .query_map(rusqlite::params_from_iter(args.iter()), |row| Ok((row_to_record(row)?, row.get::<_, i64>(12)?)))?
+    {
+        let (rec, rowid) = r?;
+        rows.push(rec);
+        rowids.push(rowid);
+    }
+    let next = if rows.len() > limit {
+        rows.truncate(limit);
+        rows.last().map(|r| Cursor { finished: r.finished, row: rowids[limit - 1] })
+    } else {
+        None
+    };
+    Ok(HistoryPage { rows, next })
+}
+
+/// The store's thread: runs reads one by one and commits queued writes
+/// together.
+fn serve(mut conn: Connection, rx: mpsc::Receiver<Request>) {
+    let mut pending: Option<Request> = None;
+    loop {
+        let first = match pending.take() {
+            Some(r) => r,
+            None => match rx.recv() {
+                Ok(r) => r,
+                Err(_) => return,
+            },
+        };
+        match first {
+            Request::Read(f) => f(&mut conn),
+            Request::Write(f, reply) => {
+                let mut batch = vec![(f, reply)];
+                loop {
+                    match rx.try_recv() {
+                        Ok(Request::Write(f, reply)) => batch.push((f, reply)),
+                        Ok(read) => {
+                            pending = Some(read);
+                            break;
+                        }
+                        Err(_) => break,
+                    }
+                }
+                commit_batch(&mut conn, batch);
+            }
+        }
+    }
+}
+
+type Batch = Vec<(WriteFn, oneshot::Sender<Result<(), StoreError>>)>;
+
+fn commit_batch(conn: &mut Connection, batch: Batch) {
+    let tx = match conn.transaction_with_behavior(rusqlite::TransactionBehavior::Immediate) {
+        Ok(tx) => tx,
+        Err(e) => {
+            let msg = e.to_string();
+            for (_, reply) in batch {
+                let _ = reply.send(Err(StoreError::Commit(msg.clone())));
+            }
+            return;
+        }
+    };
+    // Each write in its own savepoint, so one failing write fails only itself.
+    let mut results = Vec::with_capacity(batch.len());
+    let mut tx = tx;
+    for (f, reply) in batch {
+        let result = match tx.savepoint() {
+            Ok(sp) => {
+                let r = f(&sp);
+                match r {
+                    Ok(()) => sp.commit().map_err(StoreError::from),
+                    Err(e) => Err(StoreError::from(e)),
+                }
+            }
+            Err(e) => Err(StoreError::from(e)),
+        };
+        results.push((reply, result));
+    }
+    let committed = tx.commit().map_err(|e| e.to_string());
+    for (reply, result) in results {
+        let result = match (&committed, result) {
+            (Ok(()), r) => r,
+            (Err(msg), _) => Err(StoreError::Commit(msg.clone())),
+        };
+        let _ = reply.send(result);
+    }
+}
+
+/// Reads the schema version of the database at `path` without changing it.
+pub fn schema_version(path: &Path) -> Result<i64, StoreError> {
+    let conn = Connection::open_with_flags(path, OpenFlags::SQLITE_OPEN_READ_ONLY)
+        .map_err(|source| StoreError::Open { path: path.to_owned(), source })?;
+    conn.query_row("PRAGMA user_version", [], |r| r.get(0))
+        .map_err(|e| StoreError::NotADatabase { path: path.to_owned(), detail: e.to_string() })
+}

@@ -1,0 +1,103 @@
+//! Opening the database: checks, pragmas, migrations, interrupted jobs.
+
+use std::path::Path;
+
+use rusqlite::{params, Connection};
+
+use super::{now_ms, StoreError};
+
+/// Migrations, in order; the schema version is the number applied.
+const MIGRATIONS: &[&str] = &[
+    // 1: the history of builds and publishes, the list of operations, and
+    // the jobs in progress (to detect interrupted ones).
+    "CREATE TABLE cache (
+        op TEXT NOT NULL,
+        key TEXT NOT NULL,
+        build INTEGER NOT NULL,
+        job_id TEXT NOT NULL,
+        value TEXT,
+        ok INTEGER NOT NULL,
+        outcome TEXT NOT NULL,
+        rebuild INTEGER NOT NULL DEFAULT 0,
+        interrupted INTEGER NOT NULL DEFAULT 0,
+        ready INTEGER NOT NULL,
+        running INTEGER,
+        finished INTEGER NOT NULL,
+        PRIMARY KEY (op, key, build)
+    );
+    CREATE INDEX cache_job_id ON cache (job_id);
+    CREATE INDEX cache_finished ON cache (finished);
+    CREATE INDEX cache_op_finished ON cache (op, finished);
+    CREATE TABLE ops (op TEXT PRIMARY KEY) WITHOUT ROWID;
+    CREATE TABLE running (
+        job_id TEXT PRIMARY KEY,
+        op TEXT NOT NULL,
+        key TEXT NOT NULL,
+        value TEXT,
+        started INTEGER NOT NULL
+    );",
+];
+
+/// The schema version this program writes.
+pub const SCHEMA_VERSION: i64 = MIGRATIONS.len() as i64;
+
+/// Opens `path`: refuses corrupt files and newer schemas without changing
+/// them, then sets the pragmas, migrates, and records interrupted jobs.
+pub(super) fn open(path: &Path) -> Result<Connection, StoreError> {
+    if path.exists() {
+        let found = super::schema_version(path)?;
+        if found > SCHEMA_VERSION {
+            return Err(StoreError::NewerSchema { path: path.to_owned(), found, supported: SCHEMA_VERSION });
+        }
+    }
+    if let Some(dir) = path.parent() {
+        if !dir.as_os_str().is_empty() {
+            std::fs::create_dir_all(dir).map_err(|e| StoreError::Open {
+                path: path.to_owned(),
+                source: rusqlite::Error::InvalidPath(format!("{}: {e}", dir.display()).into()),
+            })?;
+        }
+    }
+    let mut conn = Connection::open(path).map_err(|source| StoreError::Open { path: path.to_owned(), source })?;
+    let not_db = |e: rusqlite::Error| StoreError::NotADatabase { path: path.to_owned(), detail: e.to_string() };
+    conn.busy_timeout(std::time::Duration::from_secs(5)).map_err(not_db)?;
+    conn.pragma_update(None, "journal_mode", "WAL").map_err(not_db)?;
+    // FULL: a commit is on disk when it returns (group commit keeps this cheap).
+    conn.pragma_update(None, "synchronous", "FULL").map_err(not_db)?;
+    conn.pragma_update(None, "foreign_keys", "ON").map_err(not_db)?;
+    let version: i64 = conn.query_row("PRAGMA user_version", [], |r| r.get(0)).map_err(not_db)?;
+    for (i, sql) in MIGRATIONS.iter().enumerate().skip(version as usize) {
+        let tx = conn.transaction()?;
+        tx.execute_batch(sql)?;
+        tx.pragma_update(None, "user_version", (i + 1) as i64)?;
+        tx.commit()?;
+    }
+    record_interrupted(&mut conn)?;
+    Ok(conn)
+}
+
+/// Jobs still in `running` were interrupted by the end of the previous
+/// process: record each as a failed build.
+fn record_interrupted(conn: &mut Connection) -> Result<(), StoreError> {
+    let tx = conn.transaction()?;
+    {
+        let mut stmt = tx.prepare("SELECT job_id, op, key, value, started FROM running")?;
+        let rows: Vec<(String, String, String, Option<String>, i64)> = stmt
+            .query_map([], |r| Ok((r.get(0)?, r.get(1)?, r.get(2)?, r.get(3)?, r.get(4)?)))?
+            .collect::<Result<_, _>>()?;
+        let now = now_ms();
+        for (job_id, op, key, value, started) in rows {
+            tracing::warn!(job_id, op, key, "job was running when the deployer stopped; recording it as interrupted");
+            tx.execute(
+                "INSERT INTO cache (op, key, build, job_id, value, ok, outcome, interrupted, ready, running, finished)
+                 VALUES (?1, ?2, (SELECT COALESCE(MAX(build), 0) + 1 FROM cache WHERE op = ?1 AND key = ?2),
+                         ?3, ?4, 0, 'interrupted: the deployer stopped while this job was running', 1, ?5, ?5, ?6)",
+                params![op, key, job_id, value, started, now],
+            )?;
+            tx.execute("INSERT OR IGNORE INTO ops (op) VALUES (?1)", params![op])?;
+        }
+        tx.execute("DELETE FROM running", [])?;
+    }
+    tx.commit()?;
+    Ok(())
+}
