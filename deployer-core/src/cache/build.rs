@@ -1,6 +1,5 @@
 //! `BuildCache`: run a builder once per key.
 
-use std::collections::HashMap;
 use std::fmt;
 use std::sync::{Arc, Mutex, MutexGuard, Weak};
 use std::time::Duration;
@@ -10,12 +9,13 @@ use serde::de::DeserializeOwned;
 use serde::Serialize;
 use tokio::sync::Notify;
 
+use super::instance::{load_latest, unregister, RebuildAction, Rebuildable, Registry, Tracking};
 use super::{digest, run_job, JobPlan, Schedule};
 use crate::config::Level;
 use crate::context::Context;
 use crate::current::{Current, Value};
 use crate::engine::Metadata;
-use crate::job::{Job, JobActions, Pool, Priority};
+use crate::job::{Job, Pool, Priority};
 use crate::output::{ActiveState, Error, Output};
 use crate::primitive::Source;
 use crate::store::now_ms;
@@ -83,20 +83,15 @@ pub trait Builder: Send + Sync + 'static {
 struct Shared<B: Builder> {
     builder: B,
     ctx: Context,
-    instances: Mutex<HashMap<String, Arc<Instance<B>>>>,
+    instances: Registry<Instance<B>>,
 }
 
 struct State<V> {
-    refs: usize,
+    t: Tracking,
     /// The `valid_for` of each user of the instance.
     schedules: Vec<Option<Duration>>,
     rebuild: bool,
-    loaded: bool,
-    driver: Option<tokio::task::AbortHandle>,
     building: bool,
-    active: ActiveState,
-    job: Option<Job>,
-    job_id: Option<String>,
     current: Option<Result<V, Error>>,
     finished: Option<i64>,
 }
@@ -136,7 +131,7 @@ impl<B: Builder> Clone for BuildCache<B> {
 impl<B: Builder> BuildCache<B> {
     /// A cache running `builder`, keeping results in `ctx`'s store.
     pub fn new(ctx: &Context, builder: B) -> BuildCache<B> {
-        BuildCache { shared: Arc::new(Shared { builder, ctx: ctx.clone(), instances: Mutex::default() }) }
+        BuildCache { shared: Arc::new(Shared { builder, ctx: ctx.clone(), instances: Registry::default() }) }
     }
 
     /// A stage whose value is the result of building each value of `key`.
@@ -151,7 +146,7 @@ impl<B: Builder> BuildCache<B> {
             let instance = Shared::instance(&shared, key);
             {
                 let mut st = instance.lock();
-                st.refs += 1;
+                st.t.refs += 1;
                 st.schedules.push(schedule.valid_for);
             }
             instance.wake.notify_one();
@@ -165,7 +160,7 @@ impl<B: Builder> BuildCache<B> {
 
     /// Asks for `key` to be built again (if it is in use).
     pub fn rebuild(&self, key: &B::Key) -> Result<(), Error> {
-        let instance = self.shared.lock().get(&digest(key)).cloned();
+        let instance = self.shared.instances.get(&digest(key));
         match instance {
             Some(i) => i.request_rebuild(),
             None => Err(Error::msg(format!("{} {key} is not in use", B::ID))),
@@ -174,7 +169,7 @@ impl<B: Builder> BuildCache<B> {
 
     /// Number of keys held in memory (in use by the pipeline or still building).
     pub fn len(&self) -> usize {
-        self.shared.lock().len()
+        self.shared.instances.len()
     }
 
     /// Whether no key is held in memory.
@@ -184,73 +179,28 @@ impl<B: Builder> BuildCache<B> {
 }
 
 impl<B: Builder> Shared<B> {
-    fn lock(&self) -> MutexGuard<'_, HashMap<String, Arc<Instance<B>>>> {
-        self.instances.lock().unwrap_or_else(|e| e.into_inner())
-    }
-
     fn instance(this: &Arc<Self>, key: &B::Key) -> Arc<Instance<B>> {
         let d = digest(key);
-        this.lock()
-            .entry(d.clone())
-            .or_insert_with(|| {
-                Arc::new(Instance {
-                    shared: Arc::downgrade(this),
-                    key: key.clone(),
-                    digest: d,
-                    source: Source::new(Output::Active(ActiveState::Ready)),
-                    wake: Notify::new(),
-                    state: Mutex::new(State {
-                        refs: 0,
-                        schedules: Vec::new(),
-                        rebuild: false,
-                        loaded: false,
-                        driver: None,
-                        building: false,
-                        active: ActiveState::Ready,
-                        job: None,
-                        job_id: None,
-                        current: None,
-                        finished: None,
-                    }),
-                })
-            })
-            .clone()
+        this.instances.get_or_insert(&d, || Instance {
+            shared: Arc::downgrade(this),
+            key: key.clone(),
+            digest: d.clone(),
+            source: Source::new(Output::Active(ActiveState::Ready)),
+            wake: Notify::new(),
+            state: Mutex::new(State {
+                t: Tracking::new(),
+                schedules: Vec::new(),
+                rebuild: false,
+                building: false,
+                current: None,
+                finished: None,
+            }),
+        })
     }
 }
 
-struct Rebuild<B: Builder>(Weak<Instance<B>>);
-
-impl<B: Builder> JobActions for Rebuild<B> {
-    fn rebuild(&self) -> Result<(), Error> {
-        match self.0.upgrade() {
-            Some(i) => i.request_rebuild(),
-            None => Err(Error::msg("this job's stage is no longer part of the pipeline")),
-        }
-    }
-}
-
-impl<B: Builder> Instance<B> {
-    fn lock(&self) -> MutexGuard<'_, State<B::Value>> {
-        self.state.lock().unwrap_or_else(|e| e.into_inner())
-    }
-
-    /// Shows the state on the stage: the result, or pending, or the old
-    /// result with a background update.
-    fn show(&self, st: &State<B::Value>) {
-        let (value, update) = match (&st.current, st.building) {
-            (Some(Ok(v)), true) => (Output::Ok(v.clone()), Some(st.active)),
-            (Some(r), false) => (r.clone().into(), None),
-            (_, true) => (Output::Active(st.active), None),
-            (None, false) => (Output::Active(ActiveState::Ready), None),
-        };
-        let job_id = st.job_id.clone();
-        self.source.update(|v, m| {
-            *v = value;
-            *m = Metadata { job_id, update };
-        });
-    }
-
-    fn request_rebuild(self: &Arc<Self>) -> Result<(), Error> {
+impl<B: Builder> Rebuildable for Instance<B> {
+    fn request_rebuild(self: Arc<Self>) -> Result<(), Error> {
         let mut st = self.lock();
         if st.building {
             return Err(Error::msg(format!("{} {} is already being built", B::ID, self.key)));
@@ -266,30 +216,46 @@ impl<B: Builder> Instance<B> {
         self.wake.notify_one();
         Ok(())
     }
+}
+
+impl<B: Builder> Instance<B> {
+    fn lock(&self) -> MutexGuard<'_, State<B::Value>> {
+        self.state.lock().unwrap_or_else(|e| e.into_inner())
+    }
+
+    /// Shows the state on the stage: the result, or pending, or the old
+    /// result with a background update.
+    fn show(&self, st: &State<B::Value>) {
+        let (value, update) = match (&st.current, st.building) {
+            (Some(Ok(v)), true) => (Output::Ok(v.clone()), Some(st.t.active)),
+            (Some(r), false) => (r.clone().into(), None),
+            (_, true) => (Output::Active(st.t.active), None),
+            (None, false) => (Output::Active(ActiveState::Ready), None),
+        };
+        let job_id = st.t.job_id.clone();
+        self.source.update(|v, m| {
+            *v = value;
+            *m = Metadata { job_id, update };
+        });
+    }
 
     fn ensure_driver(self: &Arc<Self>) {
-        let mut st = self.lock();
-        if st.refs == 0 || st.driver.is_some() {
-            return;
-        }
-        let Ok(rt) = tokio::runtime::Handle::try_current() else {
-            drop(st);
-            self.source.set(Output::Err(Error::msg("no tokio runtime to run builds")));
-            return;
-        };
         let me = self.clone();
-        st.driver = Some(rt.spawn(async move { me.drive().await }).abort_handle());
+        let started = self.lock().t.ensure_driver(|| me.drive());
+        if let Err(e) = started {
+            self.source.set(Output::Err(e));
+        }
     }
 
     fn release(self: &Arc<Self>, valid_for: Option<Duration>) {
         let Some(shared) = self.shared.upgrade() else { return };
-        let mut map = shared.lock();
+        let mut map = shared.instances.lock();
         let mut st = self.lock();
-        st.refs -= 1;
+        st.t.refs -= 1;
         if let Some(pos) = st.schedules.iter().position(|s| *s == valid_for) {
             st.schedules.remove(pos);
         }
-        if st.refs > 0 {
+        if st.t.refs > 0 {
             drop(st);
             self.wake.notify_one();
             return;
@@ -297,65 +263,34 @@ impl<B: Builder> Instance<B> {
         if st.building {
             // The driver removes the instance when the build ends.
             if shared.builder.auto_cancel() {
-                if let Some(job) = &st.job {
+                if let Some(job) = &st.t.job {
                     job.cancel("Auto-cancelling job because it is no longer needed");
                 }
             }
             return;
         }
-        if let Some(driver) = st.driver.take() {
-            driver.abort();
-        }
-        if let Some(id) = &st.job_id {
-            shared.ctx.jobs.remove_actions(id);
-        }
-        if map.get(&self.digest).is_some_and(|i| Arc::ptr_eq(i, self)) {
-            map.remove(&self.digest);
-        }
+        st.t.retire(&shared.ctx.jobs);
+        unregister(&mut map, &self.digest, self);
     }
 
     async fn load(self: &Arc<Self>, shared: &Shared<B>) {
-        let row = shared.ctx.store.latest(B::ID, &self.digest).await;
-        let mut invalid = false;
-        {
-            let mut st = self.lock();
-            st.loaded = true;
-            match row {
-                Ok(Some(row)) => {
-                    st.job_id = Some(row.job_id.clone());
-                    if !row.rebuild && !row.interrupted {
-                        st.finished = Some(row.finished);
-                        st.current = if row.ok {
-                            match serde_json::from_str::<B::Value>(&row.outcome) {
-                                Ok(v) => Some(Ok(v)),
-                                Err(e) => {
-                                    tracing::warn!(op = B::ID, key = %self.key, "stored outcome no longer deserializes ({e}); rebuilding");
-                                    invalid = true;
-                                    None
-                                }
-                            }
-                        } else {
-                            Some(Err(Error::msg(row.outcome)))
-                        };
-                    }
-                    if let Some(id) = &st.job_id {
-                        shared.ctx.jobs.set_actions(id, Arc::new(Rebuild(Arc::downgrade(self))));
-                    }
-                }
-                Ok(None) => {}
-                Err(e) => tracing::error!(op = B::ID, "cannot read the store: {e}; building again"),
+        // An interrupted build is not a result: it runs again.
+        let loaded =
+            load_latest(&shared.ctx, B::ID, &self.digest, &self.key, |row| !row.rebuild && !row.interrupted).await;
+        let mut st = self.lock();
+        st.t.loaded = true;
+        if let Some(loaded) = loaded {
+            st.t.show_job(&shared.ctx.jobs, &loaded.row.job_id, RebuildAction::of(self));
+            if loaded.result.is_some() {
+                st.finished = Some(loaded.row.finished);
             }
-        }
-        if invalid {
-            if let Err(e) = shared.ctx.store.invalidate(B::ID, &self.digest).await {
-                tracing::error!(op = B::ID, "cannot invalidate a stored outcome: {e}");
-            }
+            st.current = loaded.result;
         }
     }
 
     async fn drive(self: Arc<Self>) {
         let Some(shared) = self.shared.upgrade() else { return };
-        if !self.lock().loaded {
+        if !self.lock().t.loaded {
             self.load(&shared).await;
         }
         loop {
@@ -366,7 +301,7 @@ impl<B: Builder> Instance<B> {
                 if st.current.is_none() || st.rebuild || expired {
                     st.rebuild = false;
                     st.building = true;
-                    st.active = ActiveState::Ready;
+                    st.t.active = ActiveState::Ready;
                     self.show(&st);
                     None
                 } else {
@@ -389,16 +324,12 @@ impl<B: Builder> Instance<B> {
             }
             self.build_once(&shared).await;
             // Leave when nobody uses the instance any more.
-            let mut map = shared.lock();
+            let mut map = shared.instances.lock();
             let mut st = self.lock();
-            if st.refs == 0 {
-                st.driver = None;
-                if let Some(id) = &st.job_id {
-                    shared.ctx.jobs.remove_actions(id);
-                }
-                if map.get(&self.digest).is_some_and(|i| Arc::ptr_eq(i, &self)) {
-                    map.remove(&self.digest);
-                }
+            if st.t.refs == 0 {
+                st.t.driver = None; // this task: it ends here
+                st.t.retire(&shared.ctx.jobs);
+                unregister(&mut map, &self.digest, &self);
                 return;
             }
         }
@@ -425,21 +356,16 @@ impl<B: Builder> Instance<B> {
             plan,
             move |job| {
                 let mut st = me.lock();
-                if let Some(old) = st.job_id.replace(job.id().to_owned()) {
-                    me.shared.upgrade().inspect(|s| s.ctx.jobs.remove_actions(&old));
-                }
-                st.job = Some(job.clone());
-                if let Some(s) = me.shared.upgrade() {
-                    s.ctx.jobs.set_actions(job.id(), Arc::new(Rebuild(Arc::downgrade(&me))));
-                }
+                st.t.show_job(&shared.ctx.jobs, job.id(), RebuildAction::of(&me));
+                st.t.job = Some(job.clone());
                 me.show(&st);
             },
             move |active| {
                 let mut st = status_me.lock();
-                st.active = active;
+                st.t.active = active;
                 status_me.show(&st);
             },
-            move || obsolete_me.lock().refs == 0,
+            move || obsolete_me.lock().t.refs == 0,
             |job| async move {
                 let value = builder.build(&job, &self.key).await?;
                 serde_json::to_string(&value).map_err(|e| Error::msg(format!("cannot serialize the result: {e}")))
@@ -448,13 +374,13 @@ impl<B: Builder> Instance<B> {
         .await;
         let mut st = self.lock();
         st.building = false;
-        st.job = None;
-        st.job_id = Some(run.job_id);
+        st.t.job = None;
+        st.t.job_id = Some(run.job_id);
         st.finished = Some(now_ms());
         st.current = match run.result {
             Ok(json) => Some(serde_json::from_str(&json).map_err(|e| Error::msg(e.to_string()))),
             // Not recorded, or cancelled because unused: try again next time.
-            Err(_) if !run.recorded || st.refs == 0 => None,
+            Err(_) if !run.recorded || st.t.refs == 0 => None,
             Err(e) => Some(Err(e)),
         };
         self.show(&st);

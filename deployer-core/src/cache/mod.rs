@@ -12,6 +12,7 @@
 //! operator asks for a rebuild or the key (or value) changes.
 
 mod build;
+mod instance;
 mod output;
 
 use std::future::Future;

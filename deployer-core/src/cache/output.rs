@@ -1,6 +1,5 @@
 //! `OutputCache`: set a key to a value by running a publisher, once per value.
 
-use std::collections::HashMap;
 use std::fmt;
 use std::sync::{Arc, Mutex, MutexGuard, Weak};
 use std::time::Duration;
@@ -10,12 +9,13 @@ use serde::de::DeserializeOwned;
 use serde::Serialize;
 use tokio::sync::Notify;
 
+use super::instance::{load_latest, unregister, RebuildAction, Rebuildable, Registry, Tracking};
 use super::{digest, run_job, JobPlan};
 use crate::config::Level;
 use crate::context::Context;
 use crate::current::{Current, Value};
 use crate::engine::Metadata;
-use crate::job::{Job, JobActions, Pool, Priority};
+use crate::job::{Job, Pool, Priority};
 use crate::output::{ActiveState, Error, Output};
 use crate::primitive::Source;
 
@@ -64,7 +64,7 @@ pub trait Publisher: Send + Sync + 'static {
 struct Shared<P: Publisher> {
     publisher: P,
     ctx: Context,
-    instances: Mutex<HashMap<String, Arc<Instance<P>>>>,
+    instances: Registry<Instance<P>>,
 }
 
 struct Desired<V> {
@@ -74,16 +74,11 @@ struct Desired<V> {
 }
 
 struct State<P: Publisher> {
-    refs: usize,
+    t: Tracking,
     desired: Option<Desired<P::Value>>,
     rebuild: bool,
-    loaded: bool,
-    driver: Option<tokio::task::AbortHandle>,
     /// The digest being published now.
     publishing: Option<String>,
-    active: ActiveState,
-    job: Option<Job>,
-    job_id: Option<String>,
     /// The last recorded outcome and the digest of its value.
     current: Option<(String, Result<P::Outcome, Error>)>,
 }
@@ -112,7 +107,7 @@ impl<P: Publisher> Clone for OutputCache<P> {
 impl<P: Publisher> OutputCache<P> {
     /// A cache running `publisher`, keeping outcomes in `ctx`'s store.
     pub fn new(ctx: &Context, publisher: P) -> OutputCache<P> {
-        OutputCache { shared: Arc::new(Shared { publisher, ctx: ctx.clone(), instances: Mutex::default() }) }
+        OutputCache { shared: Arc::new(Shared { publisher, ctx: ctx.clone(), instances: Registry::default() }) }
     }
 
     /// A stage that sets `key` to `value` and shows the outcome.
@@ -127,7 +122,7 @@ impl<P: Publisher> OutputCache<P> {
             {
                 let mut st = instance.lock();
                 if let Some(desired) = &st.desired {
-                    if desired.step == cx.step() && desired.digest != d && st.refs > 0 {
+                    if desired.step == cx.step() && desired.digest != d && st.t.refs > 0 {
                         let msg = format!(
                             "{} {key} set to different values in the same step ({} and {value})",
                             P::ID,
@@ -136,11 +131,11 @@ impl<P: Publisher> OutputCache<P> {
                         return Source::new(Output::Err(Error::msg(msg)));
                     }
                 }
-                st.refs += 1;
+                st.t.refs += 1;
                 let changed = st.desired.as_ref().is_none_or(|x| x.digest != d);
                 st.desired = Some(Desired { value: value.clone(), digest: d, step: cx.step() });
                 if changed && shared.publisher.auto_cancel() {
-                    if let (Some(publishing), Some(job)) = (&st.publishing, &st.job) {
+                    if let (Some(publishing), Some(job)) = (&st.publishing, &st.t.job) {
                         if st.desired.as_ref().is_some_and(|x| &x.digest != publishing) {
                             job.cancel("Auto-cancelling job because it is no longer needed");
                         }
@@ -158,7 +153,7 @@ impl<P: Publisher> OutputCache<P> {
 
     /// Asks for `key`'s value to be published again (after a failure).
     pub fn rebuild(&self, key: &P::Key) -> Result<(), Error> {
-        let instance = self.shared.lock().get(&digest(key)).cloned();
+        let instance = self.shared.instances.get(&digest(key));
         match instance {
             Some(i) => i.request_rebuild(),
             None => Err(Error::msg(format!("{} {key} is not in use", P::ID))),
@@ -167,7 +162,7 @@ impl<P: Publisher> OutputCache<P> {
 
     /// Number of keys held in memory.
     pub fn len(&self) -> usize {
-        self.shared.lock().len()
+        self.shared.instances.len()
     }
 
     /// Whether no key is held in memory.
@@ -177,47 +172,29 @@ impl<P: Publisher> OutputCache<P> {
 }
 
 impl<P: Publisher> Shared<P> {
-    fn lock(&self) -> MutexGuard<'_, HashMap<String, Arc<Instance<P>>>> {
-        self.instances.lock().unwrap_or_else(|e| e.into_inner())
-    }
-
     fn instance(this: &Arc<Self>, key: &P::Key) -> Arc<Instance<P>> {
         let d = digest(key);
-        this.lock()
-            .entry(d.clone())
-            .or_insert_with(|| {
-                Arc::new(Instance {
-                    shared: Arc::downgrade(this),
-                    key: key.clone(),
-                    digest: d,
-                    source: Source::new(Output::Active(ActiveState::Ready)),
-                    wake: Notify::new(),
-                    state: Mutex::new(State {
-                        refs: 0,
-                        desired: None,
-                        rebuild: false,
-                        loaded: false,
-                        driver: None,
-                        publishing: None,
-                        active: ActiveState::Ready,
-                        job: None,
-                        job_id: None,
-                        current: None,
-                    }),
-                })
-            })
-            .clone()
+        this.instances.get_or_insert(&d, || Instance {
+            shared: Arc::downgrade(this),
+            key: key.clone(),
+            digest: d.clone(),
+            source: Source::new(Output::Active(ActiveState::Ready)),
+            wake: Notify::new(),
+            state: Mutex::new(State { t: Tracking::new(), desired: None, rebuild: false, publishing: None, current: None }),
+        })
     }
 }
 
-struct Republish<P: Publisher>(Weak<Instance<P>>);
-
-impl<P: Publisher> JobActions for Republish<P> {
-    fn rebuild(&self) -> Result<(), Error> {
-        match self.0.upgrade() {
-            Some(i) => i.request_rebuild(),
-            None => Err(Error::msg("this job's stage is no longer part of the pipeline")),
+impl<P: Publisher> Rebuildable for Instance<P> {
+    fn request_rebuild(self: Arc<Self>) -> Result<(), Error> {
+        let mut st = self.lock();
+        if st.publishing.is_some() {
+            return Err(Error::msg(format!("{} {} is already being published", P::ID, self.key)));
         }
+        st.rebuild = true;
+        drop(st);
+        self.wake.notify_one();
+        Ok(())
     }
 }
 
@@ -229,105 +206,54 @@ impl<P: Publisher> Instance<P> {
     fn show(&self, st: &State<P>) {
         let desired = st.desired.as_ref().map(|d| d.digest.as_str());
         let value = match (&st.publishing, &st.current) {
-            (Some(_), _) => Output::Active(st.active),
+            (Some(_), _) => Output::Active(st.t.active),
             (None, Some((d, result))) if Some(d.as_str()) == desired => result.clone().into(),
             (None, _) => Output::Active(ActiveState::Ready),
         };
-        let job_id = st.job_id.clone();
+        let job_id = st.t.job_id.clone();
         self.source.update(|v, m| {
             *v = value;
             *m = Metadata { job_id, update: None };
         });
     }
 
-    fn request_rebuild(self: &Arc<Self>) -> Result<(), Error> {
-        let mut st = self.lock();
-        if st.publishing.is_some() {
-            return Err(Error::msg(format!("{} {} is already being published", P::ID, self.key)));
-        }
-        st.rebuild = true;
-        drop(st);
-        self.wake.notify_one();
-        Ok(())
-    }
-
     fn ensure_driver(self: &Arc<Self>) {
-        let mut st = self.lock();
-        if st.refs == 0 || st.driver.is_some() {
-            return;
-        }
-        let Ok(rt) = tokio::runtime::Handle::try_current() else {
-            drop(st);
-            self.source.set(Output::Err(Error::msg("no tokio runtime to run publishes")));
-            return;
-        };
         let me = self.clone();
-        st.driver = Some(rt.spawn(async move { me.drive().await }).abort_handle());
+        let started = self.lock().t.ensure_driver(|| me.drive());
+        if let Err(e) = started {
+            self.source.set(Output::Err(e));
+        }
     }
 
     fn release(self: &Arc<Self>) {
         let Some(shared) = self.shared.upgrade() else { return };
-        let mut map = shared.lock();
+        let mut map = shared.instances.lock();
         let mut st = self.lock();
-        st.refs -= 1;
-        if st.refs > 0 || st.publishing.is_some() {
+        st.t.refs -= 1;
+        if st.t.refs > 0 || st.publishing.is_some() {
             return; // a publish in progress always finishes and is recorded
         }
-        if let Some(driver) = st.driver.take() {
-            driver.abort();
-        }
-        if let Some(id) = &st.job_id {
-            shared.ctx.jobs.remove_actions(id);
-        }
-        if map.get(&self.digest).is_some_and(|i| Arc::ptr_eq(i, self)) {
-            map.remove(&self.digest);
-        }
+        st.t.retire(&shared.ctx.jobs);
+        unregister(&mut map, &self.digest, self);
     }
 
     async fn load(self: &Arc<Self>, shared: &Shared<P>) {
-        let row = shared.ctx.store.latest(P::ID, &self.digest).await;
-        let mut invalid = false;
-        {
-            let mut st = self.lock();
-            st.loaded = true;
-            match row {
-                Ok(Some(row)) => {
-                    st.job_id = Some(row.job_id.clone());
-                    shared.ctx.jobs.set_actions(&row.job_id, Arc::new(Republish(Arc::downgrade(self))));
-                    // An interrupted publish is a failure: it is not repeated
-                    // without an operator, as it may have taken effect.
-                    if !row.rebuild {
-                        let result = if row.ok {
-                            match serde_json::from_str::<P::Outcome>(&row.outcome) {
-                                Ok(o) => Some(Ok(o)),
-                                Err(e) => {
-                                    tracing::warn!(op = P::ID, key = %self.key, "stored outcome no longer deserializes ({e}); publishing again");
-                                    invalid = true;
-                                    None
-                                }
-                            }
-                        } else {
-                            Some(Err(Error::msg(row.outcome)))
-                        };
-                        if let (Some(result), Some(value)) = (result, row.value) {
-                            st.current = Some((value, result));
-                        }
-                    }
-                }
-                Ok(None) => {}
-                Err(e) => tracing::error!(op = P::ID, "cannot read the store: {e}"),
-            }
-        }
-        if invalid {
-            if let Err(e) = shared.ctx.store.invalidate(P::ID, &self.digest).await {
-                tracing::error!(op = P::ID, "cannot invalidate a stored outcome: {e}");
+        // An interrupted publish counts as a failure: it is not repeated
+        // without an operator, as it may have taken effect.
+        let loaded = load_latest(&shared.ctx, P::ID, &self.digest, &self.key, |row| !row.rebuild).await;
+        let mut st = self.lock();
+        st.t.loaded = true;
+        if let Some(loaded) = loaded {
+            st.t.show_job(&shared.ctx.jobs, &loaded.row.job_id, RebuildAction::of(self));
+            if let (Some(result), Some(value)) = (loaded.result, loaded.row.value) {
+                st.current = Some((value, result));
             }
         }
     }
 
     async fn drive(self: Arc<Self>) {
         let Some(shared) = self.shared.upgrade() else { return };
-        if !self.lock().loaded {
+        if !self.lock().t.loaded {
             self.load(&shared).await;
         }
         loop {
@@ -346,7 +272,7 @@ impl<P: Publisher> Instance<P> {
                     let (value, d) = wanted.expect("checked");
                     st.rebuild = false;
                     st.publishing = Some(d.clone());
-                    st.active = ActiveState::Ready;
+                    st.t.active = ActiveState::Ready;
                     self.show(&st);
                     Some((value, d))
                 }
@@ -356,16 +282,12 @@ impl<P: Publisher> Instance<P> {
                 continue;
             };
             self.publish_once(&shared, value, value_digest).await;
-            let mut map = shared.lock();
+            let mut map = shared.instances.lock();
             let mut st = self.lock();
-            if st.refs == 0 {
-                st.driver = None;
-                if let Some(id) = &st.job_id {
-                    shared.ctx.jobs.remove_actions(id);
-                }
-                if map.get(&self.digest).is_some_and(|i| Arc::ptr_eq(i, &self)) {
-                    map.remove(&self.digest);
-                }
+            if st.t.refs == 0 {
+                st.t.driver = None; // this task: it ends here
+                st.t.retire(&shared.ctx.jobs);
+                unregister(&mut map, &self.digest, &self);
                 return;
             }
         }
@@ -389,18 +311,13 @@ impl<P: Publisher> Instance<P> {
             plan,
             move |job| {
                 let mut st = me.lock();
-                if let Some(old) = st.job_id.replace(job.id().to_owned()) {
-                    me.shared.upgrade().inspect(|s| s.ctx.jobs.remove_actions(&old));
-                }
-                st.job = Some(job.clone());
-                if let Some(s) = me.shared.upgrade() {
-                    s.ctx.jobs.set_actions(job.id(), Arc::new(Republish(Arc::downgrade(&me))));
-                }
+                st.t.show_job(&shared.ctx.jobs, job.id(), RebuildAction::of(&me));
+                st.t.job = Some(job.clone());
                 me.show(&st);
             },
             move |active| {
                 let mut st = status_me.lock();
-                st.active = active;
+                st.t.active = active;
                 status_me.show(&st);
             },
             move || obsolete_me.lock().desired.as_ref().is_some_and(|d| d.digest != wanted),
@@ -412,8 +329,8 @@ impl<P: Publisher> Instance<P> {
         .await;
         let mut st = self.lock();
         st.publishing = None;
-        st.job = None;
-        st.job_id = Some(run.job_id);
+        st.t.job = None;
+        st.t.job_id = Some(run.job_id);
         let obsolete = st.desired.as_ref().is_some_and(|d| d.digest != value_digest);
         st.current = match run.result {
             Ok(json) => Some((value_digest, serde_json::from_str(&json).map_err(|e| Error::msg(e.to_string())))),
