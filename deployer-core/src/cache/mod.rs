@@ -113,15 +113,14 @@ where
     };
     job.log(&format!("New job: {}", plan.description));
     on_job(&job);
-    if let Err(e) = ctx.store.record_start(plan.op, plan.key, plan.value, job.id()).await {
-        let msg = format!("cannot record the start of the job: {e}");
-        job.log(&msg);
-        job.finish();
-        return JobRun { job_id: job.id().to_owned(), result: Err(Error::msg(msg)), recorded: false };
-    }
     let mut status = job.subscribe_status();
     let run = async {
         let _slot = job.start(plan.level, plan.pool.as_ref().map(|(p, prio)| (p, *prio)), plan.timeout).await?;
+        // Noted durably only now: a job that died waiting for confirmation
+        // or a pool slot never touched anything, so it is not "interrupted".
+        if let Err(e) = ctx.store.record_start(plan.op, plan.key, plan.value, job.id()).await {
+            return Err(Error::msg(format!("cannot record the start of the job: {e}")));
+        }
         CatchUnwind(Box::pin(work(job.clone()))).await
     };
     tokio::pin!(run);
