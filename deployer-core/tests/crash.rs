@@ -75,8 +75,7 @@ fn child(dir: &Path) {
     let rt = tokio::runtime::Builder::new_multi_thread().worker_threads(2).enable_all().build().unwrap();
     rt.block_on(async {
         let ctx = Context::open(&dir.join("state"), Config::new(None)).expect("the state reopens");
-        let cache =
-            OutputCache::new(&ctx, Deploy { effects: dir.join("effects"), pool: Pool::new("deploy", 3) });
+        let cache = OutputCache::new(&ctx, Deploy { effects: dir.join("effects"), pool: Pool::new("deploy", 3) });
         let stages = (0..KEYS).map(|i| {
             let key = format!("svc-{i:03}");
             let value = format!("image-{i}");

@@ -180,7 +180,13 @@ impl<P: Publisher> Shared<P> {
             digest: d.clone(),
             source: Source::new(Output::Active(ActiveState::Ready)),
             wake: Notify::new(),
-            state: Mutex::new(State { t: Tracking::new(), desired: None, rebuild: false, publishing: None, current: None }),
+            state: Mutex::new(State {
+                t: Tracking::new(),
+                desired: None,
+                rebuild: false,
+                publishing: None,
+                current: None,
+            }),
         })
     }
 }

@@ -441,12 +441,62 @@ fn insert(tx: &Connection, r: &BuildRecord) -> rusqlite::Result<()> {
     Ok(())
 }
 
+/// Up to this many rows matching a job-id prefix are sorted in memory.
+const PREFIX_SORT_LIMIT: i64 = 2_000;
+
 fn history(c: &Connection, q: &HistoryQuery) -> rusqlite::Result<HistoryPage> {
     let limit = match q.limit {
         0 => 100,
         n => n.min(1000),
     };
-    let mut sql = format!("SELECT {COLUMNS}, rowid FROM cache WHERE 1");
+    // A job-id prefix is matched through the (job_id, finished) index. When
+    // few rows match, they are read from it and sorted in memory. When many
+    // match (a month), sorting would take long: instead the newest match's
+    // finish time is read from the index alone, and the rows are walked
+    // newest-first from there, filtering (`+job_id` keeps SQLite off the
+    // index) until a page is full.
+    let mut prefix = None;
+    let mut newest_match = None;
+    if let Some(p) = &q.job_prefix {
+        // GLOB, not LIKE, so the index can be used; escape GLOB's specials.
+        let escaped: String = p
+            .chars()
+            .map(|ch| if matches!(ch, '*' | '?' | '[') { format!("[{ch}]") } else { ch.to_string() })
+            .collect();
+        let pattern = format!("{escaped}*");
+        let matches: i64 = c.query_row(
+            "SELECT COUNT(*) FROM (SELECT 1 FROM cache WHERE job_id GLOB ?1 LIMIT ?2)",
+            params![pattern, PREFIX_SORT_LIMIT],
+            |r| r.get(0),
+        )?;
+        let by_index = matches < PREFIX_SORT_LIMIT;
+        if !by_index {
+            // Most often the newest row of all matches ("2026-"): then no
+            // need to read every match's finish time.
+            let newest: Option<(i64, bool)> = c
+                .query_row(
+                    "SELECT finished, job_id GLOB ?1 FROM cache ORDER BY finished DESC LIMIT 1",
+                    params![pattern],
+                    |r| Ok((r.get(0)?, r.get(1)?)),
+                )
+                .optional()?;
+            newest_match = match newest {
+                Some((finished, true)) => Some(finished),
+                _ => c.query_row(
+                    "SELECT MAX(finished) FROM cache INDEXED BY cache_job_id_finished WHERE job_id GLOB ?1",
+                    params![pattern],
+                    |r| r.get::<_, Option<i64>>(0),
+                )?,
+            };
+        }
+        prefix = Some((pattern, by_index));
+    }
+    let from = if prefix.as_ref().is_some_and(|(_, by_index)| *by_index) {
+        "cache INDEXED BY cache_job_id_finished"
+    } else {
+        "cache"
+    };
+    let mut sql = format!("SELECT {COLUMNS}, rowid FROM {from} WHERE 1");
     let mut args: Vec<rusqlite::types::Value> = Vec::new();
     let mut arg = |sql: &mut String, clause: &str, v: rusqlite::types::Value| {
         args.push(v);
@@ -461,13 +511,12 @@ fn history(c: &Connection, q: &HistoryQuery) -> rusqlite::Result<HistoryPage> {
     if let Some(rebuild) = q.rebuild {
         arg(&mut sql, " AND rebuild = ?", (rebuild as i64).into());
     }
-    if let Some(prefix) = &q.job_prefix {
-        // GLOB, not LIKE, so the job_id index is used; escape GLOB's specials.
-        let escaped: String = prefix
-            .chars()
-            .map(|ch| if matches!(ch, '*' | '?' | '[') { format!("[{ch}]") } else { ch.to_string() })
-            .collect();
-        arg(&mut sql, " AND job_id GLOB ?", format!("{escaped}*").into());
+    if let Some((pattern, by_index)) = &prefix {
+        let clause = if *by_index { " AND job_id GLOB ?" } else { " AND +job_id GLOB ?" };
+        arg(&mut sql, clause, pattern.clone().into());
+    }
+    if let Some(newest) = newest_match {
+        arg(&mut sql, " AND finished <= ?", newest.into());
     }
     if let Some(since) = q.since {
         arg(&mut sql, " AND finished >= ?", since.into());

@@ -36,6 +36,9 @@ const MIGRATIONS: &[&str] = &[
         value TEXT,
         started INTEGER NOT NULL
     );",
+    // 2: job-id prefix queries read the finish times from the index alone.
+    "CREATE INDEX cache_job_id_finished ON cache (job_id, finished);
+    DROP INDEX cache_job_id;",
 ];
 
 /// The schema version this program writes.

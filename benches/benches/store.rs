@@ -1,0 +1,192 @@
+//! Store benchmark: a history of 1,000,000 rows (20 operations × 5,000 keys
+//! × 10 builds), then history pages, start-up, and recording outcomes.
+//!
+//! Run with `cargo bench -p deployer-benches --bench store`. Building the
+//! database takes a few seconds before the first measurement.
+
+use std::hint::black_box;
+use std::path::{Path, PathBuf};
+use std::time::{Duration, Instant};
+
+use criterion::{criterion_group, Criterion, Throughput};
+use deployer_core::store::{BuildRecord, Cursor, HistoryQuery, Store};
+
+const OPS: usize = 20;
+const KEYS: usize = 5_000;
+const BUILDS: i64 = 10;
+const ROWS: usize = OPS * KEYS * BUILDS as usize;
+const START: i64 = 1_764_000_000_000;
+/// One build finishes every minute: the history spans about two years.
+const MINUTE: i64 = 60_000;
+
+fn op(i: usize) -> String {
+    format!("op-{i:02}")
+}
+
+/// `YYYY-MM-DD/HHMMSS` of a Unix time in milliseconds (UTC).
+fn day_time(ms: i64) -> String {
+    let secs = ms.div_euclid(1000);
+    let (days, rest) = (secs.div_euclid(86_400), secs.rem_euclid(86_400));
+    // Civil date from days since 1970-01-01 (Howard Hinnant's algorithm).
+    let z = days + 719_468;
+    let era = z.div_euclid(146_097);
+    let doe = z - era * 146_097;
+    let yoe = (doe - doe / 1460 + doe / 36_524 - doe / 146_096) / 365;
+    let doy = doe - (365 * yoe + yoe / 4 - yoe / 100);
+    let mp = (5 * doy + 2) / 153;
+    let d = doy - (153 * mp + 2) / 5 + 1;
+    let m = if mp < 10 { mp + 3 } else { mp - 9 };
+    let y = yoe + era * 400 + i64::from(m <= 2);
+    format!("{y:04}-{m:02}-{d:02}/{:02}{:02}{:02}", rest / 3600, rest / 60 % 60, rest % 60)
+}
+
+fn row(o: usize, k: usize, build: i64) -> BuildRecord {
+    // Spread finish times so that pages cut across operations and keys.
+    let n = (build as usize - 1) * OPS * KEYS + k * OPS + o;
+    let finished = START + n as i64 * MINUTE;
+    BuildRecord {
+        op: op(o),
+        key: format!("{:064x}", k),
+        build,
+        // Job ids begin with their creation time, as real ones do.
+        job_id: format!("{}-{}-{:06x}", day_time(finished - 30_000), op(o), n),
+        value: None,
+        ok: n % 7 != 0,
+        outcome: if n % 7 != 0 { format!("\"sha256:{n:064x}\"") } else { "exit status 1".into() },
+        rebuild: false,
+        interrupted: false,
+        ready: finished - 30_000,
+        running: Some(finished - 20_000),
+        finished,
+    }
+}
+
+fn build_db(rt: &tokio::runtime::Runtime, path: &Path) {
+    let t = Instant::now();
+    let store = Store::open(path).expect("open");
+    rt.block_on(async {
+        let mut batch = Vec::with_capacity(50_000);
+        for build in 1..=BUILDS {
+            for k in 0..KEYS {
+                for o in 0..OPS {
+                    batch.push(row(o, k, build));
+                    if batch.len() == 50_000 {
+                        store.insert_many(std::mem::take(&mut batch)).await.expect("insert");
+                    }
+                }
+            }
+        }
+        store.insert_many(batch).await.expect("insert");
+        assert_eq!(store.count().await.expect("count"), ROWS as i64);
+    });
+    eprintln!("built a {ROWS}-row history in {:.1} s", t.elapsed().as_secs_f64());
+}
+
+fn work_dir() -> PathBuf {
+    let dir = std::env::temp_dir().join(format!("deployer-store-bench-{}", std::process::id()));
+    std::fs::create_dir_all(&dir).expect("temp dir");
+    dir
+}
+
+fn store(c: &mut Criterion) {
+    let rt = tokio::runtime::Builder::new_multi_thread().worker_threads(2).enable_all().build().expect("runtime");
+    let dir = work_dir();
+    let path = dir.join("db.sqlite");
+    build_db(&rt, &path);
+    let store = Store::open(&path).expect("reopen");
+
+    let mut group = c.benchmark_group("store_1m_rows");
+    group.sample_size(50);
+    let page = |q: HistoryQuery| {
+        let page = rt.block_on(store.history(q)).expect("history");
+        assert!(!page.rows.is_empty());
+        black_box(page)
+    };
+    group.bench_function("history/first_page", |b| b.iter(|| page(HistoryQuery { limit: 100, ..Default::default() })));
+    group.bench_function("history/op_and_failed", |b| {
+        b.iter(|| page(HistoryQuery { op: Some(op(7)), ok: Some(false), limit: 100, ..Default::default() }))
+    });
+    let middle = Cursor { finished: START + (ROWS as i64 / 2) * MINUTE, row: i64::MAX };
+    group.bench_function("history/page_in_the_middle", |b| {
+        b.iter(|| page(HistoryQuery { after: Some(middle), limit: 100, ..Default::default() }))
+    });
+    // A day's jobs (1,440 rows), a month's (about 43,000), the oldest day
+    // and month, and one job.
+    let newest = day_time(START + (ROWS as i64 - 1) * MINUTE);
+    let oldest = day_time(START);
+    for (name, prefix) in [
+        ("history/job_prefix_recent_day", newest[..11].to_owned()),
+        ("history/job_prefix_recent_month", newest[..8].to_owned()),
+        ("history/job_prefix_oldest_day", oldest[..11].to_owned()),
+        ("history/job_prefix_oldest_month", oldest[..8].to_owned()),
+        ("history/job_prefix_matching_all", "2".to_owned()),
+        ("history/job_prefix_one_job", row(3, 4_000, 5).job_id),
+    ] {
+        group.bench_function(name, |b| {
+            b.iter(|| page(HistoryQuery { job_prefix: Some(prefix.clone()), limit: 100, ..Default::default() }))
+        });
+    }
+    group.bench_function("history/time_window", |b| {
+        let since = START + 400_000 * MINUTE;
+        b.iter(|| page(HistoryQuery { since: Some(since), until: Some(since + 3_600_000), ..Default::default() }))
+    });
+    drop(store);
+
+    // Start-up: open the database (checks, migrations, interrupted jobs),
+    // list the operations, and load the latest outcome of 1,000 keys.
+    group.sample_size(10);
+    group.bench_function("startup/open_and_load_1000_keys", |b| {
+        b.iter_custom(|iters| {
+            let mut total = Duration::ZERO;
+            for _ in 0..iters {
+                let t = Instant::now();
+                let store = Store::open(&path).expect("open");
+                rt.block_on(async {
+                    black_box(store.ops().await.expect("ops"));
+                    for k in 0..1_000 {
+                        let latest = store.latest(&op(k % OPS), &format!("{:064x}", k)).await.expect("latest");
+                        assert_eq!(latest.map(|r| r.build), Some(BUILDS));
+                    }
+                });
+                total += t.elapsed();
+                drop(store);
+            }
+            total
+        })
+    });
+
+    // Recording: 10,000 outcomes recorded concurrently (as finishing jobs
+    // do), each durable (synchronous=FULL) before its call returns.
+    let store = Store::open(&path).expect("open");
+    let mut round = 0u64;
+    group.throughput(Throughput::Elements(10_000));
+    group.bench_function("record/10k_outcomes", |b| {
+        b.iter(|| {
+            round += 1;
+            rt.block_on(async {
+                let tasks: Vec<_> = (0..10_000)
+                    .map(|i| {
+                        let store = store.clone();
+                        let mut r = row(i % OPS, i, 1);
+                        r.op = format!("recorded-{round}");
+                        r.key = format!("{i:064x}");
+                        tokio::spawn(async move { store.record(r).await.expect("record") })
+                    })
+                    .collect();
+                for t in tasks {
+                    black_box(t.await.expect("task"));
+                }
+            })
+        })
+    });
+    group.finish();
+    drop(store);
+    let _ = std::fs::remove_dir_all(&dir);
+}
+
+criterion_group!(benches, store);
+
+fn main() {
+    benches();
+    Criterion::default().configure_from_args().final_summary();
+}
