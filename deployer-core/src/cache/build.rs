@@ -216,6 +216,10 @@ impl<B: Builder> Rebuildable for Instance<B> {
         self.wake.notify_one();
         Ok(())
     }
+
+    fn job_id(&self) -> Option<String> {
+        self.lock().t.job_id.clone()
+    }
 }
 
 impl<B: Builder> Instance<B> {

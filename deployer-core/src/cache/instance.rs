@@ -116,6 +116,9 @@ impl Tracking {
 pub(crate) trait Rebuildable: Send + Sync + 'static {
     /// Asks for the work to run again.
     fn request_rebuild(self: Arc<Self>) -> Result<(), Error>;
+
+    /// The job shown on the stage now.
+    fn job_id(&self) -> Option<String>;
 }
 
 /// The "rebuild" action of a job, pointing at its instance.
@@ -134,6 +137,10 @@ impl<I: Rebuildable> JobActions for RebuildAction<I> {
             Some(i) => i.request_rebuild(),
             None => Err(Error::msg("this job's stage is no longer part of the pipeline")),
         }
+    }
+
+    fn latest_job(&self) -> Option<String> {
+        self.0.upgrade()?.job_id()
     }
 }
 

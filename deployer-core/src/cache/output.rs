@@ -202,6 +202,10 @@ impl<P: Publisher> Rebuildable for Instance<P> {
         self.wake.notify_one();
         Ok(())
     }
+
+    fn job_id(&self) -> Option<String> {
+        self.lock().t.job_id.clone()
+    }
 }
 
 impl<P: Publisher> Instance<P> {

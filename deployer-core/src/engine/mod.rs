@@ -13,7 +13,7 @@ use std::time::{Duration, Instant};
 
 use crate::analysis::{Diagram, Expanded, Stats};
 use crate::current::{Current, Value};
-use crate::output::Output;
+use crate::output::{Error, NodeState, Output};
 use crate::term::AnyTerm;
 
 pub use graph::Metadata;
@@ -188,6 +188,15 @@ impl EngineHandle {
     pub fn timings(&self) -> (u64, Duration, Duration) {
         let s = self.shared.lock();
         (s.steps, s.last_step, s.total)
+    }
+
+    /// The pipeline's overall state and, if it failed, the error (`None`
+    /// before the first step).
+    pub fn result(&self) -> Option<(NodeState, Option<Error>)> {
+        let state = self.shared.lock();
+        let root = state.root?;
+        let node = state.graph.node(root)?;
+        Some((node.state(), node.error()))
     }
 
     /// Number of live runtime nodes.

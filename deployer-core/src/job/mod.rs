@@ -120,8 +120,14 @@ pub struct JobInfo {
 
 /// What an operator can do to the work behind a job (registered by caches).
 pub trait JobActions: Send + Sync {
-    /// Runs the work again; returns the new job's id once it is known.
+    /// Asks for the work to run again (a new job starts soon after).
     fn rebuild(&self) -> Result<(), Error>;
+
+    /// The id of the stage's latest job (after a rebuild: the new one, once
+    /// it exists).
+    fn latest_job(&self) -> Option<String> {
+        None
+    }
 }
 
 struct JobsInner {
@@ -130,6 +136,7 @@ struct JobsInner {
     active: Mutex<BTreeMap<String, Job>>,
     actions: Mutex<BTreeMap<String, Arc<dyn JobActions>>>,
     secrets: RwLock<Vec<String>>,
+    pools: Mutex<BTreeMap<String, Pool>>,
 }
 
 /// The registry of jobs: creates them, lists the active ones, finds logs.
@@ -155,6 +162,7 @@ impl Jobs {
                 active: Mutex::default(),
                 actions: Mutex::default(),
                 secrets: RwLock::default(),
+                pools: Mutex::default(),
             }),
         }
     }
@@ -279,6 +287,11 @@ impl Jobs {
     /// The actions registered for job `id`.
     pub fn actions(&self, id: &str) -> Option<Arc<dyn JobActions>> {
         self.inner.actions.lock().unwrap_or_else(|e| e.into_inner()).get(id).cloned()
+    }
+
+    /// The pools jobs have used so far, by label (for metrics).
+    pub fn pools(&self) -> Vec<Pool> {
+        self.inner.pools.lock().unwrap_or_else(|e| e.into_inner()).values().cloned().collect()
     }
 
     /// Registers a secret: it is replaced by `[redacted]` in every log line
@@ -434,6 +447,10 @@ impl Job {
         let guard = match pool {
             None => None,
             Some((pool, priority)) => {
+                if let Some(jobs) = self.inner.jobs.upgrade() {
+                    let mut pools = jobs.pools.lock().unwrap_or_else(|e| e.into_inner());
+                    pools.entry(pool.label().to_owned()).or_insert_with(|| pool.clone());
+                }
                 self.inner.status.send_replace(JobStatus::Queued);
                 if !pool.would_wait() {
                     Some(pool.acquire(priority).await)

@@ -1,0 +1,138 @@
+//! Small text helpers: HTML escaping, URL encoding, and ANSI colours to HTML.
+
+/// `s` with `& < > " '` escaped for HTML text and attributes.
+pub fn escape(s: &str) -> String {
+    let mut out = String::with_capacity(s.len() + 8);
+    for c in s.chars() {
+        match c {
+            '&' => out.push_str("&amp;"),
+            '<' => out.push_str("&lt;"),
+            '>' => out.push_str("&gt;"),
+            '"' => out.push_str("&quot;"),
+            '\'' => out.push_str("&#39;"),
+            c => out.push(c),
+        }
+    }
+    out
+}
+
+/// `s` percent-encoded for a URL query component.
+pub fn url_encode(s: &str) -> String {
+    let mut out = String::with_capacity(s.len());
+    for b in s.bytes() {
+        match b {
+            b'A'..=b'Z' | b'a'..=b'z' | b'0'..=b'9' | b'-' | b'_' | b'.' | b'~' => out.push(b as char),
+            _ => out.push_str(&format!("%{b:02X}")),
+        }
+    }
+    out
+}
+
+/// Turns log lines with ANSI colour codes (SGR) into HTML, one line at a
+/// time; colours carry over from one line to the next, as in a terminal.
+/// Other escape sequences are dropped.
+#[derive(Debug, Default)]
+pub struct AnsiToHtml {
+    fg: Option<u8>,
+    bold: bool,
+}
+
+impl AnsiToHtml {
+    /// A converter in the default state.
+    pub fn new() -> AnsiToHtml {
+        AnsiToHtml::default()
+    }
+
+    fn open(&self, out: &mut String) -> bool {
+        let mut classes = Vec::new();
+        if let Some(fg) = self.fg {
+            classes.push(format!("fg{fg}"));
+        }
+        if self.bold {
+            classes.push("bold".to_owned());
+        }
+        if classes.is_empty() {
+            return false;
+        }
+        out.push_str(&format!("<span class=\"{}\">", classes.join(" ")));
+        true
+    }
+
+    fn apply(&mut self, params: &str) {
+        let codes: Vec<u32> = if params.is_empty() { vec![0] } else { params.split(';').filter_map(|p| p.parse().ok()).collect() };
+        for code in codes {
+            match code {
+                0 => *self = AnsiToHtml::default(),
+                1 => self.bold = true,
+                22 => self.bold = false,
+                30..=37 => self.fg = Some((code - 30) as u8),
+                90..=97 => self.fg = Some((code - 90 + 8) as u8),
+                39 => self.fg = None,
+                _ => {}
+            }
+        }
+    }
+
+    /// One line (without its newline) as escaped HTML.
+    pub fn line(&mut self, line: &str) -> String {
+        let mut out = String::with_capacity(line.len() + 16);
+        let mut open = self.open(&mut out);
+        let mut chars = line.char_indices().peekable();
+        let mut text_start = 0;
+        while let Some((i, c)) = chars.next() {
+            if c != '\x1b' {
+                continue;
+            }
+            out.push_str(&escape(&line[text_start..i]));
+            // CSI: ESC [ params final-byte
+            let mut end = i + 1;
+            if let Some(&(_, '[')) = chars.peek() {
+                chars.next();
+                let params_start = i + 2;
+                end = line.len();
+                let mut fin = None;
+                for (j, d) in chars.by_ref() {
+                    if ('@'..='~').contains(&d) {
+                        end = j + 1;
+                        fin = Some((j, d));
+                        break;
+                    }
+                }
+                if let Some((j, 'm')) = fin {
+                    if open {
+                        out.push_str("</span>");
+                    }
+                    self.apply(&line[params_start..j]);
+                    open = self.open(&mut out);
+                }
+            }
+            text_start = end;
+        }
+        out.push_str(&escape(&line[text_start.min(line.len())..]));
+        if open {
+            out.push_str("</span>");
+        }
+        out
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn escaping_and_encoding() {
+        assert_eq!(escape(r#"<a href="x">&'"#), "&lt;a href=&quot;x&quot;&gt;&amp;&#39;");
+        assert_eq!(url_encode("repo a/b&c"), "repo%20a%2Fb%26c");
+    }
+
+    #[test]
+    fn ansi_colours_become_spans_and_carry_over_lines() {
+        let mut a = AnsiToHtml::new();
+        assert_eq!(a.line("\x1b[31merror\x1b[0m: <bad>"), "<span class=\"fg1\">error</span>: &lt;bad&gt;");
+        assert_eq!(a.line("\x1b[1;32mok"), "<span class=\"fg2 bold\">ok</span>");
+        assert_eq!(a.line("still green"), "<span class=\"fg2 bold\">still green</span>");
+        assert_eq!(a.line("\x1b[mplain\x1b[2K"), "plain");
+        assert_eq!(a.line("cut \x1b[3"), "cut ");
+    }
+}

@@ -1,0 +1,694 @@
+//! The HTML pages and their form actions.
+
+use std::time::Duration;
+
+use askama::Template;
+use axum::body::Bytes;
+use axum::extract::{Path, RawQuery, State as AxState};
+use axum::http::{header, HeaderMap, StatusCode};
+use axum::response::{Html, IntoResponse, Redirect, Response};
+use deployer_core::analysis::Expanded;
+use deployer_core::job::JobStatus;
+use deployer_core::store::{BuildRecord, Cursor, HistoryQuery};
+use deployer_core::{Level, NodeState, Stats};
+
+use crate::access::{same_token, Requester, Role};
+use crate::{Peer, State};
+
+/// The header's contents.
+pub(crate) struct Nav {
+    site: String,
+    links: Vec<(String, String)>,
+    user: Option<String>,
+    login_url: Option<String>,
+    role: &'static str,
+}
+
+fn nav(state: &State, who: &Requester) -> Nav {
+    Nav {
+        site: state.name.clone(),
+        links: state.nav.clone(),
+        user: who.user.as_ref().map(|u| u.id.clone()),
+        login_url: state.access.login_url(),
+        role: match who.role {
+            Role::Viewer => "view only",
+            Role::Builder => "builder",
+            Role::Admin => "admin (local)",
+        },
+    }
+}
+
+fn render(page: impl Template) -> Response {
+    match page.render() {
+        Ok(html) => Html(html).into_response(),
+        Err(e) => (StatusCode::INTERNAL_SERVER_ERROR, format!("cannot render the page: {e}")).into_response(),
+    }
+}
+
+#[derive(Template)]
+#[template(path = "error.html")]
+struct ErrorPage {
+    nav: Nav,
+    status: String,
+    message: String,
+    login_url: Option<String>,
+}
+
+/// An HTML error page.
+pub(crate) fn error_page(state: &State, who: &Requester, status: StatusCode, message: &str) -> Response {
+    let login_url = if status == StatusCode::FORBIDDEN { state.access.login_url() } else { None };
+    let page = ErrorPage { nav: nav(state, who), status: status.to_string(), message: message.to_owned(), login_url };
+    let mut response = render(page);
+    *response.status_mut() = status;
+    response
+}
+
+/// Splits `a=1&b=2` (a query string or a form body) into decoded pairs.
+pub(crate) fn parse_pairs(s: &str) -> Result<Vec<(String, String)>, String> {
+    fn decode(s: &str) -> Result<String, String> {
+        let bytes = s.as_bytes();
+        let mut out = Vec::with_capacity(bytes.len());
+        let mut i = 0;
+        while i < bytes.len() {
+            match bytes[i] {
+                b'+' => out.push(b' '),
+                b'%' => {
+                    let hex = s.get(i + 1..i + 3).ok_or_else(|| format!("bad percent-encoding in {s:?}"))?;
+                    out.push(u8::from_str_radix(hex, 16).map_err(|_| format!("bad percent-encoding in {s:?}"))?);
+                    i += 2;
+                }
+                b => out.push(b),
+            }
+            i += 1;
+        }
+        String::from_utf8(out).map_err(|_| format!("{s:?} is not UTF-8"))
+    }
+    s.split('&')
+        .filter(|p| !p.is_empty())
+        .map(|p| {
+            let (k, v) = p.split_once('=').unwrap_or((p, ""));
+            Ok((decode(k)?, decode(v)?))
+        })
+        .collect()
+}
+
+fn who(state: &State, headers: &HeaderMap, info: Peer) -> Requester {
+    state.access.requester(headers, info.0)
+}
+
+/// Checks a POST: the role, then the CSRF token. Returns the form's fields.
+fn check_post(
+    state: &State,
+    who: &Requester,
+    body: &Bytes,
+    role: Role,
+) -> Result<Vec<(String, String)>, Box<Response>> {
+    let forbid = |msg: &str| Box::new(error_page(state, who, StatusCode::FORBIDDEN, msg));
+    if !who.can(role) {
+        let msg = match state.access.login_url() {
+            Some(_) => format!("This needs the {role:?} role."),
+            None => format!("This needs the {role:?} role: without a login, only the deployer's own machine may act."),
+        };
+        return Err(forbid(&msg));
+    }
+    let text = std::str::from_utf8(body).map_err(|_| forbid("The form is not UTF-8."))?;
+    let fields = parse_pairs(text).map_err(|e| Box::new(error_page(state, who, StatusCode::BAD_REQUEST, &e)))?;
+    let token = fields.iter().find(|(k, _)| k == "csrf").map(|(_, v)| v.as_str()).unwrap_or("");
+    if !same_token(token, &who.csrf) {
+        return Err(forbid("The form's CSRF token is missing or wrong; reload the page and try again."));
+    }
+    Ok(fields)
+}
+
+fn time_text(ms: i64) -> String {
+    chrono::DateTime::from_timestamp_millis(ms).map_or_else(String::new, |t| t.format("%Y-%m-%d %H:%M:%S").to_string())
+}
+
+#[derive(Template)]
+#[template(path = "index.html")]
+struct IndexPage {
+    nav: Nav,
+    result: String,
+    result_class: &'static str,
+    stats: Stats,
+    svg: String,
+    expanded: Vec<(String, String)>,
+    can_admin: bool,
+    csrf: String,
+    levels: Vec<(&'static str, String, bool)>,
+    confirm: String,
+}
+
+/// The overall result, as OCurrent words it.
+fn result_text(state: &State) -> (String, &'static str) {
+    match state.engine.result() {
+        None => ("Starting…".into(), "active"),
+        Some((NodeState::Ok, _)) => ("Success!".into(), "ok"),
+        Some((NodeState::Active(_), _)) => ("Running…".into(), "active"),
+        Some((_, e)) => (format!("ERROR: {}", e.map_or_else(String::new, |e| e.message().to_owned())), "failed"),
+    }
+}
+
+pub(crate) fn expanded_from(query: Option<&str>) -> Result<Vec<(String, String)>, String> {
+    parse_pairs(query.unwrap_or(""))
+}
+
+pub(crate) async fn index(
+    AxState(state): AxState<State>,
+    headers: HeaderMap,
+    info: Peer,
+    RawQuery(query): RawQuery,
+) -> Response {
+    let who = who(&state, &headers, info);
+    let expanded = match expanded_from(query.as_deref()) {
+        Ok(e) => e,
+        Err(e) => return error_page(&state, &who, StatusCode::BAD_REQUEST, &e),
+    };
+    let diagram = state.engine.diagram(&Expanded::from_pairs(expanded.clone()));
+    let svg = crate::svg::render(&diagram, &expanded);
+    let (result, result_class) = result_text(&state);
+    let confirm = state.ctx.config().confirm();
+    let mut levels = vec![("none", "No confirmation needed".to_owned(), confirm.is_none())];
+    levels.extend(Level::ALL.iter().map(|l| (l.as_str(), format!("{} and above", l.as_str()), confirm == Some(*l))));
+    render(IndexPage {
+        nav: nav(&state, &who),
+        result,
+        result_class,
+        stats: state.engine.stats(),
+        svg,
+        expanded,
+        can_admin: who.can(Role::Admin),
+        csrf: who.csrf.clone(),
+        levels,
+        confirm: confirm.map_or("none".into(), |l| format!("{} and above", l.as_str())),
+    })
+}
+
+pub(crate) async fn pipeline_svg(AxState(state): AxState<State>, RawQuery(query): RawQuery) -> Response {
+    let expanded = match expanded_from(query.as_deref()) {
+        Ok(e) => e,
+        Err(e) => return crate::Failure::new(StatusCode::BAD_REQUEST, e).into_response(),
+    };
+    let diagram = state.engine.diagram(&Expanded::from_pairs(expanded.clone()));
+    ([(header::CONTENT_TYPE, "image/svg+xml")], crate::svg::render(&diagram, &expanded)).into_response()
+}
+
+pub(crate) async fn set_confirm(
+    AxState(state): AxState<State>,
+    headers: HeaderMap,
+    info: Peer,
+    body: Bytes,
+) -> Response {
+    let who = who(&state, &headers, info);
+    let fields = match check_post(&state, &who, &body, Role::Admin) {
+        Ok(f) => f,
+        Err(r) => return *r,
+    };
+    let value = fields.iter().find(|(k, _)| k == "level").map_or("", |(_, v)| v.as_str());
+    let level = match value {
+        "none" => None,
+        other => match other.parse::<Level>() {
+            Ok(l) => Some(l),
+            Err(e) => return error_page(&state, &who, StatusCode::BAD_REQUEST, &e.to_string()),
+        },
+    };
+    state.ctx.config().set_confirm(level);
+    state.engine.wake();
+    Redirect::to("/").into_response()
+}
+
+struct JobRow {
+    id: String,
+    state: &'static str,
+    state_class: &'static str,
+    since: String,
+}
+
+#[derive(Template)]
+#[template(path = "jobs.html")]
+struct JobsPage {
+    nav: Nav,
+    jobs: Vec<JobRow>,
+    pools: Vec<(String, usize, usize, usize, usize)>,
+}
+
+pub(crate) fn status_text(status: JobStatus, cancelled: bool) -> (&'static str, &'static str) {
+    match (status, cancelled) {
+        (JobStatus::Finished, _) => ("finished", "none"),
+        (_, true) => ("cancelling", "failed"),
+        (JobStatus::Ready, _) => ("ready to start", "ready"),
+        (JobStatus::WaitingForConfirmation, _) => ("waiting for confirmation", "waiting"),
+        (JobStatus::Queued, _) => ("queued for a pool", "ready"),
+        (JobStatus::Running, _) => ("running", "running"),
+    }
+}
+
+pub(crate) async fn jobs(
+    AxState(state): AxState<State>,
+    headers: HeaderMap,
+    info: Peer,
+) -> Response {
+    let who = who(&state, &headers, info);
+    let jobs = state
+        .ctx
+        .jobs
+        .active()
+        .into_iter()
+        .map(|j| {
+            let (s, class) = status_text(j.status, j.cancelled.is_some());
+            let since = match j.started {
+                Some(t) => format!("started {}", time_text(t)),
+                None => format!("created {}", time_text(j.created)),
+            };
+            JobRow { id: j.id, state: s, state_class: class, since }
+        })
+        .collect();
+    let pools = state
+        .ctx
+        .jobs
+        .pools()
+        .iter()
+        .map(|p| {
+            let (high, low) = p.queue_lengths();
+            (p.label().to_owned(), p.in_use(), p.capacity(), high, low)
+        })
+        .collect();
+    render(JobsPage { nav: nav(&state, &who), jobs, pools })
+}
+
+struct HistoryRow {
+    build: i64,
+    job_id: String,
+    current: bool,
+    result: String,
+    result_class: &'static str,
+    finished: String,
+}
+
+fn result_of(r: &BuildRecord) -> (String, &'static str) {
+    match (r.ok, r.interrupted) {
+        (true, _) => ("passed".into(), "ok"),
+        (false, true) => ("interrupted".into(), "failed"),
+        (false, false) => ("failed".into(), "failed"),
+    }
+}
+
+#[derive(Template)]
+#[template(path = "job.html")]
+struct JobPage {
+    nav: Nav,
+    id: String,
+    state: String,
+    state_class: &'static str,
+    description: Option<String>,
+    notice: Option<String>,
+    history: Vec<HistoryRow>,
+    can_rebuild: bool,
+    can_cancel: bool,
+    can_start: bool,
+    csrf: String,
+    finished: bool,
+}
+
+/// The job id of a `/job/<date>/<file>` path, if it names an existing log.
+pub(crate) fn job_id(state: &State, date: &str, file: &str) -> Result<String, (StatusCode, String)> {
+    let id = format!("{date}/{file}");
+    let path = state.ctx.jobs.log_file(&id).map_err(|e| (StatusCode::BAD_REQUEST, e.to_string()))?;
+    if !path.exists() {
+        return Err((StatusCode::NOT_FOUND, format!("There is no job {id}.")));
+    }
+    Ok(id)
+}
+
+pub(crate) async fn job(
+    AxState(state): AxState<State>,
+    headers: HeaderMap,
+    info: Peer,
+    Path((date, file)): Path<(String, String)>,
+    RawQuery(query): RawQuery,
+) -> Response {
+    let who = who(&state, &headers, info);
+    let id = match job_id(&state, &date, &file) {
+        Ok(id) => id,
+        Err((status, msg)) => return error_page(&state, &who, status, &msg),
+    };
+    let notice = parse_pairs(query.as_deref().unwrap_or(""))
+        .unwrap_or_default()
+        .into_iter()
+        .find(|(k, _)| k == "notice")
+        .map(|(_, v)| v);
+    let active = state.ctx.jobs.get(&id);
+    let record = state.ctx.store.by_job(&id).await.ok().flatten();
+    let (state_text, state_class) = match (&active, &record) {
+        (Some(job), _) => {
+            let (s, c) = status_text(job.status(), job.cancelled_reason().is_some());
+            (s.to_owned(), c)
+        }
+        (None, Some(r)) => result_of(r),
+        (None, None) => ("finished".to_owned(), "none"),
+    };
+    let mut history = Vec::new();
+    let mut description = None;
+    if let Some(r) = &record {
+        description = Some(format!("{} build #{}", r.op, r.build));
+        if let Ok(builds) = state.ctx.store.builds_of(&r.op, &r.key, 10).await {
+            history = builds
+                .iter()
+                .map(|b| {
+                    let (result, result_class) = result_of(b);
+                    HistoryRow {
+                        build: b.build,
+                        job_id: b.job_id.clone(),
+                        current: b.job_id == id,
+                        result,
+                        result_class,
+                        finished: time_text(b.finished),
+                    }
+                })
+                .collect();
+        }
+    } else if let Some(job) = &active {
+        description = Some(job.label().to_owned());
+    }
+    let running = active.as_ref().is_some_and(|j| j.status() != JobStatus::Finished);
+    let page = JobPage {
+        nav: nav(&state, &who),
+        state: state_text,
+        state_class,
+        description,
+        notice,
+        history,
+        can_rebuild: who.can(Role::Builder) && !running && state.ctx.jobs.actions(&id).is_some(),
+        can_cancel: who.can(Role::Builder) && running && active.as_ref().is_some_and(|j| j.cancelled_reason().is_none()),
+        can_start: who.can(Role::Admin)
+            && active.as_ref().is_some_and(|j| j.status() == JobStatus::WaitingForConfirmation),
+        csrf: who.csrf.clone(),
+        finished: !running,
+        id,
+    };
+    let mut response = render(page);
+    response.headers_mut().insert(header::CACHE_CONTROL, header::HeaderValue::from_static("no-store"));
+    response
+}
+
+/// Runs a job action after the checks; `Ok(url)` is where to go next.
+async fn job_action(
+    state: State,
+    headers: HeaderMap,
+    info: Peer,
+    date: String,
+    file: String,
+    body: Bytes,
+    role: Role,
+    action: impl AsyncFnOnce(&State, &str) -> Result<String, String>,
+) -> Response {
+    let who = who(&state, &headers, info);
+    if let Err(r) = check_post(&state, &who, &body, role) {
+        return *r;
+    }
+    let id = match job_id(&state, &date, &file) {
+        Ok(id) => id,
+        Err((status, msg)) => return error_page(&state, &who, status, &msg),
+    };
+    match action(&state, &id).await {
+        Ok(url) => Redirect::to(&url).into_response(),
+        Err(msg) => error_page(&state, &who, StatusCode::CONFLICT, &msg),
+    }
+}
+
+pub(crate) async fn rebuild(
+    AxState(state): AxState<State>,
+    headers: HeaderMap,
+    info: Peer,
+    Path((date, file)): Path<(String, String)>,
+    body: Bytes,
+) -> Response {
+    job_action(state, headers, info, date, file, body, Role::Builder, async |state, id| {
+        let actions = state.ctx.jobs.actions(id).ok_or("This job's stage is no longer in the pipeline.")?;
+        actions.rebuild().map_err(|e| e.message().to_owned())?;
+        // Go to the new job once it exists (it starts right away).
+        for _ in 0..100 {
+            if let Some(new) = actions.latest_job().filter(|j| j != id) {
+                return Ok(format!("/job/{new}"));
+            }
+            tokio::time::sleep(Duration::from_millis(20)).await;
+        }
+        Ok(format!("/job/{id}?notice=Rebuild+requested"))
+    })
+    .await
+}
+
+pub(crate) async fn cancel(
+    AxState(state): AxState<State>,
+    headers: HeaderMap,
+    info: Peer,
+    Path((date, file)): Path<(String, String)>,
+    body: Bytes,
+) -> Response {
+    job_action(state, headers, info, date, file, body, Role::Builder, async |state, id| {
+        let job = state.ctx.jobs.get(id).ok_or("This job has already finished.")?;
+        job.cancel("Cancelled by user");
+        Ok(format!("/job/{id}"))
+    })
+    .await
+}
+
+pub(crate) async fn start(
+    AxState(state): AxState<State>,
+    headers: HeaderMap,
+    info: Peer,
+    Path((date, file)): Path<(String, String)>,
+    body: Bytes,
+) -> Response {
+    job_action(state, headers, info, date, file, body, Role::Admin, async |state, id| {
+        let job = state.ctx.jobs.get(id).ok_or("This job has already finished.")?;
+        if job.status() != JobStatus::WaitingForConfirmation {
+            return Err("This job is not waiting for confirmation.".into());
+        }
+        job.approve_early_start();
+        Ok(format!("/job/{id}"))
+    })
+    .await
+}
+
+/// The history filters, as given in the query string.
+#[derive(Default)]
+pub(crate) struct Filter {
+    pub(crate) op: Option<String>,
+    pub(crate) result: Option<String>,
+    pub(crate) rebuild: Option<bool>,
+    pub(crate) date: Option<String>,
+    pub(crate) prefix: Option<String>,
+    pub(crate) after: Option<Cursor>,
+}
+
+impl Filter {
+    /// Reads and checks the filters; the error names the bad parameter.
+    pub(crate) fn parse(query: Option<&str>) -> Result<Filter, String> {
+        let mut f = Filter::default();
+        for (k, v) in parse_pairs(query.unwrap_or(""))? {
+            if v.is_empty() {
+                continue;
+            }
+            match k.as_str() {
+                "op" => f.op = Some(v),
+                "result" => match v.as_str() {
+                    "passed" | "failed" => f.result = Some(v),
+                    _ => return Err(format!("result must be \"passed\" or \"failed\", not {v:?}")),
+                },
+                "rebuild" => {
+                    f.rebuild = Some(v.parse().map_err(|_| format!("rebuild must be true or false, not {v:?}"))?)
+                }
+                "date" => {
+                    chrono::NaiveDate::parse_from_str(&v, "%Y-%m-%d")
+                        .map_err(|_| format!("date must look like 2026-11-24, not {v:?}"))?;
+                    f.date = Some(v)
+                }
+                "prefix" => f.prefix = Some(v),
+                "after" => {
+                    let bad = || format!("after must be <finished>.<row> as given by the Older link, not {v:?}");
+                    let (a, b) = v.split_once('.').ok_or_else(bad)?;
+                    f.after = Some(Cursor { finished: a.parse().map_err(|_| bad())?, row: b.parse().map_err(|_| bad())? });
+                }
+                "limit" => {}
+                other => return Err(format!("unknown parameter {other:?}")),
+            }
+        }
+        Ok(f)
+    }
+
+    /// The store query; a date is a job-id prefix (job ids begin with it).
+    pub(crate) fn query(&self, limit: usize) -> HistoryQuery {
+        let prefix = match (&self.date, &self.prefix) {
+            (Some(d), Some(p)) if p.starts_with(d.as_str()) => Some(p.clone()),
+            (Some(d), Some(_)) => Some(format!("{d}/\u{0}")), // contradictory: nothing matches
+            (Some(d), None) => Some(format!("{d}/")),
+            (None, p) => p.clone(),
+        };
+        HistoryQuery {
+            op: self.op.clone(),
+            ok: self.result.as_deref().map(|r| r == "passed"),
+            rebuild: self.rebuild,
+            job_prefix: prefix,
+            after: self.after,
+            limit,
+            ..HistoryQuery::default()
+        }
+    }
+
+    fn url_after(&self, cursor: Cursor) -> String {
+        let mut parts = Vec::new();
+        for (k, v) in [("op", &self.op), ("result", &self.result), ("date", &self.date), ("prefix", &self.prefix)] {
+            if let Some(v) = v {
+                parts.push(format!("{k}={}", crate::html::url_encode(v)));
+            }
+        }
+        if let Some(r) = self.rebuild {
+            parts.push(format!("rebuild={r}"));
+        }
+        parts.push(format!("after={}.{}", cursor.finished, cursor.row));
+        format!("/query?{}", parts.join("&"))
+    }
+}
+
+struct QueryRow {
+    job_id: String,
+    build: i64,
+    result: String,
+    result_class: &'static str,
+    rebuild: bool,
+    rebuildable: bool,
+    finished: String,
+    times: String,
+}
+
+#[derive(Template)]
+#[template(path = "query.html")]
+struct QueryPage {
+    nav: Nav,
+    ops: Vec<String>,
+    filter: Filter,
+    rows: Vec<QueryRow>,
+    next_url: Option<String>,
+    can_rebuild: bool,
+    csrf: String,
+    notice: Option<String>,
+}
+
+async fn query_page(state: &State, who: &Requester, filter: Filter, notice: Option<String>) -> Response {
+    let page = match state.ctx.store.history(filter.query(50)).await {
+        Ok(p) => p,
+        Err(e) => return error_page(state, who, StatusCode::INTERNAL_SERVER_ERROR, &e.to_string()),
+    };
+    let ops = state.ctx.store.ops().await.unwrap_or_default();
+    let rows = page
+        .rows
+        .iter()
+        .map(|r| {
+            let (result, result_class) = result_of(r);
+            let secs = |a: i64, b: i64| format!("{:.1} s", (b - a) as f64 / 1000.0);
+            let times = match r.running {
+                Some(run) => format!("{} / {}", secs(r.ready, run), secs(run, r.finished)),
+                None => format!("{} / –", secs(r.ready, r.finished)),
+            };
+            QueryRow {
+                job_id: r.job_id.clone(),
+                build: r.build,
+                result,
+                result_class,
+                rebuild: r.rebuild,
+                rebuildable: state.ctx.jobs.actions(&r.job_id).is_some(),
+                finished: time_text(r.finished),
+                times,
+            }
+        })
+        .collect();
+    let next_url = page.next.map(|c| filter.url_after(c));
+    render(QueryPage {
+        nav: nav(state, who),
+        ops,
+        filter,
+        rows,
+        next_url,
+        can_rebuild: who.can(Role::Builder),
+        csrf: who.csrf.clone(),
+        notice,
+    })
+}
+
+pub(crate) async fn query(
+    AxState(state): AxState<State>,
+    headers: HeaderMap,
+    info: Peer,
+    RawQuery(raw): RawQuery,
+) -> Response {
+    let who = who(&state, &headers, info);
+    match Filter::parse(raw.as_deref()) {
+        Ok(filter) => query_page(&state, &who, filter, None).await,
+        Err(e) => error_page(&state, &who, StatusCode::BAD_REQUEST, &e),
+    }
+}
+
+pub(crate) async fn rebuild_selected(
+    AxState(state): AxState<State>,
+    headers: HeaderMap,
+    info: Peer,
+    body: Bytes,
+) -> Response {
+    let who = who(&state, &headers, info);
+    let fields = match check_post(&state, &who, &body, Role::Builder) {
+        Ok(f) => f,
+        Err(r) => return *r,
+    };
+    let (mut started, mut failed) = (0, Vec::new());
+    for (_, id) in fields.iter().filter(|(k, _)| k == "job") {
+        match state.ctx.jobs.actions(id).map(|a| a.rebuild()) {
+            Some(Ok(())) => started += 1,
+            Some(Err(e)) => failed.push(format!("{id}: {}", e.message())),
+            None => failed.push(format!("{id}: no longer in the pipeline")),
+        }
+    }
+    let mut notice = format!("Rebuilding {started} job(s).");
+    if !failed.is_empty() {
+        notice.push_str(&format!(" Not rebuilt: {}.", failed.join("; ")));
+    }
+    query_page(&state, &who, Filter::default(), Some(notice)).await
+}
+
+pub(crate) async fn not_found(
+    AxState(state): AxState<State>,
+    headers: HeaderMap,
+    info: Peer,
+) -> Response {
+    let who = who(&state, &headers, info);
+    error_page(&state, &who, StatusCode::NOT_FOUND, "There is no such page.")
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn filters_name_the_bad_parameter() {
+        assert!(Filter::parse(Some("result=maybe")).unwrap_err().contains("result must be"));
+        assert!(Filter::parse(Some("date=24/11/2026")).unwrap_err().contains("date must look like"));
+        assert!(Filter::parse(Some("after=x")).unwrap_err().contains("after must be"));
+        assert!(Filter::parse(Some("colour=red")).unwrap_err().contains("unknown parameter \"colour\""));
+        let f = Filter::parse(Some("op=docker-build&result=failed&date=2026-11-24&after=5.7")).unwrap();
+        let q = f.query(50);
+        assert_eq!(q.op.as_deref(), Some("docker-build"));
+        assert_eq!(q.ok, Some(false));
+        assert_eq!(q.job_prefix.as_deref(), Some("2026-11-24/"));
+        assert_eq!(q.after, Some(Cursor { finished: 5, row: 7 }));
+        assert_eq!(f.url_after(Cursor { finished: 1, row: 2 }), "/query?op=docker-build&result=failed&date=2026-11-24&after=1.2");
+    }
+
+    #[test]
+    fn pairs_are_decoded() {
+        assert_eq!(
+            parse_pairs("a=1&b=x+y%2Fz&c").unwrap(),
+            [("a".into(), "1".into()), ("b".into(), "x y/z".into()), ("c".into(), String::new())]
+        );
+        assert!(parse_pairs("a=%zz").is_err());
+    }
+}
