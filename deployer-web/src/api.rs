@@ -89,7 +89,10 @@ pub(crate) async fn log(
         if k == "offset" {
             match v.parse() {
                 Ok(o) => offset = o,
-                Err(_) => return Failure::new(StatusCode::BAD_REQUEST, format!("offset must be a number, not {v:?}")).into_response(),
+                Err(_) => {
+                    return Failure::new(StatusCode::BAD_REQUEST, format!("offset must be a number, not {v:?}"))
+                        .into_response()
+                }
             }
         }
     }
@@ -124,7 +127,11 @@ impl Follow {
     /// Complete lines of `bytes` (plus what was left over) as HTML.
     fn lines(&mut self, bytes: &[u8], flush: bool) -> String {
         self.partial.extend_from_slice(bytes);
-        let cut = if flush { self.partial.len() } else { self.partial.iter().rposition(|&b| b == b'\n').map_or(0, |i| i + 1) };
+        let cut = if flush {
+            self.partial.len()
+        } else {
+            self.partial.iter().rposition(|&b| b == b'\n').map_or(0, |i| i + 1)
+        };
         let ready: Vec<u8> = self.partial.drain(..cut).collect();
         let text = String::from_utf8_lossy(&ready);
         let mut html = String::with_capacity(ready.len() * 2);
@@ -132,7 +139,9 @@ impl Follow {
             self.line += 1;
             let n = self.line;
             let body = self.ansi.line(l.trim_end_matches('\n'));
-            let _ = writeln!(html, r##"<span class="line" id="L{n}"><a href="#L{n}">{n}</a>{body}</span>"##);
+            // No newline between lines: each is a block, and `pre` would
+            // show the newline as an empty line.
+            let _ = write!(html, r##"<span class="line" id="L{n}"><a href="#L{n}">{n}</a>{body}</span>"##);
         }
         html
     }
@@ -202,8 +211,15 @@ pub(crate) async fn log_events(
         Err((status, msg)) => return Failure::new(status, msg).into_response(),
     };
     let (offset, line) = resume_point(&state.ctx.jobs, &id, &headers);
-    let follow =
-        Follow { jobs: state.ctx.jobs.clone(), id, offset, line, ansi: AnsiToHtml::new(), partial: Vec::new(), done: false };
+    let follow = Follow {
+        jobs: state.ctx.jobs.clone(),
+        id,
+        offset,
+        line,
+        ansi: AnsiToHtml::new(),
+        partial: Vec::new(),
+        done: false,
+    };
     let stream = futures_util::stream::unfold(follow, |mut f| async move {
         let event = f.next_event().await?;
         Some((Ok::<_, Infallible>(event), f))

@@ -43,7 +43,9 @@ impl AnsiToHtml {
         AnsiToHtml::default()
     }
 
-    fn open(&self, out: &mut String) -> bool {
+    /// Opens a span for the current colours; returns where the tag starts
+    /// and ends, so that an empty span can be taken back.
+    fn open(&self, out: &mut String) -> Option<(usize, usize)> {
         let mut classes = Vec::new();
         if let Some(fg) = self.fg {
             classes.push(format!("fg{fg}"));
@@ -52,14 +54,24 @@ impl AnsiToHtml {
             classes.push("bold".to_owned());
         }
         if classes.is_empty() {
-            return false;
+            return None;
         }
+        let start = out.len();
         out.push_str(&format!("<span class=\"{}\">", classes.join(" ")));
-        true
+        Some((start, out.len()))
+    }
+
+    fn close(out: &mut String, open: Option<(usize, usize)>) {
+        match open {
+            Some((start, end)) if out.len() == end => out.truncate(start),
+            Some(_) => out.push_str("</span>"),
+            None => {}
+        }
     }
 
     fn apply(&mut self, params: &str) {
-        let codes: Vec<u32> = if params.is_empty() { vec![0] } else { params.split(';').filter_map(|p| p.parse().ok()).collect() };
+        let codes: Vec<u32> =
+            if params.is_empty() { vec![0] } else { params.split(';').filter_map(|p| p.parse().ok()).collect() };
         for code in codes {
             match code {
                 0 => *self = AnsiToHtml::default(),
@@ -99,9 +111,7 @@ impl AnsiToHtml {
                     }
                 }
                 if let Some((j, 'm')) = fin {
-                    if open {
-                        out.push_str("</span>");
-                    }
+                    Self::close(&mut out, open);
                     self.apply(&line[params_start..j]);
                     open = self.open(&mut out);
                 }
@@ -109,9 +119,7 @@ impl AnsiToHtml {
             text_start = end;
         }
         out.push_str(&escape(&line[text_start.min(line.len())..]));
-        if open {
-            out.push_str("</span>");
-        }
+        Self::close(&mut out, open);
         out
     }
 }

@@ -144,8 +144,9 @@ fn result_text(state: &State) -> (String, &'static str) {
     match state.engine.result() {
         None => ("Starting…".into(), "active"),
         Some((NodeState::Ok, _)) => ("Success!".into(), "ok"),
-        Some((NodeState::Active(_), _)) => ("Running…".into(), "active"),
-        Some((_, e)) => (format!("ERROR: {}", e.map_or_else(String::new, |e| e.message().to_owned())), "failed"),
+        Some((_, Some(e))) => (format!("ERROR: {}", e.message()), "failed"),
+        // Pending here or upstream.
+        Some((_, None)) => ("Running…".into(), "active"),
     }
 }
 
@@ -243,11 +244,7 @@ pub(crate) fn status_text(status: JobStatus, cancelled: bool) -> (&'static str, 
     }
 }
 
-pub(crate) async fn jobs(
-    AxState(state): AxState<State>,
-    headers: HeaderMap,
-    info: Peer,
-) -> Response {
+pub(crate) async fn jobs(AxState(state): AxState<State>, headers: HeaderMap, info: Peer) -> Response {
     let who = who(&state, &headers, info);
     let jobs = state
         .ctx
@@ -379,7 +376,9 @@ pub(crate) async fn job(
         notice,
         history,
         can_rebuild: who.can(Role::Builder) && !running && state.ctx.jobs.actions(&id).is_some(),
-        can_cancel: who.can(Role::Builder) && running && active.as_ref().is_some_and(|j| j.cancelled_reason().is_none()),
+        can_cancel: who.can(Role::Builder)
+            && running
+            && active.as_ref().is_some_and(|j| j.cancelled_reason().is_none()),
         can_start: who.can(Role::Admin)
             && active.as_ref().is_some_and(|j| j.status() == JobStatus::WaitingForConfirmation),
         csrf: who.csrf.clone(),
@@ -472,7 +471,7 @@ pub(crate) async fn start(
 }
 
 /// The history filters, as given in the query string.
-#[derive(Default)]
+#[derive(Debug, Default)]
 pub(crate) struct Filter {
     pub(crate) op: Option<String>,
     pub(crate) result: Option<String>,
@@ -508,7 +507,8 @@ impl Filter {
                 "after" => {
                     let bad = || format!("after must be <finished>.<row> as given by the Older link, not {v:?}");
                     let (a, b) = v.split_once('.').ok_or_else(bad)?;
-                    f.after = Some(Cursor { finished: a.parse().map_err(|_| bad())?, row: b.parse().map_err(|_| bad())? });
+                    f.after =
+                        Some(Cursor { finished: a.parse().map_err(|_| bad())?, row: b.parse().map_err(|_| bad())? });
                 }
                 "limit" => {}
                 other => return Err(format!("unknown parameter {other:?}")),
@@ -655,11 +655,7 @@ pub(crate) async fn rebuild_selected(
     query_page(&state, &who, Filter::default(), Some(notice)).await
 }
 
-pub(crate) async fn not_found(
-    AxState(state): AxState<State>,
-    headers: HeaderMap,
-    info: Peer,
-) -> Response {
+pub(crate) async fn not_found(AxState(state): AxState<State>, headers: HeaderMap, info: Peer) -> Response {
     let who = who(&state, &headers, info);
     error_page(&state, &who, StatusCode::NOT_FOUND, "There is no such page.")
 }
@@ -680,7 +676,10 @@ mod tests {
         assert_eq!(q.ok, Some(false));
         assert_eq!(q.job_prefix.as_deref(), Some("2026-11-24/"));
         assert_eq!(q.after, Some(Cursor { finished: 5, row: 7 }));
-        assert_eq!(f.url_after(Cursor { finished: 1, row: 2 }), "/query?op=docker-build&result=failed&date=2026-11-24&after=1.2");
+        assert_eq!(
+            f.url_after(Cursor { finished: 1, row: 2 }),
+            "/query?op=docker-build&result=failed&date=2026-11-24&after=1.2"
+        );
     }
 
     #[test]

@@ -254,8 +254,11 @@ mod tests {
         group.shape = Shape::Collapsed;
         group.expand = Some(("repo".into(), "ocaml/opam".into()));
         group.cluster = Some(0);
-        let diagram =
-            Diagram { boxes: vec![group], edges: vec![], clusters: vec![Cluster { index: 0, dotted: false, parent: None }] };
+        let diagram = Diagram {
+            boxes: vec![group],
+            edges: vec![],
+            clusters: vec![Cluster { index: 0, dotted: false, parent: None }],
+        };
         let svg = render(&diagram, &[("repo".into(), "a b".into())]);
         assert!(svg.contains(r#"href="/?repo=a%20b&amp;repo=ocaml%2Fopam""#), "{svg}");
         assert!(svg.contains("+ ocaml/opam"));

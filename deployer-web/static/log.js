@@ -18,7 +18,7 @@
   source.addEventListener("end", function (e) {
     source.close();
     end.textContent = "End of log.";
-    if (state && e.data) { state.textContent = e.data; }
+    if (state && state.classList.contains("running")) { state.textContent = "finished"; state.className = "badge none"; }
   });
   source.onerror = function () { end.textContent = "Connection lost; retrying…"; };
 })();

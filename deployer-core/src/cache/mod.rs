@@ -121,7 +121,12 @@ where
         if let Err(e) = ctx.store.record_start(plan.op, plan.key, plan.value, job.id()).await {
             return Err(Error::msg(format!("cannot record the start of the job: {e}")));
         }
-        CatchUnwind(Box::pin(work(job.clone()))).await
+        // Cancelling drops the work, whether or not it watches for it (its
+        // child processes are killed on drop).
+        tokio::select! {
+            r = CatchUnwind(Box::pin(work(job.clone()))) => r,
+            reason = job.cancelled() => Err(Error::msg(format!("Cancelled: {reason}"))),
+        }
     };
     tokio::pin!(run);
     let result = loop {
