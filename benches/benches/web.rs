@@ -81,12 +81,18 @@ fn web(c: &mut Criterion) {
     let big = Engine::new(Current::all(repos));
     let t = Instant::now();
     big.step();
-    eprintln!("100,000-box pipeline: first step {:.0} ms, {} nodes", t.elapsed().as_secs_f64() * 1e3, big.handle().node_count());
+    eprintln!(
+        "100,000-box pipeline: first step {:.0} ms, {} nodes",
+        t.elapsed().as_secs_f64() * 1e3,
+        big.handle().node_count()
+    );
     let big_app = Site::new("bench", big.handle(), context("100k")).router();
     let (status, bytes) = rt.block_on(get(&big_app, "/"));
     assert_eq!(status, StatusCode::OK);
     eprintln!("100,000-box pipeline page, collapsed: {bytes} bytes");
-    group.bench_function("pipeline_page_100k_boxes_collapsed", |b| b.iter(|| black_box(rt.block_on(get(&big_app, "/")))));
+    group.bench_function("pipeline_page_100k_boxes_collapsed", |b| {
+        b.iter(|| black_box(rt.block_on(get(&big_app, "/"))))
+    });
     group.bench_function("pipeline_page_100k_one_repo_expanded", |b| {
         b.iter(|| black_box(rt.block_on(get(&big_app, "/?repo=repo-42"))))
     });

@@ -12,7 +12,8 @@ use std::sync::Arc;
 use std::time::Duration;
 
 use deployer_core::monitor::BoxFuture;
-use deployer_core::{Current, Engine, Error, Expanded, Monitor, Output};
+use deployer_core::{Config, Context, Current, Engine, Error, Expanded, Monitor, Output};
+use deployer_web::Site;
 use tokio::process::Command;
 
 async fn git(repo: &Path, args: &[&str]) -> Result<String, Error> {
@@ -135,6 +136,16 @@ async fn main() -> Result<(), Box<dyn std::error::Error>> {
 
     let engine = Engine::new(pipeline(&repo, &out));
     println!("The pipeline before it runs:\n{}", engine.diagram(&Expanded::none()).summary());
+
+    // The web UI, on 127.0.0.1:8080 (or any free port if that is taken).
+    let ctx = Context::open(&dir.join("state"), Config::new(None))?;
+    let listener = match tokio::net::TcpListener::bind("127.0.0.1:8080").await {
+        Ok(l) => l,
+        Err(_) => tokio::net::TcpListener::bind("127.0.0.1:0").await?,
+    };
+    let addr = listener.local_addr()?;
+    tokio::spawn(Site::new("local demo", engine.handle(), ctx).serve(listener));
+    println!("web UI: http://{addr}/\n");
     engine.step();
     settle(&engine, |o| o.is_ok()).await;
     println!("deployed v1 to {}\n", out.join("live.tar").display());
@@ -148,6 +159,25 @@ async fn main() -> Result<(), Box<dyn std::error::Error>> {
     commit(&repo, "v3").await?;
     settle(&engine, |o| matches!(o, Output::Ok(a) if a.contains("build-"))).await;
     assert_eq!(live_version(&out).await?, "v3");
-    println!("deployed v3; demo finished (files in {})", dir.display());
+    let page = http_get(addr, "/").await?;
+    assert!(page.contains("Success!") && page.contains("<svg"), "the web UI shows the deployed pipeline");
+    println!("deployed v3; the web UI at http://{addr}/ shows it (files in {})", dir.display());
+    if std::env::args().any(|a| a == "--serve") {
+        println!("serving the web UI until Ctrl-C");
+        tokio::select! {
+            _ = engine.run() => {}
+            _ = tokio::signal::ctrl_c() => {}
+        }
+    }
     Ok(())
+}
+
+/// A plain HTTP/1.1 GET, enough to check the demo's own web UI.
+async fn http_get(addr: std::net::SocketAddr, path: &str) -> std::io::Result<String> {
+    use tokio::io::{AsyncReadExt, AsyncWriteExt};
+    let mut s = tokio::net::TcpStream::connect(addr).await?;
+    s.write_all(format!("GET {path} HTTP/1.1\r\nHost: {addr}\r\nConnection: close\r\n\r\n").as_bytes()).await?;
+    let mut out = String::new();
+    s.read_to_string(&mut out).await?;
+    Ok(out)
 }
