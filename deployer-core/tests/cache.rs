@@ -26,9 +26,11 @@ fn rand_suffix() -> u64 {
 }
 
 /// Jobs waiting for the test to finish them, by description.
+type Waiting = BTreeMap<String, oneshot::Sender<Result<String, String>>>;
+
 #[derive(Clone, Default)]
 struct Control {
-    waiting: Arc<Mutex<BTreeMap<String, oneshot::Sender<Result<String, String>>>>>,
+    waiting: Arc<Mutex<Waiting>>,
     runs: Arc<Mutex<BTreeMap<String, usize>>>,
 }
 
@@ -48,15 +50,17 @@ impl Control {
     async fn complete(&self, what: &str, result: Result<&str, &str>) {
         let tx = tokio::time::timeout(Duration::from_secs(10), async {
             loop {
-                let mut waiting = self.waiting.lock().unwrap();
-                // A cancelled job leaves a closed sender behind: skip it.
-                if waiting.get(what).is_some_and(|tx| tx.is_closed()) {
-                    waiting.remove(what);
-                }
-                if let Some(tx) = waiting.remove(what) {
+                let found = {
+                    let mut waiting = self.waiting.lock().unwrap();
+                    // A cancelled job leaves a closed sender behind: skip it.
+                    if waiting.get(what).is_some_and(|tx| tx.is_closed()) {
+                        waiting.remove(what);
+                    }
+                    waiting.remove(what)
+                };
+                if let Some(tx) = found {
                     return tx;
                 }
-                drop(waiting);
                 tokio::time::sleep(Duration::from_millis(5)).await;
             }
         })
@@ -69,7 +73,7 @@ impl Control {
 
     async fn wait_running(&self, what: &str) {
         tokio::time::timeout(Duration::from_secs(10), async {
-            while !self.waiting.lock().unwrap().get(what).is_some_and(|tx| !tx.is_closed()) {
+            while self.waiting.lock().unwrap().get(what).is_none_or(|tx| tx.is_closed()) {
                 tokio::time::sleep(Duration::from_millis(5)).await;
             }
         })

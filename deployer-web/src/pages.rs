@@ -393,15 +393,12 @@ pub(crate) async fn job(
 /// Runs a job action after the checks; `Ok(url)` is where to go next.
 async fn job_action(
     state: State,
-    headers: HeaderMap,
-    info: Peer,
-    date: String,
-    file: String,
+    who: Requester,
+    (date, file): (String, String),
     body: Bytes,
     role: Role,
     action: impl AsyncFnOnce(&State, &str) -> Result<String, String>,
 ) -> Response {
-    let who = who(&state, &headers, info);
     if let Err(r) = check_post(&state, &who, &body, role) {
         return *r;
     }
@@ -422,7 +419,7 @@ pub(crate) async fn rebuild(
     Path((date, file)): Path<(String, String)>,
     body: Bytes,
 ) -> Response {
-    job_action(state, headers, info, date, file, body, Role::Builder, async |state, id| {
+    job_action(state.clone(), who(&state, &headers, info), (date, file), body, Role::Builder, async |state, id| {
         let actions = state.ctx.jobs.actions(id).ok_or("This job's stage is no longer in the pipeline.")?;
         actions.rebuild().map_err(|e| e.message().to_owned())?;
         // Go to the new job once it exists (it starts right away).
@@ -444,7 +441,7 @@ pub(crate) async fn cancel(
     Path((date, file)): Path<(String, String)>,
     body: Bytes,
 ) -> Response {
-    job_action(state, headers, info, date, file, body, Role::Builder, async |state, id| {
+    job_action(state.clone(), who(&state, &headers, info), (date, file), body, Role::Builder, async |state, id| {
         let job = state.ctx.jobs.get(id).ok_or("This job has already finished.")?;
         job.cancel("Cancelled by user");
         Ok(format!("/job/{id}"))
@@ -459,7 +456,7 @@ pub(crate) async fn start(
     Path((date, file)): Path<(String, String)>,
     body: Bytes,
 ) -> Response {
-    job_action(state, headers, info, date, file, body, Role::Admin, async |state, id| {
+    job_action(state.clone(), who(&state, &headers, info), (date, file), body, Role::Admin, async |state, id| {
         let job = state.ctx.jobs.get(id).ok_or("This job has already finished.")?;
         if job.status() != JobStatus::WaitingForConfirmation {
             return Err("This job is not waiting for confirmation.".into());

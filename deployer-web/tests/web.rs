@@ -26,6 +26,7 @@ use tower::ServiceExt;
 /// second line, and succeeds.
 struct SlowBuild {
     go: Arc<Notify>,
+    level: Level,
 }
 
 #[async_trait]
@@ -34,7 +35,7 @@ impl Builder for SlowBuild {
     type Key = String;
     type Value = String;
     fn level(&self, _: &String) -> Level {
-        Level::Harmless
+        self.level
     }
     async fn build(&self, job: &Job, key: &String) -> Result<String, Error> {
         job.log(&format!("building {key}: first line"));
@@ -59,9 +60,13 @@ fn state_dir(name: &str) -> PathBuf {
 }
 
 fn setup(name: &str) -> Setup {
-    let ctx = Context::open(&state_dir(name), Config::new(None)).unwrap();
+    setup_with(name, Level::Harmless, None)
+}
+
+fn setup_with(name: &str, level: Level, confirm: Option<Level>) -> Setup {
+    let ctx = Context::open(&state_dir(name), Config::new(confirm)).unwrap();
     let go = Arc::new(Notify::new());
-    let cache = BuildCache::new(&ctx, SlowBuild { go: go.clone() });
+    let cache = BuildCache::new(&ctx, SlowBuild { go: go.clone(), level });
     let built = cache.get(&Current::constant_labelled("repo", "app".to_owned()), Schedule::never());
     let deployed = built.map(|v| format!("deployed {v}"));
     let engine = Arc::new(Engine::new(deployed));
@@ -174,16 +179,55 @@ async fn pages_api_and_protection() {
     // Cancel it for real.
     let (status, _, _) = send(&app, post(&cancel, &format!("csrf={token}")), LOCAL).await;
     assert_eq!(status, StatusCode::SEE_OTHER);
-    assert_eq!(s.ctx.jobs.get(&job).map(|j| j.cancelled_reason()), Some(Some("Cancelled by user".into())));
     // The history shows it once recorded.
+    let mut row = None;
     for _ in 0..200 {
-        if s.ctx.store.by_job(&job).await.unwrap().is_some() {
+        row = s.ctx.store.by_job(&job).await.unwrap();
+        if row.is_some() {
             break;
         }
         tokio::time::sleep(Duration::from_millis(10)).await;
     }
+    assert_eq!(row.expect("the cancelled build is recorded").outcome, "Cancelled: Cancelled by user");
     let (_, _, history) = send(&app, get("/query?op=slow-build&result=failed"), REMOTE).await;
     assert!(history.contains(&job), "{history}");
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn an_admin_starts_a_waiting_job_and_plugins_mount_routes() {
+    let s = setup_with("start", Level::Dangerous, Some(Level::Dangerous));
+    let hook = axum::Router::new().route("/webhooks/test", axum::routing::post(|| async { "hook ran" }));
+    let app =
+        Site::new("d", s.engine.handle(), s.ctx.clone()).mount(hook).nav_link("Webhooks", "/webhooks/test").router();
+    let job = wait_for_job(&s.ctx).await;
+    for _ in 0..200 {
+        if s.ctx.jobs.get(&job).unwrap().status() == deployer_core::job::JobStatus::WaitingForConfirmation {
+            break;
+        }
+        tokio::time::sleep(Duration::from_millis(10)).await;
+    }
+    let (_, _, page) = send(&app, get(&format!("/job/{job}")), LOCAL).await;
+    assert!(page.contains("waiting for confirmation") && page.contains("id=\"start\""), "{page}");
+    assert!(page.contains("href=\"/webhooks/test\""), "the plugin's nav link is shown");
+    let token = csrf_of(&page);
+    let (status, _, _) = send(&app, post(&format!("/job/{job}/start"), &format!("csrf={token}")), LOCAL).await;
+    assert_eq!(status, StatusCode::SEE_OTHER);
+    for _ in 0..200 {
+        if s.ctx.jobs.get(&job).unwrap().status() == deployer_core::job::JobStatus::Running {
+            break;
+        }
+        tokio::time::sleep(Duration::from_millis(10)).await;
+    }
+    assert_eq!(s.ctx.jobs.get(&job).unwrap().status(), deployer_core::job::JobStatus::Running);
+    // Starting it again: it is not waiting any more.
+    let (status, _, body) = send(&app, post(&format!("/job/{job}/start"), &format!("csrf={token}")), LOCAL).await;
+    assert_eq!(status, StatusCode::CONFLICT);
+    assert!(body.contains("not waiting for confirmation"));
+    // The mounted route answers, with the site's security headers.
+    let (status, headers, body) = send(&app, post("/webhooks/test", ""), REMOTE).await;
+    assert_eq!((status, body.as_str()), (StatusCode::OK, "hook ran"));
+    assert_eq!(headers["x-frame-options"], "DENY");
+    s.go.notify_one();
 }
 
 struct HeaderLogin;
