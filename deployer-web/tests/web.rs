@@ -230,6 +230,42 @@ async fn an_admin_starts_a_waiting_job_and_plugins_mount_routes() {
     s.go.notify_one();
 }
 
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn rebuild_selected_from_the_history() {
+    let s = setup("selected");
+    let app = Site::new("d", s.engine.handle(), s.ctx.clone()).router();
+    let job = wait_for_job(&s.ctx).await;
+    s.go.notify_one();
+    for _ in 0..500 {
+        if s.ctx.store.by_job(&job).await.unwrap().is_some() && s.ctx.jobs.get(&job).is_none() {
+            break;
+        }
+        tokio::time::sleep(Duration::from_millis(10)).await;
+    }
+    let today = &job[..10];
+    let (status, _, page) = send(&app, get(&format!("/query?date={today}&result=passed")), LOCAL).await;
+    assert_eq!(status, StatusCode::OK);
+    assert!(page.contains(&format!("name=\"job\" value=\"{job}\"")), "{page}");
+    let token = csrf_of(&page);
+    let form = format!("csrf={token}&job={}&job=2026-01-01%2F000000-gone-abc", job.replace('/', "%2F"));
+    let (status, _, body) = send(&app, post("/query", &form), LOCAL).await;
+    assert_eq!(status, StatusCode::OK);
+    assert!(
+        body.contains("Rebuilding 1 job(s). Not rebuilt: 2026-01-01/000000-gone-abc: no longer in the pipeline."),
+        "{body}"
+    );
+    let mut new_job = None;
+    for _ in 0..500 {
+        new_job = s.ctx.jobs.active().into_iter().map(|j| j.id).find(|id| *id != job);
+        if new_job.is_some() {
+            break;
+        }
+        tokio::time::sleep(Duration::from_millis(10)).await;
+    }
+    assert!(new_job.is_some(), "a new build started");
+    s.go.notify_one();
+}
+
 struct HeaderLogin;
 
 impl Login for HeaderLogin {
@@ -307,6 +343,9 @@ async fn in_chromium_follow_a_job_watch_its_log_and_rebuild() {
     assert_ne!(new_job, first_job);
     assert!(s.ctx.jobs.get(new_job).is_some(), "the new job is running");
     chrome.wait_for("document.getElementById('log').textContent.includes('first line') || null").await;
+    chrome.navigate(&format!("http://{addr}/query")).await;
+    chrome.wait_for(&format!("document.body.textContent.includes('{first_job}') || null")).await;
+    chrome.screenshot(&shots.join("history-laptop.png")).await;
 
     // Phone width.
     chrome.size(390, 844, true).await;
