@@ -242,6 +242,20 @@ async fn rebuild_selected_from_the_history() {
         }
         tokio::time::sleep(Duration::from_millis(10)).await;
     }
+    // The event stream of a finished log ends; a client reconnecting with
+    // Last-Event-ID resumes after what it had, with the right line numbers.
+    let (status, headers, events) = send(&app, get(&format!("/job/{job}/events")), REMOTE).await;
+    assert_eq!(status, StatusCode::OK);
+    assert_eq!(headers["content-type"], "text/event-stream");
+    assert!(events.contains("id=\"L1\"") && events.contains("event: end"), "{events}");
+    let log = std::fs::read_to_string(s.ctx.jobs.log_file(&job).unwrap()).unwrap();
+    let first_line = log.find('\n').unwrap() + 1;
+    let mut req = get(&format!("/job/{job}/events"));
+    req.headers_mut().insert("last-event-id", first_line.to_string().parse().unwrap());
+    let (_, _, resumed) = send(&app, req, REMOTE).await;
+    assert!(!resumed.contains("id=\"L1\"") && resumed.contains("id=\"L2\""), "{resumed}");
+    assert!(resumed.contains("first line"));
+
     let today = &job[..10];
     let (status, _, page) = send(&app, get(&format!("/query?date={today}&result=passed")), LOCAL).await;
     assert_eq!(status, StatusCode::OK);
