@@ -91,6 +91,9 @@ fn child(dir: &Path) {
         let engine = Engine::new(Current::all(stages));
         let debug = std::env::var_os("CRASH_DEBUG").is_some();
         engine.step();
+        // Tell the parent that publishing has begun: its kill delay counts
+        // from here, so that slow machines are tested as well as fast ones.
+        println!("running");
         loop {
             engine.next().await;
             if debug {
@@ -119,8 +122,8 @@ fn splitmix(state: &mut u64) -> u64 {
     z ^ (z >> 31)
 }
 
-/// Runs the child; kills it after `kill_after` (if given). Returns its
-/// stdout lines.
+/// Runs the child; kills it `kill_after` after it started publishing (if
+/// given). Returns its stdout lines.
 fn run_child(dir: &Path, kill_after: Option<Duration>) -> Vec<String> {
     let exe = std::env::current_exe().unwrap();
     let mut child = Command::new(exe)
@@ -139,8 +142,21 @@ fn run_child(dir: &Path, kill_after: Option<Duration>) -> Vec<String> {
             }
         }
     });
+    let mut early = Vec::new();
     match kill_after {
         Some(delay) => {
+            let deadline = Instant::now() + Duration::from_secs(60);
+            loop {
+                let left = deadline.saturating_duration_since(Instant::now());
+                match rx.recv_timeout(left) {
+                    Ok(line) if line == "running" => break,
+                    Ok(line) => early.push(line),
+                    Err(_) => {
+                        let _ = child.kill();
+                        panic!("the child did not start publishing within 60 s");
+                    }
+                }
+            }
             std::thread::sleep(delay);
             // SIGKILL: no destructor, no flush, no chance to finish anything.
             let _ = child.kill();
@@ -162,7 +178,8 @@ fn run_child(dir: &Path, kill_after: Option<Duration>) -> Vec<String> {
         }
     }
     reader.join().unwrap();
-    rx.try_iter().collect()
+    early.extend(rx.try_iter());
+    early
 }
 
 /// The store's rows for our operation: value digest → succeeded.
@@ -193,7 +210,7 @@ fn parent() {
     let mut kills_mid_publish = 0;
     let kills = std::env::var("CRASH_KILLS").ok().and_then(|k| k.parse().ok()).unwrap_or(KILLS);
     for round in 0..kills {
-        let delay = Duration::from_millis(15 + splitmix(&mut seed) % 250);
+        let delay = Duration::from_millis(splitmix(&mut seed) % 200);
         let lines = run_child(&dir, Some(delay));
         for line in &lines {
             if let Some(key) = line.strip_prefix("ack ") {
