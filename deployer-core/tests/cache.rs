@@ -182,7 +182,8 @@ async fn basic_build_once_per_key_then_rebuild() {
     control.complete("build a", Ok("A2")).await;
     settle(&engine, is_ok_of("A2".to_string())).await;
     assert_eq!(control.runs("build a"), 2);
-    let builds = ctx.store.builds_of("test-build", &deployer_core::cache::digest(&"a".to_string()), 10).await.unwrap();
+    let builds =
+        ctx.store.builds_of("test-build", &deployer_core::cache::digest(&"a".to_string()).unwrap(), 10).await.unwrap();
     assert_eq!(builds.iter().map(|b| b.build).collect::<Vec<_>>(), vec![2, 1]);
     assert!(builds[1].rebuild, "the superseded build is marked for rebuild");
 
@@ -216,7 +217,7 @@ async fn expiry_with_two_schedules_the_earliest_wins_and_the_old_value_stays_vis
     assert_eq!(engine.output(), Output::Ok(("v1".to_string(), "v1".to_string())));
     settle(&engine, |_| engine.diagram(&Default::default()).boxes.iter().any(|b| b.update.is_some())).await;
     // The stored row was not invalidated while the rebuild runs.
-    let d = deployer_core::cache::digest(&"img".to_string());
+    let d = deployer_core::cache::digest(&"img".to_string()).unwrap();
     let latest = ctx.store.latest("test-build", &d).await.unwrap().unwrap();
     assert_eq!((latest.build, latest.outcome.as_str()), (1, "\"v1\""));
     control.complete("build img", Ok("v2")).await;
@@ -240,7 +241,7 @@ async fn auto_cancel_of_an_unwanted_build_then_wanted_again() {
     // The build of "a" is cancelled; its failure is not sticky.
     control.complete("build b", Ok("B")).await;
     settle(&engine, is_ok_of("B".to_string())).await;
-    let d = deployer_core::cache::digest(&"a".to_string());
+    let d = deployer_core::cache::digest(&"a".to_string()).unwrap();
     let row = tokio::time::timeout(Duration::from_secs(5), async {
         loop {
             if let Some(r) = ctx.store.latest("test-build", &d).await.unwrap() {
@@ -286,14 +287,19 @@ async fn a_failure_is_sticky_and_reloaded_after_a_restart() {
     settle(&engine, is_ok_of("fixed".to_string())).await;
 }
 
-#[tokio::test]
-async fn output_publishes_once_per_value_and_lets_a_stale_publish_finish() {
-    let dir = state_dir("output");
-    let ctx = Context::open(&dir, Config::default()).unwrap();
+/// `svc := image` through a test publisher, with `image` starting at v1.
+fn publish_svc(name: &str, auto_cancel: bool) -> (Context, Control, Var<String>, Engine<String>) {
+    let ctx = Context::open(&state_dir(name), Config::default()).unwrap();
     let control = Control::default();
-    let cache = OutputCache::new(&ctx, TestPublisher { control: control.clone(), auto_cancel: false });
+    let cache = OutputCache::new(&ctx, TestPublisher { control: control.clone(), auto_cancel });
     let value = Var::new("image", Output::Ok("v1".to_string()));
     let engine = Engine::new(cache.set(&Current::constant("svc".to_string()), &value.current()));
+    (ctx, control, value, engine)
+}
+
+#[tokio::test]
+async fn output_publishes_once_per_value_and_lets_a_stale_publish_finish() {
+    let (_ctx, control, value, engine) = publish_svc("output", false);
     engine.step();
     control.wait_running("set svc=v1").await;
     // The value changes mid-publish: without auto-cancel, v1 finishes first.
@@ -316,12 +322,7 @@ async fn output_publishes_once_per_value_and_lets_a_stale_publish_finish() {
 
 #[tokio::test]
 async fn output_auto_cancel() {
-    let dir = state_dir("output-autocancel");
-    let ctx = Context::open(&dir, Config::default()).unwrap();
-    let control = Control::default();
-    let cache = OutputCache::new(&ctx, TestPublisher { control: control.clone(), auto_cancel: true });
-    let value = Var::new("image", Output::Ok("v1".to_string()));
-    let engine = Engine::new(cache.set(&Current::constant("svc".to_string()), &value.current()));
+    let (ctx, control, value, engine) = publish_svc("output-autocancel", true);
     engine.step();
     control.wait_running("set svc=v1").await;
     value.set("v2".into());
@@ -370,8 +371,8 @@ async fn two_values_for_one_key_in_one_step_is_an_error() {
 #[tokio::test]
 async fn an_interrupted_job_is_recorded_failed_builders_retry_publishers_do_not() {
     let dir = state_dir("interrupted");
-    let key = deployer_core::cache::digest(&"k".to_string());
-    let value = deployer_core::cache::digest(&"v1".to_string());
+    let key = deployer_core::cache::digest(&"k".to_string()).unwrap();
+    let value = deployer_core::cache::digest(&"v1".to_string()).unwrap();
     {
         // A process that died mid-job: the start was recorded, not the outcome.
         let ctx = Context::open(&dir, Config::default()).unwrap();
@@ -404,7 +405,7 @@ async fn an_interrupted_job_is_recorded_failed_builders_retry_publishers_do_not(
 #[tokio::test]
 async fn a_stored_outcome_that_no_longer_deserializes_is_rebuilt() {
     let dir = state_dir("undeserializable");
-    let key = deployer_core::cache::digest(&"k".to_string());
+    let key = deployer_core::cache::digest(&"k".to_string()).unwrap();
     {
         let ctx = Context::open(&dir, Config::default()).unwrap();
         ctx.store

@@ -65,7 +65,7 @@ impl Publisher for Deploy {
         effects.write_all(format!("start {key}\n").as_bytes()).map_err(|e| Error::msg(e.to_string()))?;
         job.log(&format!("deploying {value}"));
         // Take a few milliseconds, so that kills land inside publishes.
-        let pause = 5 + digest(key).as_bytes()[0] as u64 % 20;
+        let pause = 5 + digest(key)?.as_bytes()[0] as u64 % 20;
         tokio::time::sleep(Duration::from_millis(pause)).await;
         Ok(format!("{key} runs {value}"))
     }
@@ -190,7 +190,7 @@ fn recorded(dir: &Path) -> BTreeMap<String, bool> {
         let store = Store::open(&path).unwrap_or_else(|e| panic!("the database does not reopen: {e}"));
         let mut rows = BTreeMap::new();
         for i in 0..KEYS {
-            let key = digest(&format!("svc-{i:03}"));
+            let key = digest(&format!("svc-{i:03}")).unwrap();
             for row in store.builds_of(Deploy::ID, &key, 1000).await.unwrap() {
                 let ok = rows.entry(format!("svc-{i:03}")).or_insert(false);
                 *ok |= row.ok;

@@ -390,15 +390,22 @@ pub(crate) async fn job(
     response
 }
 
-/// Runs a job action after the checks; `Ok(url)` is where to go next.
-async fn job_action(
-    state: State,
-    who: Requester,
-    (date, file): (String, String),
+/// `POST /job/<id>/<action>`: `rebuild` and `cancel` (builder), `start`
+/// (admin). Checks the role and CSRF token first; redirects to where to go
+/// next, or explains why the action no longer applies (409).
+pub(crate) async fn job_action(
+    AxState(state): AxState<State>,
+    headers: HeaderMap,
+    info: Peer,
+    Path((date, file, action)): Path<(String, String, String)>,
     body: Bytes,
-    role: Role,
-    action: impl AsyncFnOnce(&State, &str) -> Result<String, String>,
 ) -> Response {
+    let who = who(&state, &headers, info);
+    let role = match action.as_str() {
+        "rebuild" | "cancel" => Role::Builder,
+        "start" => Role::Admin,
+        _ => return error_page(&state, &who, StatusCode::NOT_FOUND, "There is no such job action."),
+    };
     if let Err(r) = check_post(&state, &who, &body, role) {
         return *r;
     }
@@ -406,65 +413,40 @@ async fn job_action(
         Ok(id) => id,
         Err((status, msg)) => return error_page(&state, &who, status, &msg),
     };
-    match action(&state, &id).await {
+    let next = match action.as_str() {
+        "rebuild" => rebuild(&state, &id).await,
+        "cancel" => state.ctx.jobs.get(&id).ok_or("This job has already finished.".to_owned()).map(|job| {
+            job.cancel("Cancelled by user");
+            format!("/job/{id}")
+        }),
+        _ => start(&state, &id),
+    };
+    match next {
         Ok(url) => Redirect::to(&url).into_response(),
         Err(msg) => error_page(&state, &who, StatusCode::CONFLICT, &msg),
     }
 }
 
-pub(crate) async fn rebuild(
-    AxState(state): AxState<State>,
-    headers: HeaderMap,
-    info: Peer,
-    Path((date, file)): Path<(String, String)>,
-    body: Bytes,
-) -> Response {
-    job_action(state.clone(), who(&state, &headers, info), (date, file), body, Role::Builder, async |state, id| {
-        let actions = state.ctx.jobs.actions(id).ok_or("This job's stage is no longer in the pipeline.")?;
-        actions.rebuild().map_err(|e| e.message().to_owned())?;
-        // Go to the new job once it exists (it starts right away).
-        for _ in 0..100 {
-            if let Some(new) = actions.latest_job().filter(|j| j != id) {
-                return Ok(format!("/job/{new}"));
-            }
-            tokio::time::sleep(Duration::from_millis(20)).await;
+async fn rebuild(state: &State, id: &str) -> Result<String, String> {
+    let actions = state.ctx.jobs.actions(id).ok_or("This job's stage is no longer in the pipeline.")?;
+    actions.rebuild().map_err(|e| e.message().to_owned())?;
+    // Go to the new job once it exists (it starts right away).
+    for _ in 0..100 {
+        if let Some(new) = actions.latest_job().filter(|j| j != id) {
+            return Ok(format!("/job/{new}"));
         }
-        Ok(format!("/job/{id}?notice=Rebuild+requested"))
-    })
-    .await
+        tokio::time::sleep(Duration::from_millis(20)).await;
+    }
+    Ok(format!("/job/{id}?notice=Rebuild+requested"))
 }
 
-pub(crate) async fn cancel(
-    AxState(state): AxState<State>,
-    headers: HeaderMap,
-    info: Peer,
-    Path((date, file)): Path<(String, String)>,
-    body: Bytes,
-) -> Response {
-    job_action(state.clone(), who(&state, &headers, info), (date, file), body, Role::Builder, async |state, id| {
-        let job = state.ctx.jobs.get(id).ok_or("This job has already finished.")?;
-        job.cancel("Cancelled by user");
-        Ok(format!("/job/{id}"))
-    })
-    .await
-}
-
-pub(crate) async fn start(
-    AxState(state): AxState<State>,
-    headers: HeaderMap,
-    info: Peer,
-    Path((date, file)): Path<(String, String)>,
-    body: Bytes,
-) -> Response {
-    job_action(state.clone(), who(&state, &headers, info), (date, file), body, Role::Admin, async |state, id| {
-        let job = state.ctx.jobs.get(id).ok_or("This job has already finished.")?;
-        if job.status() != JobStatus::WaitingForConfirmation {
-            return Err("This job is not waiting for confirmation.".into());
-        }
-        job.approve_early_start();
-        Ok(format!("/job/{id}"))
-    })
-    .await
+fn start(state: &State, id: &str) -> Result<String, String> {
+    let job = state.ctx.jobs.get(id).ok_or("This job has already finished.")?;
+    if job.status() != JobStatus::WaitingForConfirmation {
+        return Err("This job is not waiting for confirmation.".into());
+    }
+    job.approve_early_start();
+    Ok(format!("/job/{id}"))
 }
 
 /// The history filters, as given in the query string.

@@ -176,6 +176,11 @@ async fn pages_api_and_protection() {
     assert!(metrics.contains("deployer_pipeline_stages{state=\"running\"} 1"), "{metrics}");
     assert!(metrics.contains("deployer_jobs{status=\"running\"} 1"), "{metrics}");
 
+    assert_eq!(
+        send(&app, post(&format!("/job/{job}/explode"), &format!("csrf={token}")), LOCAL).await.0,
+        StatusCode::NOT_FOUND
+    );
+
     // Cancel it for real.
     let (status, _, _) = send(&app, post(&cancel, &format!("csrf={token}")), LOCAL).await;
     assert_eq!(status, StatusCode::SEE_OTHER);

@@ -143,7 +143,11 @@ impl<B: Builder> BuildCache<B> {
     pub fn get(&self, key: &Current<B::Key>, schedule: Schedule) -> Current<B::Value> {
         let shared = self.shared.clone();
         key.primitive(B::ID, move |key, cx| {
-            let instance = Shared::instance(&shared, key);
+            let d = match digest(key) {
+                Ok(d) => d,
+                Err(e) => return Source::new(Output::Err(e)),
+            };
+            let instance = Shared::instance(&shared, key, d);
             {
                 let mut st = instance.lock();
                 st.t.refs += 1;
@@ -160,11 +164,7 @@ impl<B: Builder> BuildCache<B> {
 
     /// Asks for `key` to be built again (if it is in use).
     pub fn rebuild(&self, key: &B::Key) -> Result<(), Error> {
-        let instance = self.shared.instances.get(&digest(key));
-        match instance {
-            Some(i) => i.request_rebuild(),
-            None => Err(Error::msg(format!("{} {key} is not in use", B::ID))),
-        }
+        self.shared.instances.rebuild(B::ID, key)
     }
 
     /// Number of keys held in memory (in use by the pipeline or still building).
@@ -179,12 +179,11 @@ impl<B: Builder> BuildCache<B> {
 }
 
 impl<B: Builder> Shared<B> {
-    fn instance(this: &Arc<Self>, key: &B::Key) -> Arc<Instance<B>> {
-        let d = digest(key);
-        this.instances.get_or_insert(&d, || Instance {
+    fn instance(this: &Arc<Self>, key: &B::Key, d: String) -> Arc<Instance<B>> {
+        this.instances.get_or_insert(&d.clone(), || Instance {
             shared: Arc::downgrade(this),
             key: key.clone(),
-            digest: d.clone(),
+            digest: d,
             source: Source::new(Output::Active(ActiveState::Ready)),
             wake: Notify::new(),
             state: Mutex::new(State {

@@ -45,6 +45,16 @@ impl<I> Registry<I> {
     }
 }
 
+impl<I: Rebuildable> Registry<I> {
+    /// Asks the instance for `key` to run again; errors if it is not in use.
+    pub(crate) fn rebuild<K: serde::Serialize + fmt::Display>(&self, op: &str, key: &K) -> Result<(), Error> {
+        match self.get(&super::digest(key)?) {
+            Some(i) => i.request_rebuild(),
+            None => Err(Error::msg(format!("{op} {key} is not in use"))),
+        }
+    }
+}
+
 /// Removes `instance` from a locked registry, unless another instance has
 /// replaced it already.
 pub(crate) fn unregister<I>(map: &mut HashMap<String, Arc<I>>, digest: &str, instance: &Arc<I>) {

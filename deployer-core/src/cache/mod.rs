@@ -52,11 +52,13 @@ impl Schedule {
     }
 }
 
-/// The digest of a key or value: SHA-256 of its JSON form, in hex.
-pub fn digest<T: Serialize>(value: &T) -> String {
-    let json = serde_json::to_vec(value).expect("keys and values serialize to JSON");
+/// The digest of a key or value: SHA-256 of its JSON form, in hex. Fails
+/// for values JSON cannot represent (such as maps with non-string keys).
+pub fn digest<T: Serialize>(value: &T) -> Result<String, Error> {
+    let json =
+        serde_json::to_vec(value).map_err(|e| Error::msg(format!("cannot serialize a cache key or value: {e}")))?;
     let hash = Sha256::digest(&json);
-    hash.iter().map(|b| format!("{b:02x}")).collect()
+    Ok(hash.iter().map(|b| format!("{b:02x}")).collect())
 }
 
 /// What an operation needs to start its job.

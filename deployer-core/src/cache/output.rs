@@ -117,8 +117,11 @@ impl<P: Publisher> OutputCache<P> {
     pub fn set(&self, key: &Current<P::Key>, value: &Current<P::Value>) -> Current<P::Outcome> {
         let shared = self.shared.clone();
         key.pair(value).primitive(P::ID, move |(key, value), cx| {
-            let instance = Shared::instance(&shared, key);
-            let d = digest(value);
+            let (key_digest, d) = match (digest(key), digest(value)) {
+                (Ok(k), Ok(v)) => (k, v),
+                (Err(e), _) | (_, Err(e)) => return Source::new(Output::Err(e)),
+            };
+            let instance = Shared::instance(&shared, key, key_digest);
             {
                 let mut st = instance.lock();
                 if let Some(desired) = &st.desired {
@@ -153,11 +156,7 @@ impl<P: Publisher> OutputCache<P> {
 
     /// Asks for `key`'s value to be published again (after a failure).
     pub fn rebuild(&self, key: &P::Key) -> Result<(), Error> {
-        let instance = self.shared.instances.get(&digest(key));
-        match instance {
-            Some(i) => i.request_rebuild(),
-            None => Err(Error::msg(format!("{} {key} is not in use", P::ID))),
-        }
+        self.shared.instances.rebuild(P::ID, key)
     }
 
     /// Number of keys held in memory.
@@ -172,12 +171,11 @@ impl<P: Publisher> OutputCache<P> {
 }
 
 impl<P: Publisher> Shared<P> {
-    fn instance(this: &Arc<Self>, key: &P::Key) -> Arc<Instance<P>> {
-        let d = digest(key);
-        this.instances.get_or_insert(&d, || Instance {
+    fn instance(this: &Arc<Self>, key: &P::Key, d: String) -> Arc<Instance<P>> {
+        this.instances.get_or_insert(&d.clone(), || Instance {
             shared: Arc::downgrade(this),
             key: key.clone(),
-            digest: d.clone(),
+            digest: d,
             source: Source::new(Output::Active(ActiveState::Ready)),
             wake: Notify::new(),
             state: Mutex::new(State {
@@ -270,21 +268,22 @@ impl<P: Publisher> Instance<P> {
             let todo = {
                 let mut st = self.lock();
                 let wanted = st.desired.as_ref().map(|d| (d.value.clone(), d.digest.clone()));
-                let done = match (&wanted, &st.current) {
-                    (Some((_, want)), Some((have, _))) => want == have && !st.rebuild,
-                    (None, _) => true,
-                    _ => false,
+                let todo = match (wanted, &st.current) {
+                    (Some((_, want)), Some((have, _))) if &want == have && !st.rebuild => None,
+                    (wanted, _) => wanted,
                 };
-                if done {
-                    self.show(&st);
-                    None
-                } else {
-                    let (value, d) = wanted.expect("checked");
-                    st.rebuild = false;
-                    st.publishing = Some(d.clone());
-                    st.t.active = ActiveState::Ready;
-                    self.show(&st);
-                    Some((value, d))
+                match todo {
+                    None => {
+                        self.show(&st);
+                        None
+                    }
+                    Some((value, d)) => {
+                        st.rebuild = false;
+                        st.publishing = Some(d.clone());
+                        st.t.active = ActiveState::Ready;
+                        self.show(&st);
+                        Some((value, d))
+                    }
                 }
             };
             let Some((value, value_digest)) = todo else {

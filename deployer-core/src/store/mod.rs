@@ -234,13 +234,21 @@ impl Store {
         &self.path
     }
 
-    async fn write(
+    /// Runs `f` in the next group-commit transaction; its result is
+    /// returned once the transaction is durably committed.
+    async fn write<R: Send + 'static>(
         &self,
-        f: impl FnOnce(&Connection) -> rusqlite::Result<()> + Send + 'static,
-    ) -> Result<(), StoreError> {
+        f: impl FnOnce(&Connection) -> rusqlite::Result<R> + Send + 'static,
+    ) -> Result<R, StoreError> {
+        let (value_tx, value_rx) = oneshot::channel();
+        let job: WriteFn = Box::new(move |tx| {
+            let _ = value_tx.send(f(tx)?);
+            Ok(())
+        });
         let (reply, rx) = oneshot::channel();
-        self.tx.send(Request::Write(Box::new(f), reply)).map_err(|_| StoreError::Closed)?;
-        rx.await.map_err(|_| StoreError::Closed)?
+        self.tx.send(Request::Write(job, reply)).map_err(|_| StoreError::Closed)?;
+        rx.await.map_err(|_| StoreError::Closed)??;
+        value_rx.await.map_err(|_| StoreError::Closed)
     }
 
     async fn read<R: Send + 'static>(
@@ -273,8 +281,7 @@ impl Store {
     /// Records an outcome durably and returns its build number. The row of
     /// the job in `running` is removed in the same transaction.
     pub async fn record(&self, mut record: BuildRecord) -> Result<i64, StoreError> {
-        let (reply, rx) = oneshot::channel();
-        let f: WriteFn = Box::new(move |tx| {
+        self.write(move |tx| {
             let build: i64 = tx.query_row(
                 "SELECT COALESCE(MAX(build), 0) + 1 FROM cache WHERE op = ?1 AND key = ?2",
                 params![record.op, record.key],
@@ -283,13 +290,9 @@ impl Store {
             record.build = build;
             insert(tx, &record)?;
             tx.execute("DELETE FROM running WHERE job_id = ?1", params![record.job_id])?;
-            let _ = reply.send(build);
-            Ok(())
-        });
-        let (done, done_rx) = oneshot::channel();
-        self.tx.send(Request::Write(f, done)).map_err(|_| StoreError::Closed)?;
-        done_rx.await.map_err(|_| StoreError::Closed)??;
-        rx.await.map_err(|_| StoreError::Closed)
+            Ok(build)
+        })
+        .await
     }
 
     /// The newest build of `(op, key)`.
@@ -368,8 +371,7 @@ impl Store {
     /// Deletes history beyond `policy` (never the newest build of a key) and
     /// returns the job ids whose rows were deleted, so their logs can go too.
     pub async fn prune(&self, policy: Retention) -> Result<Vec<String>, StoreError> {
-        let (reply, rx) = oneshot::channel();
-        let f: WriteFn = Box::new(move |tx| {
+        self.write(move |tx| {
             let mut gone = Vec::new();
             if let Some(n) = policy.keep_last {
                 let mut stmt = tx.prepare(
@@ -392,13 +394,9 @@ impl Store {
                     gone.push(r?);
                 }
             }
-            let _ = reply.send(gone);
-            Ok(())
-        });
-        let (done, done_rx) = oneshot::channel();
-        self.tx.send(Request::Write(f, done)).map_err(|_| StoreError::Closed)?;
-        done_rx.await.map_err(|_| StoreError::Closed)??;
-        rx.await.map_err(|_| StoreError::Closed)
+            Ok(gone)
+        })
+        .await
     }
 
     /// Inserts `records` as they are, in one transaction (for imports and
