@@ -9,7 +9,7 @@ use std::path::{Path, PathBuf};
 use std::time::{Duration, Instant};
 
 use criterion::{criterion_group, Criterion, Throughput};
-use deployer_core::store::{BuildRecord, Cursor, HistoryQuery, Store};
+use deployer_core::store::{Cursor, HistoryQuery, JobRecord, Store};
 
 const OPS: usize = 20;
 const KEYS: usize = 5_000;
@@ -40,16 +40,17 @@ fn day_time(ms: i64) -> String {
     format!("{y:04}-{m:02}-{d:02}/{:02}{:02}{:02}", rest / 3600, rest / 60 % 60, rest % 60)
 }
 
-fn row(o: usize, k: usize, build: i64) -> BuildRecord {
+fn row(o: usize, k: usize, build: i64) -> JobRecord {
     // Spread finish times so that pages cut across operations and keys.
     let n = (build as usize - 1) * OPS * KEYS + k * OPS + o;
     let finished = START + n as i64 * MINUTE;
-    BuildRecord {
+    JobRecord {
         op: op(o),
         key: format!("{:064x}", k),
         build,
         // Job ids begin with their creation time, as real ones do.
         job_id: format!("{}-{}-{:06x}", day_time(finished - 30_000), op(o), n),
+        description: format!("{} key {k}", op(o)),
         value: None,
         ok: n % 7 != 0,
         outcome: if n % 7 != 0 { format!("\"sha256:{n:064x}\"") } else { "exit status 1".into() },
@@ -71,12 +72,12 @@ fn build_db(rt: &tokio::runtime::Runtime, path: &Path) {
                 for o in 0..OPS {
                     batch.push(row(o, k, build));
                     if batch.len() == 50_000 {
-                        store.insert_many(std::mem::take(&mut batch)).await.expect("insert");
+                        store.import(std::mem::take(&mut batch)).await.expect("insert");
                     }
                 }
             }
         }
-        store.insert_many(batch).await.expect("insert");
+        store.import(batch).await.expect("insert");
         assert_eq!(store.count().await.expect("count"), ROWS as i64);
     });
     eprintln!("built a {ROWS}-row history in {:.1} s", t.elapsed().as_secs_f64());

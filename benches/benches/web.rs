@@ -60,7 +60,7 @@ fn web(c: &mut Criterion) {
     group.sample_size(20);
 
     // 10,000 boxes: 2,000 commits × 5 stages.
-    let commits = Var::new("commits", Output::Ok((0..2_000).collect::<Vec<u64>>()));
+    let commits = Var::new("commits", (0..2_000).collect::<Vec<u64>>());
     let engine = Engine::new(stages(&commits.current()));
     engine.step();
     let ctx = context("10k");
@@ -99,7 +99,7 @@ fn web(c: &mut Criterion) {
 
     // A 100 MB log, streamed as server-sent events.
     let ctx = context("log");
-    let job = ctx.jobs.create("big-log").expect("job");
+    let job = ctx.jobs.create("big-log", "big log").expect("job");
     {
         let mut f = std::fs::OpenOptions::new().append(true).open(job.log_path()).expect("log");
         let line = format!("{}\x1b[32m ok\x1b[0m\n", "x".repeat(90));

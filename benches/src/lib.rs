@@ -13,7 +13,7 @@
 //! assert_eq!(chains.engine.output(), deployer_core::Output::Ok(deployer_benches::plain_loop(10, 5, &[])));
 //! ```
 
-use deployer_core::{Current, Engine, Output, Var};
+use deployer_core::{Current, Engine, Var};
 
 /// Chains in the benchmark.
 pub const CHAINS: usize = 1_000;
@@ -63,7 +63,7 @@ pub struct Chains {
 impl Chains {
     /// Builds `chains` chains of `length` nodes (the engine has not run yet).
     pub fn new(chains: usize, length: usize) -> Chains {
-        let heads: Vec<Var<u64>> = (0..chains).map(|c| Var::new("head", Output::Ok(c as u64))).collect();
+        let heads: Vec<Var<u64>> = (0..chains).map(|c| Var::new("head", c as u64)).collect();
         let ends = heads.iter().map(|head| {
             let mut node = head.current().map(|h| splitmix64(*h));
             for k in 1..length {
@@ -94,6 +94,7 @@ pub fn rss() -> (u64, u64) {
 #[cfg(test)]
 mod tests {
     use super::*;
+    use deployer_core::Output;
 
     #[test]
     fn the_engine_computes_the_documented_root() {

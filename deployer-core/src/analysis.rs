@@ -11,16 +11,19 @@ use std::sync::Arc;
 use serde::Serialize;
 use smallvec::SmallVec;
 
-use crate::engine::graph::{BranchTerms, Dynamic, Graph};
+use crate::engine::graph::Graph;
+use crate::node::{BranchTerms, Dynamic};
 use crate::output::{ActiveState, NodeState};
-use crate::term::{AnyTerm, Kind, TermId};
+use crate::term::{AnyTerm, BoxRule, Kind, TermId};
 
-/// Counts of boxes per state, maintained as nodes change, so reading them is
-/// O(1) whatever the size of the pipeline.
+/// Counts of stages per state, maintained as nodes change, so reading them
+/// is O(1) whatever the size of the pipeline.
 ///
-/// Counted boxes are the ones standing for work or inputs: primitives,
-/// variables, labelled constants and binds, and visible `state`/`catch`
-/// boxes. Plumbing (maps, pairs) and gates are not counted.
+/// As in OCurrent, only *stages* are counted: variables, primitives (jobs,
+/// monitors) and labelled binds, including those drawn in the body of a
+/// list whose items are not known yet or that is empty (counted as
+/// blocked). Constants, gates, items and `state`/`catch` boxes are drawn
+/// but not counted; plumbing (maps, pairs) is neither.
 #[derive(Clone, Copy, Debug, Default, PartialEq, Eq, Serialize)]
 pub struct Stats {
     /// Boxes with a value.
@@ -270,7 +273,18 @@ impl Diagram {
 
 type Out = SmallVec<[usize; 2]>;
 
-struct Builder<'a> {
+/// How the diagram draws one list item (or template placeholder).
+struct ItemInfo {
+    /// The list's input, whose boxes the item hangs off.
+    list_input: TermId,
+    /// An `option_map` item: not drawn, the body hangs off the input.
+    option: bool,
+    /// For a template placeholder: its label.
+    template: Option<&'static str>,
+}
+
+/// Walks the terms from the root, building the diagram.
+struct Walk<'a> {
     graph: &'a Graph,
     expanded: &'a Expanded,
     diagram: Diagram,
@@ -280,6 +294,11 @@ struct Builder<'a> {
     groups: Vec<Option<TermId>>,
     /// List item (or placeholder) -> the cluster it belongs to.
     item_cluster: HashMap<TermId, usize>,
+    /// List item (or placeholder) -> how to draw it.
+    items: HashMap<TermId, ItemInfo>,
+    /// Template placeholder -> the state of the template's boxes (blocked
+    /// while the list is evaluated; unknown before).
+    templates: HashMap<TermId, Option<NodeState>>,
     /// (cluster, group of the list's own term), to nest clusters.
     cluster_groups: Vec<(usize, TermId)>,
     /// Incoming edges per box, before reduction: (source box, dashed).
@@ -297,16 +316,25 @@ fn bind_body(term: &Arc<dyn AnyTerm>, graph: &Graph) -> Option<Arc<dyn AnyTerm>>
     }
 }
 
-/// A list map's branches as (item, body root), or its template when it has none.
-fn branches(term: &Arc<dyn AnyTerm>, graph: &Graph) -> (Vec<BranchTerms>, bool) {
+/// What a list map shows now: its branches, or its template (with the
+/// label of the placeholder: the list is empty, or not known yet).
+enum Shown {
+    Branches(Vec<BranchTerms>),
+    Template(&'static str),
+}
+
+fn shown(term: &Arc<dyn AnyTerm>, graph: &Graph) -> Shown {
     if let Some(node) = graph.live(&**term).and_then(|i| graph.node(i)) {
-        if let Dynamic::List(b) = node.dynamic() {
-            if !b.is_empty() {
-                return (b, false);
+        if let Dynamic::List { branches, empty } = node.dynamic() {
+            if !branches.is_empty() {
+                return Shown::Branches(branches);
+            }
+            if empty {
+                return Shown::Template("(empty list)");
             }
         }
     }
-    (Vec::new(), true)
+    Shown::Template("(each item)")
 }
 
 /// The children of `term` for the walk: everything whose output the term's
@@ -317,26 +345,25 @@ fn children(term: &Arc<dyn AnyTerm>, graph: &Graph, expanded: &Expanded, out: &m
         Kind::Collapse(info) if !expanded.contains(&info.key, &info.value) => out.push(info.input.clone()),
         _ => term.for_each_input(&mut |i| out.push(i.clone())),
     }
-    if let Some(ctx) = &core.context {
-        out.extend(ctx.parents.iter().cloned());
+    if let Some(scope) = &core.scope {
+        out.extend(scope.drawn_inputs().cloned());
     }
     match &core.kind {
         Kind::BindOut => out.extend(bind_body(term, graph)),
-        Kind::ListMap(info) => {
-            let (pairs, template) = branches(term, graph);
-            if template {
-                out.push(info.template.clone());
+        Kind::ListMap(info) => match shown(term, graph) {
+            Shown::Template(_) => out.push(info.template.clone()),
+            Shown::Branches(pairs) => {
+                for (item, root) in pairs {
+                    out.push(item);
+                    out.push(root);
+                }
             }
-            for (item, root) in pairs {
-                out.push(item);
-                out.push(root);
-            }
-        }
+        },
         _ => {}
     }
 }
 
-impl Builder<'_> {
+impl Walk<'_> {
     fn union(&self, terms: &[Arc<dyn AnyTerm>]) -> Out {
         let mut out = Out::new();
         for t in terms {
@@ -349,20 +376,71 @@ impl Builder<'_> {
         out
     }
 
+    /// Called when the walk enters a list map, before its children: notes
+    /// its cluster and how to draw its items.
+    fn enter_list(&mut self, term: &Arc<dyn AnyTerm>) {
+        let core = term.core();
+        let Kind::ListMap(info) = &core.kind else { return };
+        let cluster = self.diagram.clusters.len();
+        self.diagram.clusters.push(Cluster { index: cluster, dotted: info.option, parent: None });
+        if let Some(group) = core.group() {
+            self.cluster_groups.push((cluster, group));
+        }
+        let mut list_input = None;
+        term.for_each_input(&mut |i| list_input = Some(i.core().id));
+        let list_input = list_input.expect("a list map has an input");
+        match shown(term, self.graph) {
+            Shown::Template(label) => {
+                // Blocked while the list is evaluated, or while an enclosing
+                // template is shown blocked.
+                let live = self.graph.live(&**term).is_some();
+                let outer = core.group().and_then(|g| self.templates.get(&g).copied()).flatten();
+                let state = if live { Some(NodeState::Blocked) } else { outer };
+                self.templates.insert(info.placeholder, state);
+                self.item_cluster.insert(info.placeholder, cluster);
+                self.items
+                    .insert(info.placeholder, ItemInfo { list_input, option: info.option, template: Some(label) });
+            }
+            Shown::Branches(pairs) => {
+                for (item, _) in pairs {
+                    let id = item.core().id;
+                    self.item_cluster.insert(id, cluster);
+                    self.items.insert(id, ItemInfo { list_input, option: info.option, template: None });
+                }
+            }
+        }
+    }
+
+    /// The state to draw for `term`: its node's, or for an unevaluated term
+    /// of a shown template, the template's; else its static state.
+    fn state_of(&self, term: &dyn AnyTerm) -> (Option<NodeState>, Option<&dyn crate::node::Node>) {
+        let node = self.graph.live(term).and_then(|i| self.graph.node(i));
+        if let Some(n) = node {
+            return (Some(n.state()), Some(n));
+        }
+        let core = term.core();
+        // A template's placeholder item and the terms built from it.
+        let group = match core.kind {
+            Kind::Item => Some(core.id),
+            _ => core.group(),
+        };
+        let template = group.and_then(|g| self.templates.get(&g).copied()).flatten();
+        (template.or_else(|| term.static_state()), None)
+    }
+
     fn add_box(&mut self, term: &dyn AnyTerm, label: String, shape: Shape) -> usize {
         let core = term.core();
-        let node = self.graph.live(term).and_then(|i| self.graph.node(i));
-        let (state, job_id, update, message) = match node {
+        let (state, node) = self.state_of(term);
+        let (job_id, update, message) = match node {
             Some(n) => {
                 let meta = n.metadata().unwrap_or_default();
-                let state = n.state();
                 let message = match state {
-                    NodeState::Failed => n.error().map(|e| e.message().to_owned()),
+                    Some(NodeState::Failed) => n.error().map(|e| e.message().to_owned()),
                     _ => None,
                 };
-                (Some(state), meta.job_id, meta.update, message)
+                (meta.job_id, meta.update, message)
             }
-            None => (term.static_state(), None, None, None),
+            None => (None, None, None),
         };
         let index = self.diagram.boxes.len();
         self.diagram.boxes.push(DiagramBox {
@@ -376,7 +454,11 @@ impl Builder<'_> {
             cluster: None,
             expand: None,
         });
-        self.groups.push(core.context.as_ref().and_then(|c| c.group));
+        let group = match core.kind {
+            Kind::Item => Some(core.id),
+            _ => core.group(),
+        };
+        self.groups.push(group);
         self.incoming.push(Vec::new());
         index
     }
@@ -389,18 +471,19 @@ impl Builder<'_> {
         }
     }
 
-    /// A box for `term`, with edges from its inputs and its build context.
+    /// A box for `term`, with edges from its inputs and its scope.
     fn boxed(&mut self, term: &Arc<dyn AnyTerm>, inputs: &[Arc<dyn AnyTerm>], label: String, shape: Shape) -> Out {
         let b = self.add_box(&**term, label, shape);
         let from = self.union(inputs);
         self.connect(b, &from, false);
-        self.connect_context(term, b);
+        self.connect_scope(term, b);
         smallvec::smallvec![b]
     }
 
-    fn connect_context(&mut self, term: &Arc<dyn AnyTerm>, b: usize) {
-        if let Some(ctx) = term.core().context.clone() {
-            let from = self.union(&ctx.parents);
+    fn connect_scope(&mut self, term: &Arc<dyn AnyTerm>, b: usize) {
+        if let Some(scope) = term.core().scope.clone() {
+            let inputs: Vec<Arc<dyn AnyTerm>> = scope.drawn_inputs().cloned().collect();
+            let from = self.union(&inputs);
             self.connect(b, &from, false);
         }
     }
@@ -408,35 +491,28 @@ impl Builder<'_> {
     /// Computes the output boxes of `term`, whose children are done.
     fn visit(&mut self, term: &Arc<dyn AnyTerm>) {
         let core = term.core();
-        let node = self.graph.live(&**term).and_then(|i| self.graph.node(i));
-        let state = node.map(|n| n.state());
-        let failed = state == Some(NodeState::Failed);
+        let (state, _) = self.state_of(&**term);
         let mut inputs = Vec::new();
         term.for_each_input(&mut |i| inputs.push(i.clone()));
         let label = core.label.as_deref().unwrap_or("").to_owned();
-        let out: Out = match &core.kind {
-            Kind::Constant if core.label.is_some() => self.boxed(term, &inputs, label, Shape::Box),
-            Kind::Constant => Out::new(),
-            Kind::Var | Kind::Primitive | Kind::Item => self.boxed(term, &inputs, label, Shape::Box),
-            Kind::Map | Kind::AllLabelled if failed => {
-                let label = if label.is_empty() { "map".to_owned() } else { label };
-                self.boxed(term, &inputs, label, Shape::Box)
-            }
-            Kind::Map | Kind::AllLabelled | Kind::Join | Kind::ListOut => self.union(&inputs),
-            Kind::Observe { hidden: true } => self.union(&inputs),
-            Kind::Observe { hidden: false } => self.boxed(term, &inputs, label, Shape::Box),
-            Kind::BindIn if core.label.is_some() => self.boxed(term, &inputs, label, Shape::Box),
-            Kind::BindIn => self.union(&inputs),
-            Kind::Gate => {
+        let out: Out = match (core.box_rule(), &core.kind) {
+            (BoxRule::Always, Kind::Gate) => {
                 let b = self.add_box(&**term, String::new(), Shape::Circle);
                 let ctrl = self.union(&inputs[..1]);
                 let value = self.union(&inputs[1..]);
                 self.connect(b, &value, false);
                 self.connect(b, &ctrl, true);
-                self.connect_context(term, b);
+                self.connect_scope(term, b);
                 smallvec::smallvec![b]
             }
-            Kind::BindOut => {
+            (BoxRule::Always, Kind::Item) => self.item(term),
+            (BoxRule::Always, _) => self.boxed(term, &inputs, label, Shape::Box),
+            (BoxRule::IfFailed, _) if state == Some(NodeState::Failed) => {
+                let label = if label.is_empty() { "map".to_owned() } else { label };
+                self.boxed(term, &inputs, label, Shape::Box)
+            }
+            (BoxRule::IfFailed, _) => self.union(&inputs),
+            (BoxRule::Never, Kind::BindOut) => {
                 // The body's output, or the bind itself when the body draws
                 // nothing of its own (a constant).
                 let body = bind_body(term, self.graph).map(|b| self.union(&[b])).unwrap_or_default();
@@ -446,41 +522,16 @@ impl Builder<'_> {
                     body
                 }
             }
-            Kind::ListMap(info) => {
-                let cluster = self.diagram.clusters.len();
-                self.diagram.clusters.push(Cluster { index: cluster, dotted: info.option, parent: None });
-                let list_input = self.union(&inputs);
-                let (pairs, template) = branches(term, self.graph);
-                let ids: Vec<(TermId, TermId)> = if template {
-                    vec![(info.placeholder, info.template.core().id)]
-                } else {
-                    pairs.iter().map(|(i, r)| (i.core().id, r.core().id)).collect()
+            (BoxRule::Never, _) => self.union(&inputs),
+            (BoxRule::Cluster, Kind::ListMap(info)) => {
+                let roots: Vec<Arc<dyn AnyTerm>> = match shown(term, self.graph) {
+                    Shown::Template(_) => vec![info.template.clone()],
+                    Shown::Branches(pairs) => pairs.into_iter().map(|(_, root)| root).collect(),
                 };
-                let mut out = Out::new();
-                for (item, root) in ids {
-                    self.item_cluster.insert(item, cluster);
-                    for i in self.outs.get(&item).cloned().unwrap_or_default() {
-                        self.connect(i, &list_input, false);
-                        self.groups[i] = Some(item);
-                        if template {
-                            let empty = state == Some(NodeState::Ok);
-                            self.diagram.boxes[i].label = if empty { "(empty list)" } else { "(each item)" }.to_owned();
-                            self.diagram.boxes[i].state =
-                                state.map(|s| if s == NodeState::Ok { s } else { NodeState::Blocked });
-                        }
-                    }
-                    for &x in self.outs.get(&root).into_iter().flatten() {
-                        if !out.contains(&x) {
-                            out.push(x);
-                        }
-                    }
-                }
-                if let Some(group) = core.context.as_ref().and_then(|c| c.group) {
-                    self.cluster_groups.push((cluster, group));
-                }
-                out
+                self.union(&roots)
             }
-            Kind::Collapse(info) => {
+            (BoxRule::Cluster, _) => self.union(&inputs),
+            (BoxRule::Collapsible, Kind::Collapse(info)) => {
                 if self.expanded.contains(&info.key, &info.value) {
                     self.union(&inputs)
                 } else {
@@ -491,10 +542,31 @@ impl Builder<'_> {
                     smallvec::smallvec![b]
                 }
             }
+            (BoxRule::Collapsible, _) => self.union(&inputs),
         };
         self.outs.insert(core.id, out);
     }
 
+    /// A list item: a box labelled with its key (or the template's
+    /// placeholder text) hanging off the list's input; for an option, no
+    /// box at all.
+    fn item(&mut self, term: &Arc<dyn AnyTerm>) -> Out {
+        let id = term.core().id;
+        let Some(info) = self.items.get(&id) else {
+            return Out::new(); // not reached through its list
+        };
+        let list_input = self.outs.get(&info.list_input).cloned().unwrap_or_default();
+        if info.option {
+            return list_input;
+        }
+        let label = match info.template {
+            Some(text) => text.to_owned(),
+            None => term.core().label.as_deref().unwrap_or("").to_owned(),
+        };
+        let b = self.add_box(&**term, label, Shape::Box);
+        self.connect(b, &list_input, false);
+        smallvec::smallvec![b]
+    }
     /// Assigns clusters and drops edges implied by other edges.
     fn finish(mut self) -> Diagram {
         for (i, group) in self.groups.iter().enumerate() {
@@ -542,13 +614,15 @@ impl Builder<'_> {
 /// the live nodes of `graph`. Iterative, so deep pipelines do not overflow
 /// the stack.
 pub(crate) fn diagram(root: &Arc<dyn AnyTerm>, graph: &Graph, expanded: &Expanded) -> Diagram {
-    let mut b = Builder {
+    let mut b = Walk {
         graph,
         expanded,
         diagram: Diagram::default(),
         outs: HashMap::new(),
         groups: Vec::new(),
         item_cluster: HashMap::new(),
+        items: HashMap::new(),
+        templates: HashMap::new(),
         cluster_groups: Vec::new(),
         incoming: Vec::new(),
     };
@@ -568,6 +642,7 @@ pub(crate) fn diagram(root: &Arc<dyn AnyTerm>, graph: &Graph, expanded: &Expande
             continue; // already on the stack, its visit is pending
         }
         stack.push((term.clone(), true));
+        b.enter_list(&term);
         kids.clear();
         children(&term, graph, expanded, &mut kids);
         for k in kids.drain(..).rev() {

@@ -3,6 +3,7 @@
 
 use std::path::{Path, PathBuf};
 
+use crate::clock::Clock;
 use crate::config::Config;
 use crate::job::Jobs;
 use crate::secret::Secret;
@@ -31,9 +32,20 @@ impl Context {
     /// Opens the services kept under `state_dir` (`db.sqlite` and `job/`),
     /// creating them if needed.
     pub fn open(state_dir: &Path, config: Config) -> Result<Context, StoreError> {
-        let store = Store::open(&state_dir.join("db.sqlite"))?;
-        let jobs = Jobs::new(&state_dir.join("job"), config);
+        Context::open_with_clock(state_dir, config, Clock::system())
+    }
+
+    /// [`Context::open`], with every timestamp, schedule and timeout read
+    /// from `clock` (a [`ManualClock`](crate::ManualClock) in tests).
+    pub fn open_with_clock(state_dir: &Path, config: Config, clock: Clock) -> Result<Context, StoreError> {
+        let store = Store::open_with_clock(&state_dir.join("db.sqlite"), clock.clone())?;
+        let jobs = Jobs::new(&state_dir.join("job"), config, clock);
         Ok(Context { store, jobs, state_dir: state_dir.to_owned() })
+    }
+
+    /// The clock timestamps, schedules and timeouts are read from.
+    pub fn clock(&self) -> &Clock {
+        self.jobs.clock()
     }
 
     /// The state directory.

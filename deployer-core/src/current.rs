@@ -1,99 +1,40 @@
 //! `Current<T>`: a typed, incrementally evaluated value, and its combinators.
 
+use std::any::Any;
 use std::fmt;
 use std::marker::PhantomData;
 use std::sync::Arc;
 
-use crate::nodes::{AllTerm, BindInTerm, BindOutTerm, ConstTerm, ItemTerm, ListInTerm, ListOutTerm, Map2Term, MapTerm};
+use crate::node::typed;
+use crate::nodes::{
+    combine_all, combine_pair, join_blocker, AllTerm, BindInTerm, BindOutTerm, ConstTerm, ItemTerm, JoinTerm,
+    ListInTerm, ListOutTerm, Map2Term, MapTerm,
+};
 use crate::output::{ActiveState, Error, Output};
-use crate::term::{in_group, with_parent, AnyTerm, CollapseInfo, Kind, ListInfo, TermCore, TermId, TermRef};
-
-/// What a pipeline value must be: cloneable (items are handed to jobs),
-/// comparable (an unchanged value stops propagation) and shareable.
-pub trait Value: Clone + PartialEq + Send + Sync + 'static {}
-
-impl<T: Clone + PartialEq + Send + Sync + 'static> Value for T {}
-
-/// A pipeline stage producing a `T`: a node of the pipeline's diagram.
-///
-/// A `Current` is a description: building one runs nothing. An
-/// [`Engine`](crate::Engine) evaluates it, runs its primitives, and when an
-/// input changes re-evaluates only what depends on it. Cloning is cheap and a
-/// clone is the same node (using it twice does not run it twice).
-///
-/// ```
-/// use deployer_core::{Current, Engine, Output};
-///
-/// let n = Current::constant(20);
-/// let answer = n.map(|n| n * 2 + 2);
-/// let engine = Engine::new(answer);
-/// engine.step();
-/// assert_eq!(engine.output(), Output::Ok(42));
-/// ```
-pub struct Current<T> {
-    pub(crate) term: Arc<dyn AnyTerm>,
-    _type: PhantomData<fn() -> T>,
-}
-
-impl<T> Clone for Current<T> {
-    fn clone(&self) -> Self {
-        Current { term: self.term.clone(), _type: PhantomData }
-    }
-}
-
-impl<T> fmt::Debug for Current<T> {
-    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
-        write!(f, "Current({})", self.term.core().id)
-    }
-}
+use crate::term::{
+    in_group, template_stages, with_context_term, AnyTerm, CollapseInfo, Current, Kind, ListInfo, TermCore, TermId,
+    TermRef, Value,
+};
 
 fn new_term<X: AnyTerm>(x: X) -> Arc<dyn AnyTerm> {
     Arc::new(x)
 }
 
-/// Combines outputs the way `all` does: the first error wins over anything
-/// pending; otherwise the first pending state wins; otherwise all values.
-pub(crate) fn combine_all<T: Clone>(outputs: &[&Output<T>]) -> Output<Vec<T>> {
-    if let Some(e) = outputs.iter().find_map(|o| o.err()) {
-        return Output::Err(e.clone());
+impl<T: Value> From<T> for Current<T> {
+    /// A constant stage (not drawn): lets functions taking
+    /// `impl Into<Current<T>>` accept a plain value.
+    fn from(value: T) -> Current<T> {
+        Current::constant(value)
     }
-    if let Some(a) = outputs.iter().find_map(|o| match o {
-        Output::Active(a) => Some(*a),
-        _ => None,
-    }) {
-        return Output::Active(a);
-    }
-    Output::Ok(
-        outputs
-            .iter()
-            .map(|o| match o {
-                Output::Ok(v) => v.clone(),
-                _ => unreachable!("checked above"),
-            })
-            .collect(),
-    )
 }
 
-/// The pair rule: an error in either input wins over a pending state;
-/// otherwise the first input's state wins.
-fn combine_pair<A: Clone, B: Clone>(a: &Output<A>, b: &Output<B>) -> Output<(A, B)> {
-    match (a, b) {
-        (Output::Err(e), _) | (_, Output::Err(e)) => Output::Err(e.clone()),
-        (Output::Active(s), _) | (_, Output::Active(s)) => Output::Active(*s),
-        (Output::Ok(a), Output::Ok(b)) => Output::Ok((a.clone(), b.clone())),
+impl<T> From<&Current<T>> for Current<T> {
+    fn from(c: &Current<T>) -> Current<T> {
+        c.clone()
     }
 }
 
 impl<T: Value> Current<T> {
-    pub(crate) fn from_term(term: Arc<dyn AnyTerm>) -> Current<T> {
-        Current { term, _type: PhantomData }
-    }
-
-    /// The id of this node (the tag carried by errors that originate here).
-    pub fn id(&self) -> TermId {
-        self.term.core().id
-    }
-
     fn of_output_labelled(label: Option<Arc<str>>, value: Output<T>) -> Current<T> {
         Current::from_term(new_term(ConstTerm { core: TermCore::new(Kind::Constant, label), value }))
     }
@@ -176,7 +117,7 @@ impl<T: Value> Current<T> {
     }
 
     /// `x.pair(&y)` is a stage with both values; errors win over pending states,
-    /// otherwise `x`'s state wins. Not drawn.
+    /// otherwise `x`'s state wins. Not drawn. For three or more, see [`Join`].
     pub fn pair<U: Value>(&self, other: &Current<U>) -> Current<(T, U)> {
         Current::from_term(new_term(Map2Term {
             core: TermCore::new(Kind::Join, None),
@@ -185,11 +126,6 @@ impl<T: Value> Current<T> {
             f: |a: &Output<T>, b: &Output<U>, _| combine_pair(a, b),
             _types: PhantomData,
         }))
-    }
-
-    /// `x.zip(&y)` is the same as `x.pair(&y)`.
-    pub fn zip<U: Value>(&self, other: &Current<U>) -> Current<(T, U)> {
-        self.pair(other)
     }
 
     /// `x.gate(&ctrl)` is `x`'s value, held back until `ctrl` is `Ok(())`.
@@ -339,8 +275,11 @@ impl Current<()> {
 /// `with_context(&ctx, f)` runs `f`, drawing `ctx` as an input of every stage
 /// `f` builds (for example, the commit a group of jobs is about).
 /// Contexts nest: an inner stage gets edges from every enclosing context.
+///
+/// The context is evaluated while any of those stages is part of the
+/// pipeline, so its box shows its own state.
 pub fn with_context<C: Value, R>(ctx: &Current<C>, f: impl FnOnce() -> R) -> R {
-    with_parent(ctx.term.clone(), f)
+    with_context_term(ctx.term.clone(), f)
 }
 
 fn list_map_with<T, K, U>(
@@ -358,8 +297,10 @@ where
     let placeholder: Arc<dyn AnyTerm> =
         new_term(ItemTerm::<T> { core: TermCore::new(Kind::Item, Some("(each item)".into())), _types: PhantomData });
     let placeholder_id = placeholder.core().id;
-    let template = in_group(placeholder_id, || body(Current::from_term(placeholder))).term;
-    let info = ListInfo { template, placeholder: placeholder_id, option };
+    let scope = placeholder.core().scope.clone();
+    let template = in_group(scope.as_deref(), placeholder_id, || body(Current::from_term(placeholder))).term;
+    let stages = template_stages(&template, placeholder_id);
+    let info = ListInfo { template, placeholder: placeholder_id, option, template_stages: stages };
     let list_in = new_term(ListInTerm {
         core: TermCore::new(Kind::ListMap(Arc::new(info)), label),
         input: TermRef::new(input.term.clone()),
@@ -414,12 +355,15 @@ impl<T: Value> Current<Vec<T>> {
 
 impl<T: Value> Current<Option<T>> {
     /// `x.option_map(f)` is `Some` of the pipeline `f` applied to the value
-    /// inside `x`, or `None`. The body is drawn (dotted) even for `None`.
+    /// inside `x`, or `None`. The body is drawn in a dotted cluster, straight
+    /// from `x`'s box, even for `None` (then it is blocked).
     pub fn option_map<U: Value>(
         &self,
         f: impl Fn(Current<T>) -> Current<U> + Send + Sync + 'static,
     ) -> Current<Option<U>> {
-        let as_list = self.map(|o: &Option<T>| o.iter().cloned().collect::<Vec<T>>());
+        let as_list = self.map_output(Kind::Map, None, |o: &Output<Option<T>>, _| {
+            o.as_ref().map(|o| o.iter().cloned().collect::<Vec<T>>())
+        });
         let out = list_map_with(&as_list, true, None, |_: &T| "some", f);
         out.map(|v: &Vec<U>| v.first().cloned())
     }
@@ -429,3 +373,67 @@ impl<T: Value> Current<Option<T>> {
         self.option_map(f).ignore_value()
     }
 }
+
+/// Joins three or more stages into one stage of a tuple, without nested
+/// pairs: `(&a, &b, &c).join()`. As with [`Current::pair`], an error in any
+/// input wins over a pending state; otherwise the first pending input's
+/// state wins. Not drawn.
+///
+/// ```
+/// use deployer_core::{Current, Engine, Join, Output};
+///
+/// let image = Current::constant("app:v2");
+/// let host = Current::constant("prod-1");
+/// let replicas = Current::constant(3u8);
+/// let engine = Engine::new((&image, &host, &replicas).join());
+/// engine.step();
+/// assert_eq!(engine.output(), Output::Ok(("app:v2", "prod-1", 3)));
+/// ```
+pub trait Join {
+    /// The tuple of the inputs' values.
+    type Output;
+    /// A stage with every input's value.
+    fn join(self) -> Current<Self::Output>;
+}
+
+fn state_of<T: 'static>(o: &dyn Any) -> (Option<&Error>, Option<ActiveState>) {
+    match typed::<T>(o) {
+        Output::Ok(_) => (None, None),
+        Output::Active(a) => (None, Some(*a)),
+        Output::Err(e) => (Some(e), None),
+    }
+}
+
+fn value_of<T: Clone + 'static>(o: &dyn Any) -> T {
+    match typed::<T>(o) {
+        Output::Ok(v) => v.clone(),
+        _ => unreachable!("join checked every input has a value"),
+    }
+}
+
+macro_rules! tuple_join {
+    ($($t:ident $i:tt),+) => {
+        impl<$($t: Value),+> Join for ($(&Current<$t>,)+) {
+            type Output = ($($t,)+);
+            fn join(self) -> Current<($($t,)+)> {
+                let inputs = vec![$(TermRef::new(self.$i.term.clone())),+];
+                Current::from_term(new_term(JoinTerm {
+                    core: TermCore::new(Kind::Join, None),
+                    inputs,
+                    f: |outputs: &[&dyn Any]| {
+                        if let Some(blocked) = join_blocker(&[$(state_of::<$t>(outputs[$i])),+]) {
+                            return blocked.cast().expect("not ok");
+                        }
+                        Output::Ok(($(value_of::<$t>(outputs[$i]),)+))
+                    },
+                    _types: PhantomData,
+                }))
+            }
+        }
+    };
+}
+
+tuple_join!(A 0, B 1, C 2);
+tuple_join!(A 0, B 1, C 2, D 3);
+tuple_join!(A 0, B 1, C 2, D 3, E 4);
+tuple_join!(A 0, B 1, C 2, D 3, E 4, F 5);

@@ -9,10 +9,9 @@ use std::marker::PhantomData;
 use std::panic::{catch_unwind, AssertUnwindSafe};
 use std::sync::Arc;
 
-use crate::current::{Current, Value};
-use crate::engine::graph::{Cx, Dynamic, RtNode};
-use crate::output::{panic_message, Error, NodeState, Output};
-use crate::term::{in_group, with_parent, AnyTerm, Kind, TermCore, TermId, TermRef};
+use crate::node::{Dynamic, Node, Runtime};
+use crate::output::{panic_message, ActiveState, Error, NodeState, Output};
+use crate::term::{in_bind, in_group, in_scope_of, AnyTerm, Current, Kind, TermCore, TermId, TermRef, Value};
 
 /// Replaces `slot` with `new`, reporting whether it changed.
 pub(crate) fn store<T: PartialEq>(slot: &mut Output<T>, new: Output<T>) -> bool {
@@ -38,6 +37,48 @@ pub(crate) fn attribute<T>(out: Output<T>, me: TermId) -> Output<T> {
         Output::Err(e) => Output::Err(e.attributed(me)),
         other => other,
     }
+}
+
+/// Combines outputs the way `all` does: the first error wins over anything
+/// pending; otherwise the first pending state wins; otherwise all values.
+pub(crate) fn combine_all<T: Clone>(outputs: &[&Output<T>]) -> Output<Vec<T>> {
+    if let Some(e) = outputs.iter().find_map(|o| o.err()) {
+        return Output::Err(e.clone());
+    }
+    if let Some(a) = outputs.iter().find_map(|o| match o {
+        Output::Active(a) => Some(*a),
+        _ => None,
+    }) {
+        return Output::Active(a);
+    }
+    Output::Ok(
+        outputs
+            .iter()
+            .map(|o| match o {
+                Output::Ok(v) => v.clone(),
+                _ => unreachable!("checked above"),
+            })
+            .collect(),
+    )
+}
+
+/// The pair rule: an error in either input wins over a pending state;
+/// otherwise the first input's state wins.
+pub(crate) fn combine_pair<A: Clone, B: Clone>(a: &Output<A>, b: &Output<B>) -> Output<(A, B)> {
+    match (a, b) {
+        (Output::Err(e), _) | (_, Output::Err(e)) => Output::Err(e.clone()),
+        (Output::Active(s), _) | (_, Output::Active(s)) => Output::Active(*s),
+        (Output::Ok(a), Output::Ok(b)) => Output::Ok((a.clone(), b.clone())),
+    }
+}
+
+/// The state a join of `outputs` shows when one of them has no value: the
+/// first error, else the first pending state; `None` when all have values.
+pub(crate) fn join_blocker(outputs: &[(Option<&Error>, Option<ActiveState>)]) -> Option<Output<()>> {
+    if let Some(e) = outputs.iter().find_map(|(e, _)| *e) {
+        return Some(Output::Err(e.clone()));
+    }
+    outputs.iter().find_map(|(_, a)| *a).map(Output::Active)
 }
 
 macro_rules! rt_common {
@@ -83,15 +124,15 @@ impl<T: Value> AnyTerm for ConstTerm<T> {
     fn static_state(&self) -> Option<NodeState> {
         Some(self.value.state(self.core.id))
     }
-    fn instantiate(self: Arc<Self>, _inputs: &[u32], _cx: &mut Cx<'_>) -> Box<dyn RtNode> {
+    fn instantiate(self: Arc<Self>, _inputs: &[u32], _rt: &mut dyn Runtime) -> Box<dyn Node> {
         let value = attribute(self.value.clone(), self.core.id);
         Box::new(ConstRt { term: self, value })
     }
 }
 
-impl<T: Value> RtNode for ConstRt<T> {
+impl<T: Value> Node for ConstRt<T> {
     rt_common!(T, state);
-    fn recompute(&mut self, _cx: &mut Cx<'_>) -> bool {
+    fn recompute(&mut self, _rt: &mut dyn Runtime) -> bool {
         false
     }
     fn for_each_input(&self, _f: &mut dyn FnMut(u32)) {}
@@ -125,21 +166,21 @@ where
     fn for_each_input(&self, f: &mut dyn FnMut(&Arc<dyn AnyTerm>)) {
         f(&self.input);
     }
-    fn instantiate(self: Arc<Self>, inputs: &[u32], _cx: &mut Cx<'_>) -> Box<dyn RtNode> {
-        Box::new(MapRt { term: self, input: inputs[0], value: Output::Active(crate::ActiveState::Ready) })
+    fn instantiate(self: Arc<Self>, inputs: &[u32], _rt: &mut dyn Runtime) -> Box<dyn Node> {
+        Box::new(MapRt { term: self, input: inputs[0], value: Output::Active(ActiveState::Ready) })
     }
 }
 
-impl<A, B, F> RtNode for MapRt<A, B, F>
+impl<A, B, F> Node for MapRt<A, B, F>
 where
     A: Value,
     B: Value,
     F: Fn(&Output<A>, TermId) -> Output<B> + Send + Sync + 'static,
 {
     rt_common!(B);
-    fn recompute(&mut self, cx: &mut Cx<'_>) -> bool {
+    fn recompute(&mut self, rt: &mut dyn Runtime) -> bool {
         let me = self.term.core.id;
-        let input = cx.read::<A>(self.input);
+        let input = rt.read::<A>(self.input);
         let new = guarded(me, || (self.term.f)(input, me));
         store(&mut self.value, new)
     }
@@ -180,12 +221,12 @@ where
         f(&self.a);
         f(&self.b);
     }
-    fn instantiate(self: Arc<Self>, inputs: &[u32], _cx: &mut Cx<'_>) -> Box<dyn RtNode> {
-        Box::new(Map2Rt { term: self, a: inputs[0], b: inputs[1], value: Output::Active(crate::ActiveState::Ready) })
+    fn instantiate(self: Arc<Self>, inputs: &[u32], _rt: &mut dyn Runtime) -> Box<dyn Node> {
+        Box::new(Map2Rt { term: self, a: inputs[0], b: inputs[1], value: Output::Active(ActiveState::Ready) })
     }
 }
 
-impl<A, B, C, F> RtNode for Map2Rt<A, B, C, F>
+impl<A, B, C, F> Node for Map2Rt<A, B, C, F>
 where
     A: Value,
     B: Value,
@@ -193,9 +234,9 @@ where
     F: Fn(&Output<A>, &Output<B>, TermId) -> Output<C> + Send + Sync + 'static,
 {
     rt_common!(C);
-    fn recompute(&mut self, cx: &mut Cx<'_>) -> bool {
+    fn recompute(&mut self, rt: &mut dyn Runtime) -> bool {
         let me = self.term.core.id;
-        let (a, b) = (cx.read::<A>(self.a), cx.read::<B>(self.b));
+        let (a, b) = (rt.read::<A>(self.a), rt.read::<B>(self.b));
         let new = guarded(me, || (self.term.f)(a, b, me));
         store(&mut self.value, new)
     }
@@ -233,22 +274,72 @@ where
     fn for_each_input(&self, f: &mut dyn FnMut(&Arc<dyn AnyTerm>)) {
         self.inputs.iter().for_each(|i| f(i));
     }
-    fn instantiate(self: Arc<Self>, inputs: &[u32], _cx: &mut Cx<'_>) -> Box<dyn RtNode> {
-        Box::new(AllRt { term: self, inputs: inputs.into(), value: Output::Active(crate::ActiveState::Ready) })
+    fn instantiate(self: Arc<Self>, inputs: &[u32], _rt: &mut dyn Runtime) -> Box<dyn Node> {
+        Box::new(AllRt { term: self, inputs: inputs.into(), value: Output::Active(ActiveState::Ready) })
     }
 }
 
-impl<T, U, F> RtNode for AllRt<T, U, F>
+impl<T, U, F> Node for AllRt<T, U, F>
 where
     T: Value,
     U: Value,
     F: Fn(&[&Output<T>], TermId) -> Output<U> + Send + Sync + 'static,
 {
     rt_common!(U);
-    fn recompute(&mut self, cx: &mut Cx<'_>) -> bool {
+    fn recompute(&mut self, rt: &mut dyn Runtime) -> bool {
         let me = self.term.core.id;
-        let outputs: Vec<&Output<T>> = self.inputs.iter().map(|&i| cx.read::<T>(i)).collect();
+        let outputs: Vec<&Output<T>> = self.inputs.iter().map(|&i| rt.read::<T>(i)).collect();
         let new = guarded(me, || (self.term.f)(&outputs, me));
+        store(&mut self.value, new)
+    }
+    fn for_each_input(&self, f: &mut dyn FnMut(u32)) {
+        self.inputs.iter().for_each(|&i| f(i));
+    }
+}
+
+// ---------------------------------------------------------------- join (n inputs of any types)
+
+/// A function of several inputs of different types, read as erased outputs
+/// (the tuple joins).
+pub(crate) struct JoinTerm<U, F> {
+    pub(crate) core: TermCore,
+    pub(crate) inputs: Vec<TermRef>,
+    pub(crate) f: F,
+    pub(crate) _types: PhantomData<fn() -> U>,
+}
+
+struct JoinRt<U, F> {
+    term: Arc<JoinTerm<U, F>>,
+    inputs: Box<[u32]>,
+    value: Output<U>,
+}
+
+impl<U, F> AnyTerm for JoinTerm<U, F>
+where
+    U: Value,
+    F: Fn(&[&dyn Any]) -> Output<U> + Send + Sync + 'static,
+{
+    fn core(&self) -> &TermCore {
+        &self.core
+    }
+    fn for_each_input(&self, f: &mut dyn FnMut(&Arc<dyn AnyTerm>)) {
+        self.inputs.iter().for_each(|i| f(i));
+    }
+    fn instantiate(self: Arc<Self>, inputs: &[u32], _rt: &mut dyn Runtime) -> Box<dyn Node> {
+        Box::new(JoinRt { term: self, inputs: inputs.into(), value: Output::Active(ActiveState::Ready) })
+    }
+}
+
+impl<U, F> Node for JoinRt<U, F>
+where
+    U: Value,
+    F: Fn(&[&dyn Any]) -> Output<U> + Send + Sync + 'static,
+{
+    rt_common!(U);
+    fn recompute(&mut self, rt: &mut dyn Runtime) -> bool {
+        let me = self.term.core.id;
+        let outputs: smallvec::SmallVec<[&dyn Any; 6]> = self.inputs.iter().map(|&i| rt.value(i)).collect();
+        let new = guarded(me, || (self.term.f)(&outputs));
         store(&mut self.value, new)
     }
     fn for_each_input(&self, f: &mut dyn FnMut(u32)) {
@@ -288,26 +379,26 @@ where
     fn for_each_input(&self, f: &mut dyn FnMut(&Arc<dyn AnyTerm>)) {
         f(&self.input);
     }
-    fn instantiate(self: Arc<Self>, inputs: &[u32], _cx: &mut Cx<'_>) -> Box<dyn RtNode> {
+    fn instantiate(self: Arc<Self>, inputs: &[u32], _rt: &mut dyn Runtime) -> Box<dyn Node> {
         Box::new(BindInRt {
             term: self,
             input: inputs[0],
             last: None,
             body: None,
-            value: Output::Active(crate::ActiveState::Ready),
+            value: Output::Active(ActiveState::Ready),
         })
     }
 }
 
 impl<A, B, F> BindInRt<A, B, F> {
-    fn drop_body(&mut self, cx: &mut Cx<'_>) {
+    fn drop_body(&mut self, rt: &mut dyn Runtime) {
         if let Some((_, index)) = self.body.take() {
-            cx.graph.unhold(index);
+            rt.unhold(index);
         }
     }
 }
 
-impl<A, B, F> RtNode for BindInRt<A, B, F>
+impl<A, B, F> Node for BindInRt<A, B, F>
 where
     A: Value,
     B: Value,
@@ -328,14 +419,14 @@ where
     fn error(&self) -> Option<crate::Error> {
         self.value.err().cloned()
     }
-    fn recompute(&mut self, cx: &mut Cx<'_>) -> bool {
+    fn recompute(&mut self, rt: &mut dyn Runtime) -> bool {
         let me = self.term.core.id;
-        let input = match cx.read::<A>(self.input) {
+        let input = match rt.read::<A>(self.input) {
             Output::Ok(v) => v.clone(),
             other => {
                 let new = other.cast().expect("not ok");
                 self.last = None;
-                self.drop_body(cx);
+                self.drop_body(rt);
                 return store(&mut self.value, new);
             }
         };
@@ -344,18 +435,18 @@ where
         }
         let parent: Arc<dyn AnyTerm> = self.term.clone();
         let f = &self.term.f;
-        let built = catch_unwind(AssertUnwindSafe(|| with_parent(parent, || f(&input))));
+        let built = catch_unwind(AssertUnwindSafe(|| in_bind(parent, || f(&input))));
         self.last = Some(input);
         match built {
             Ok(body) => {
-                let index = cx.instantiate(&body.term);
-                cx.graph.hold(index);
-                self.drop_body(cx);
+                let index = rt.instantiate(&body.term);
+                rt.hold(index);
+                self.drop_body(rt);
                 self.body = Some((body.term, index));
                 store(&mut self.value, Output::Ok(index))
             }
             Err(payload) => {
-                self.drop_body(cx);
+                self.drop_body(rt);
                 store(&mut self.value, Output::Err(Error::with_origin(panic_message(&*payload), me)))
             }
         }
@@ -363,8 +454,8 @@ where
     fn for_each_input(&self, f: &mut dyn FnMut(u32)) {
         f(self.input);
     }
-    fn release(&mut self, cx: &mut Cx<'_>) {
-        self.drop_body(cx);
+    fn release(&mut self, rt: &mut dyn Runtime) {
+        self.drop_body(rt);
     }
     fn dynamic(&self) -> Dynamic {
         Dynamic::Bind(self.body.as_ref().map(|(t, _)| t.clone()))
@@ -392,35 +483,30 @@ impl<B: Value> AnyTerm for BindOutTerm<B> {
     fn for_each_input(&self, f: &mut dyn FnMut(&Arc<dyn AnyTerm>)) {
         f(&self.bind_in);
     }
-    fn instantiate(self: Arc<Self>, inputs: &[u32], _cx: &mut Cx<'_>) -> Box<dyn RtNode> {
-        Box::new(BindOutRt {
-            term: self,
-            bind_in: inputs[0],
-            body: None,
-            value: Output::Active(crate::ActiveState::Ready),
-        })
+    fn instantiate(self: Arc<Self>, inputs: &[u32], _rt: &mut dyn Runtime) -> Box<dyn Node> {
+        Box::new(BindOutRt { term: self, bind_in: inputs[0], body: None, value: Output::Active(ActiveState::Ready) })
     }
 }
 
-impl<B: Value> RtNode for BindOutRt<B> {
+impl<B: Value> Node for BindOutRt<B> {
     rt_common!(B);
-    fn recompute(&mut self, cx: &mut Cx<'_>) -> bool {
-        let wanted = match cx.read::<u32>(self.bind_in) {
+    fn recompute(&mut self, rt: &mut dyn Runtime) -> bool {
+        let wanted = match rt.read::<u32>(self.bind_in) {
             Output::Ok(index) => Ok(*index),
             other => Err(other.cast::<B>().expect("not ok")),
         };
         let body = wanted.as_ref().ok().copied();
         if body != self.body {
             if let Some(index) = body {
-                cx.graph.attach(index, cx.me);
+                rt.attach(index, rt.me());
             }
             if let Some(old) = self.body.take() {
-                cx.graph.detach(old, cx.me);
+                rt.detach(old, rt.me());
             }
             self.body = body;
         }
         let new = match wanted {
-            Ok(index) => cx.read::<B>(index).clone(),
+            Ok(index) => rt.read::<B>(index).clone(),
             Err(state) => state,
         };
         store(&mut self.value, new)
@@ -451,14 +537,14 @@ impl<T: Value> AnyTerm for ItemTerm<T> {
         &self.core
     }
     fn for_each_input(&self, _f: &mut dyn FnMut(&Arc<dyn AnyTerm>)) {}
-    fn instantiate(self: Arc<Self>, _inputs: &[u32], _cx: &mut Cx<'_>) -> Box<dyn RtNode> {
-        Box::new(ItemRt { term: self, value: Output::Active(crate::ActiveState::Ready) })
+    fn instantiate(self: Arc<Self>, _inputs: &[u32], _rt: &mut dyn Runtime) -> Box<dyn Node> {
+        Box::new(ItemRt { term: self, value: Output::Active(ActiveState::Ready) })
     }
 }
 
-impl<T: Value> RtNode for ItemRt<T> {
+impl<T: Value> Node for ItemRt<T> {
     rt_common!(T, state);
-    fn recompute(&mut self, _cx: &mut Cx<'_>) -> bool {
+    fn recompute(&mut self, _rt: &mut dyn Runtime) -> bool {
         false
     }
     fn for_each_input(&self, _f: &mut dyn FnMut(u32)) {}
@@ -501,13 +587,13 @@ where
     fn for_each_input(&self, f: &mut dyn FnMut(&Arc<dyn AnyTerm>)) {
         f(&self.input);
     }
-    fn instantiate(self: Arc<Self>, inputs: &[u32], _cx: &mut Cx<'_>) -> Box<dyn RtNode> {
+    fn instantiate(self: Arc<Self>, inputs: &[u32], _rt: &mut dyn Runtime) -> Box<dyn Node> {
         Box::new(ListInRt {
             term: self,
             input: inputs[0],
             branches: BTreeMap::new(),
             order: Vec::new(),
-            value: Output::Active(crate::ActiveState::Ready),
+            value: Output::Active(ActiveState::Ready),
         })
     }
 }
@@ -520,19 +606,19 @@ where
     KF: Fn(&T) -> K + Send + Sync + 'static,
     BF: Fn(Current<T>) -> Current<U> + Send + Sync + 'static,
 {
-    fn remove_branch(cx: &mut Cx<'_>, branch: Branch) {
-        cx.graph.unhold(branch.root.1);
-        cx.graph.unhold(branch.item.1);
+    fn remove_branch(rt: &mut dyn Runtime, branch: Branch) {
+        rt.unhold(branch.root.1);
+        rt.unhold(branch.item.1);
     }
 
-    fn clear(&mut self, cx: &mut Cx<'_>) {
+    fn clear(&mut self, rt: &mut dyn Runtime) {
         for (_, branch) in std::mem::take(&mut self.branches) {
-            Self::remove_branch(cx, branch);
+            Self::remove_branch(rt, branch);
         }
         self.order.clear();
     }
 
-    fn update(&mut self, items: &[T], cx: &mut Cx<'_>) -> Result<Arc<[u32]>, Error> {
+    fn update(&mut self, items: &[T], rt: &mut dyn Runtime) -> Result<Arc<[u32]>, Error> {
         let me = self.term.core.id;
         let keys = catch_unwind(AssertUnwindSafe(|| items.iter().map(&self.term.key).collect::<Vec<K>>()))
             .map_err(|p| Error::with_origin(panic_message(&*p), me))?;
@@ -546,28 +632,31 @@ where
         let mut roots = Vec::with_capacity(items.len());
         for (item, key) in items.iter().zip(&keys) {
             if let Some(branch) = self.branches.get(key) {
-                cx.graph.set_value(branch.item.1, Output::Ok(item.clone()));
+                rt.set_output(branch.item.1, Output::Ok(item.clone()));
                 roots.push(branch.root.1);
                 continue;
             }
             let label: Arc<str> = key.to_string().into();
-            let item_term: Arc<dyn AnyTerm> =
-                Arc::new(ItemTerm::<T> { core: TermCore::new(Kind::Item, Some(label)), _types: PhantomData });
-            let item_index = cx.instantiate(&item_term);
-            cx.graph.hold(item_index);
-            cx.graph.set_value(item_index, Output::Ok(item.clone()));
+            let scope = self.term.core.scope.as_deref();
+            let item_term: Arc<dyn AnyTerm> = in_scope_of(scope, || {
+                Arc::new(ItemTerm::<T> { core: TermCore::new(Kind::Item, Some(label)), _types: PhantomData })
+            });
+            let item_index = rt.instantiate(&item_term);
+            rt.hold(item_index);
+            rt.set_output(item_index, Output::Ok(item.clone()));
             let body = &self.term.body;
             let current = Current::from_term(item_term.clone());
             let group = item_term.core().id;
-            let root_term = match catch_unwind(AssertUnwindSafe(|| in_group(group, || body(current)))) {
+            let scope = self.term.core.scope.as_deref();
+            let root_term = match catch_unwind(AssertUnwindSafe(|| in_group(scope, group, || body(current)))) {
                 Ok(c) => c.term,
                 Err(p) => {
-                    cx.graph.unhold(item_index);
+                    rt.unhold(item_index);
                     return Err(Error::with_origin(panic_message(&*p), me));
                 }
             };
-            let root_index = cx.instantiate(&root_term);
-            cx.graph.hold(root_index);
+            let root_index = rt.instantiate(&root_term);
+            rt.hold(root_index);
             roots.push(root_index);
             self.branches.insert(key.clone(), Branch { item: (item_term, item_index), root: (root_term, root_index) });
         }
@@ -575,7 +664,7 @@ where
         let gone: Vec<K> = self.branches.keys().filter(|k| !wanted.contains(k)).cloned().collect();
         for key in gone {
             if let Some(branch) = self.branches.remove(&key) {
-                Self::remove_branch(cx, branch);
+                Self::remove_branch(rt, branch);
             }
         }
         self.order = keys;
@@ -583,7 +672,7 @@ where
     }
 }
 
-impl<T, K, U, KF, BF> RtNode for ListInRt<T, K, U, KF, BF>
+impl<T, K, U, KF, BF> Node for ListInRt<T, K, U, KF, BF>
 where
     T: Value,
     K: Ord + Clone + std::fmt::Display + Send + Sync + 'static,
@@ -606,19 +695,19 @@ where
     fn error(&self) -> Option<crate::Error> {
         self.value.err().cloned()
     }
-    fn recompute(&mut self, cx: &mut Cx<'_>) -> bool {
-        let items = match cx.read::<Vec<T>>(self.input) {
+    fn recompute(&mut self, rt: &mut dyn Runtime) -> bool {
+        let items = match rt.read::<Vec<T>>(self.input) {
             Output::Ok(items) => items.clone(),
             other => {
                 let new = other.cast().expect("not ok");
-                self.clear(cx);
+                self.clear(rt);
                 return store(&mut self.value, new);
             }
         };
-        let new = match self.update(&items, cx) {
+        let new = match self.update(&items, rt) {
             Ok(roots) => Output::Ok(roots),
             Err(e) => {
-                self.clear(cx);
+                self.clear(rt);
                 Output::Err(e)
             }
         };
@@ -627,17 +716,29 @@ where
     fn for_each_input(&self, f: &mut dyn FnMut(u32)) {
         f(self.input);
     }
-    fn release(&mut self, cx: &mut Cx<'_>) {
-        self.clear(cx);
+    fn release(&mut self, rt: &mut dyn Runtime) {
+        self.clear(rt);
+    }
+    fn placeholder_stages(&self) -> u32 {
+        let showing_template = match &self.value {
+            Output::Ok(roots) => roots.is_empty(),
+            _ => true,
+        };
+        match (&self.term.core.kind, showing_template) {
+            (Kind::ListMap(info), true) => info.template_stages,
+            _ => 0,
+        }
     }
     fn dynamic(&self) -> Dynamic {
-        Dynamic::List(
-            self.order
+        Dynamic::List {
+            branches: self
+                .order
                 .iter()
                 .filter_map(|k| self.branches.get(k))
                 .map(|b| (b.item.0.clone(), b.root.0.clone()))
                 .collect(),
-        )
+            empty: matches!(&self.value, Output::Ok(roots) if roots.is_empty()),
+        }
     }
 }
 
@@ -662,17 +763,17 @@ impl<U: Value> AnyTerm for ListOutTerm<U> {
     fn for_each_input(&self, f: &mut dyn FnMut(&Arc<dyn AnyTerm>)) {
         f(&self.list_in);
     }
-    fn instantiate(self: Arc<Self>, inputs: &[u32], _cx: &mut Cx<'_>) -> Box<dyn RtNode> {
+    fn instantiate(self: Arc<Self>, inputs: &[u32], _rt: &mut dyn Runtime) -> Box<dyn Node> {
         Box::new(ListOutRt {
             term: self,
             list_in: inputs[0],
             roots: Arc::new([]),
-            value: Output::Active(crate::ActiveState::Ready),
+            value: Output::Active(ActiveState::Ready),
         })
     }
 }
 
-impl<U: Value> RtNode for ListOutRt<U> {
+impl<U: Value> Node for ListOutRt<U> {
     fn term(&self) -> &dyn AnyTerm {
         &*self.term
     }
@@ -688,8 +789,8 @@ impl<U: Value> RtNode for ListOutRt<U> {
     fn error(&self) -> Option<crate::Error> {
         self.value.err().cloned()
     }
-    fn recompute(&mut self, cx: &mut Cx<'_>) -> bool {
-        let (roots, early): (Arc<[u32]>, Option<Output<Vec<U>>>) = match cx.read::<Arc<[u32]>>(self.list_in) {
+    fn recompute(&mut self, rt: &mut dyn Runtime) -> bool {
+        let (roots, early): (Arc<[u32]>, Option<Output<Vec<U>>>) = match rt.read::<Arc<[u32]>>(self.list_in) {
             Output::Ok(roots) => (roots.clone(), None),
             other => (Arc::new([]), Some(other.cast().expect("not ok"))),
         };
@@ -697,18 +798,18 @@ impl<U: Value> RtNode for ListOutRt<U> {
             // One edge per occurrence; attach the new ones before detaching
             // the old ones so that shared nodes stay alive.
             for &r in roots.iter() {
-                cx.graph.attach(r, cx.me);
+                rt.attach(r, rt.me());
             }
             let old = std::mem::replace(&mut self.roots, roots.clone());
             for &r in old.iter() {
-                cx.graph.detach(r, cx.me);
+                rt.detach(r, rt.me());
             }
         }
         let new = match early {
             Some(state) => state,
             None => {
-                let outputs: Vec<&Output<U>> = roots.iter().map(|&r| cx.read::<U>(r)).collect();
-                crate::current::combine_all(&outputs)
+                let outputs: Vec<&Output<U>> = roots.iter().map(|&r| rt.read::<U>(r)).collect();
+                combine_all(&outputs)
             }
         };
         store(&mut self.value, new)

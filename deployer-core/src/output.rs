@@ -31,11 +31,48 @@ impl fmt::Display for ActiveState {
     }
 }
 
+/// What kind of failure an [`Error`] is, so that callers can tell "the
+/// tests failed" from "docker is not installed" without matching on text.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Hash)]
+#[non_exhaustive]
+pub enum ErrorKind {
+    /// A failure described by its message.
+    Failed,
+    /// An operating-system error (a file, a socket, a program that could not
+    /// be started), with its kind.
+    Io(std::io::ErrorKind),
+    /// A process ran and did not succeed: its exit code, or the signal that
+    /// ended it.
+    Exit {
+        /// The exit code, if it exited.
+        code: Option<i32>,
+        /// The signal that killed it, if one did.
+        signal: Option<i32>,
+    },
+    /// The job was cancelled (by an operator, or because it was no longer
+    /// needed).
+    Cancelled,
+    /// The job ran past its time limit.
+    TimedOut,
+}
+
 /// An error flowing through a pipeline, tagged with the node it came from.
 ///
 /// The tag is how the analysis tells a node that *failed* (the error
 /// originated there) from one that is *blocked* (the error came from upstream).
-/// Cloning is cheap: the message is shared.
+/// The [`kind`](Error::kind) says what sort of failure it is. Cloning is
+/// cheap: the message is shared.
+///
+/// ```
+/// use deployer_core::{Error, ErrorKind, ResultExt};
+///
+/// fn read_config() -> Result<String, Error> {
+///     std::fs::read_to_string("/no/such/deployer.toml").context("reading the configuration")
+/// }
+/// let e = read_config().unwrap_err();
+/// assert_eq!(e.kind(), ErrorKind::Io(std::io::ErrorKind::NotFound));
+/// assert!(e.message().starts_with("reading the configuration: "));
+/// ```
 #[derive(Clone, PartialEq, Eq, Hash)]
 pub struct Error {
     inner: Arc<ErrorInner>,
@@ -44,6 +81,7 @@ pub struct Error {
 #[derive(PartialEq, Eq, Hash)]
 struct ErrorInner {
     message: String,
+    kind: ErrorKind,
     origin: Option<TermId>,
 }
 
@@ -53,7 +91,12 @@ impl Error {
     /// When such an error enters the pipeline (returned by a primitive, or
     /// held by a constant), the node that produced it becomes its origin.
     pub fn msg(message: impl Into<String>) -> Error {
-        Error { inner: Arc::new(ErrorInner { message: message.into(), origin: None }) }
+        Error::new(ErrorKind::Failed, message)
+    }
+
+    /// An error of `kind` with `message`.
+    pub fn new(kind: ErrorKind, message: impl Into<String>) -> Error {
+        Error { inner: Arc::new(ErrorInner { message: message.into(), kind, origin: None }) }
     }
 
     /// The error message.
@@ -61,9 +104,27 @@ impl Error {
         &self.inner.message
     }
 
+    /// What kind of failure this is.
+    pub fn kind(&self) -> ErrorKind {
+        self.inner.kind
+    }
+
     /// The node the error came from, once it has entered a pipeline.
     pub fn origin(&self) -> Option<TermId> {
         self.inner.origin
+    }
+
+    /// This error with `what` in front of its message (`"what: message"`),
+    /// keeping its kind and origin.
+    pub fn context(self, what: impl fmt::Display) -> Error {
+        self.with_message(format!("{what}: {}", self.message()))
+    }
+
+    /// The same error (kind, origin) with another message.
+    pub fn with_message(&self, message: impl Into<String>) -> Error {
+        Error {
+            inner: Arc::new(ErrorInner { message: message.into(), kind: self.inner.kind, origin: self.inner.origin }),
+        }
     }
 
     /// This error attributed to `origin`, unless it already has an origin.
@@ -71,20 +132,30 @@ impl Error {
         if self.inner.origin.is_some() {
             return self;
         }
-        Error::with_origin(self.message().to_owned(), origin)
+        Error {
+            inner: Arc::new(ErrorInner {
+                message: self.inner.message.clone(),
+                kind: self.inner.kind,
+                origin: Some(origin),
+            }),
+        }
     }
 
     /// A new error with `message`, originating at `origin`.
     pub(crate) fn with_origin(message: impl Into<String>, origin: TermId) -> Error {
-        Error { inner: Arc::new(ErrorInner { message: message.into(), origin: Some(origin) }) }
+        Error::msg(message).attributed(origin)
     }
 }
 
 impl fmt::Debug for Error {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        write!(f, "Error({:?}", self.message())?;
+        if self.kind() != ErrorKind::Failed {
+            write!(f, ", {:?}", self.kind())?;
+        }
         match self.origin() {
-            Some(origin) => write!(f, "Error({:?} from {})", self.message(), origin),
-            None => write!(f, "Error({:?})", self.message()),
+            Some(origin) => write!(f, " from {origin})"),
+            None => f.write_str(")"),
         }
     }
 }
@@ -106,6 +177,30 @@ impl From<String> for Error {
 impl From<&str> for Error {
     fn from(message: &str) -> Error {
         Error::msg(message)
+    }
+}
+
+impl From<std::io::Error> for Error {
+    fn from(e: std::io::Error) -> Error {
+        Error::new(ErrorKind::Io(e.kind()), e.to_string())
+    }
+}
+
+impl From<serde_json::Error> for Error {
+    fn from(e: serde_json::Error) -> Error {
+        Error::msg(format!("JSON: {e}"))
+    }
+}
+
+/// Adds context to the error of a `Result`: `.context("reading x")`.
+pub trait ResultExt<T> {
+    /// The error, converted to an [`Error`], with `what` in front of its message.
+    fn context(self, what: impl fmt::Display) -> Result<T, Error>;
+}
+
+impl<T, E: Into<Error>> ResultExt<T> for Result<T, E> {
+    fn context(self, what: impl fmt::Display) -> Result<T, Error> {
+        self.map_err(|e| e.into().context(what))
     }
 }
 

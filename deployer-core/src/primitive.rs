@@ -2,7 +2,9 @@
 //! watched resource), and [`Source`], the cell such values are written to.
 //!
 //! This is the low-level extension point. Most plugins use the caches built on
-//! top of it; [`Current::run`] covers the common case of one async function.
+//! top of it ([`crate::cache`]), which give every piece of work a job, a log,
+//! a confirmation level and a history row; [`crate::Monitor`] covers watched
+//! inputs.
 
 use std::any::Any;
 use std::future::Future;
@@ -12,11 +14,10 @@ use std::pin::Pin;
 use std::sync::{Arc, Mutex, Weak};
 use std::task::{Context, Poll};
 
-use crate::current::{Current, Value};
-use crate::engine::graph::{Cx, Deferred, Inbox, Metadata, NodeRef, RtNode};
+use crate::node::{Deferred, Inbox, Metadata, Node, NodeRef, Runtime};
 use crate::nodes::{attribute, store};
 use crate::output::{panic_message, ActiveState, Error, NodeState, Output};
-use crate::term::{AnyTerm, Kind, TermCore, TermRef};
+use crate::term::{AnyTerm, Current, Kind, TermCore, TermRef, Value};
 
 /// A value written from outside the engine and read by the stages that watch it.
 ///
@@ -100,21 +101,16 @@ impl<T: Value> Source<T> {
     pub(crate) fn unwatch(&self, inbox: &Arc<Inbox>, node: NodeRef) {
         self.lock().watchers.retain(|(i, n)| !(*n == node && std::ptr::eq(i.as_ptr(), Arc::as_ptr(inbox))));
     }
-
-    /// Number of engine nodes watching this cell (for tests and metrics).
-    pub fn watcher_count(&self) -> usize {
-        self.lock().watchers.len()
-    }
 }
 
 /// What a primitive may do when it starts on a new input value.
-pub struct PrimitiveContext {
+pub struct Hooks {
     releases: Vec<Deferred>,
     starts: Vec<Deferred>,
     step: u64,
 }
 
-impl PrimitiveContext {
+impl Hooks {
     /// The number of the engine's current evaluation step: two calls with
     /// the same number happen in the same step.
     pub fn step(&self) -> u64 {
@@ -145,6 +141,8 @@ pub(crate) struct PrimTerm<A, B, F> {
 struct Run<B> {
     source: Source<B>,
     releases: Vec<Deferred>,
+    /// Cleared when the run is stopped, so its start actions are skipped.
+    wanted: Arc<std::sync::atomic::AtomicBool>,
 }
 
 struct PrimRt<A, B, F> {
@@ -160,7 +158,7 @@ impl<A, B, F> AnyTerm for PrimTerm<A, B, F>
 where
     A: Value,
     B: Value,
-    F: Fn(&A, &mut PrimitiveContext) -> Source<B> + Send + Sync + 'static,
+    F: Fn(&A, &mut Hooks) -> Source<B> + Send + Sync + 'static,
 {
     fn core(&self) -> &TermCore {
         &self.core
@@ -168,7 +166,7 @@ where
     fn for_each_input(&self, f: &mut dyn FnMut(&Arc<dyn AnyTerm>)) {
         f(&self.input);
     }
-    fn instantiate(self: Arc<Self>, inputs: &[u32], _cx: &mut Cx<'_>) -> Box<dyn RtNode> {
+    fn instantiate(self: Arc<Self>, inputs: &[u32], _rt: &mut dyn Runtime) -> Box<dyn Node> {
         Box::new(PrimRt {
             term: self,
             input: inputs[0],
@@ -184,21 +182,22 @@ impl<A, B, F> PrimRt<A, B, F>
 where
     B: Value,
 {
-    fn stop(&mut self, cx: &mut Cx<'_>) {
+    fn stop(&mut self, rt: &mut dyn Runtime) {
         if let Some(run) = self.run.take() {
-            run.source.unwatch(cx.inbox(), cx.me());
+            run.wanted.store(false, std::sync::atomic::Ordering::Release);
+            run.source.unwatch(rt.inbox(), rt.me_ref());
             for hook in run.releases {
-                cx.on_release(hook);
+                rt.on_release(hook);
             }
         }
     }
 }
 
-impl<A, B, F> RtNode for PrimRt<A, B, F>
+impl<A, B, F> Node for PrimRt<A, B, F>
 where
     A: Value,
     B: Value,
-    F: Fn(&A, &mut PrimitiveContext) -> Source<B> + Send + Sync + 'static,
+    F: Fn(&A, &mut Hooks) -> Source<B> + Send + Sync + 'static,
 {
     fn term(&self) -> &dyn AnyTerm {
         &*self.term
@@ -219,33 +218,39 @@ where
     fn error(&self) -> Option<crate::Error> {
         self.value.err().cloned()
     }
-    fn recompute(&mut self, cx: &mut Cx<'_>) -> bool {
+    fn recompute(&mut self, rt: &mut dyn Runtime) -> bool {
         let me = self.term.core.id;
-        let input = match cx.read::<A>(self.input) {
+        let input = match rt.read::<A>(self.input) {
             Output::Ok(v) => v.clone(),
             other => {
                 let new = other.cast().expect("not ok");
                 self.last = None;
-                self.stop(cx);
+                self.stop(rt);
                 let meta_changed = self.metadata != Metadata::default();
                 self.metadata = Metadata::default();
                 return store(&mut self.value, new) || meta_changed;
             }
         };
         if self.run.is_none() || self.last.as_ref() != Some(&input) {
-            self.stop(cx);
-            let mut pcx = PrimitiveContext { releases: Vec::new(), starts: Vec::new(), step: cx.graph.step() };
-            let started = catch_unwind(AssertUnwindSafe(|| (self.term.f)(&input, &mut pcx)));
+            self.stop(rt);
+            let mut hooks = Hooks { releases: Vec::new(), starts: Vec::new(), step: rt.step() };
+            let started = catch_unwind(AssertUnwindSafe(|| (self.term.f)(&input, &mut hooks)));
             self.last = Some(input);
             let source = match started {
                 Ok(source) => source,
                 Err(payload) => Source::new(Output::Err(Error::with_origin(panic_message(&*payload), me))),
             };
-            source.watch(cx.inbox(), cx.me());
-            for start in pcx.starts {
-                cx.after_step(start);
+            source.watch(rt.inbox(), rt.me_ref());
+            let wanted = Arc::new(std::sync::atomic::AtomicBool::new(true));
+            for start in hooks.starts {
+                let wanted = wanted.clone();
+                rt.after_step(Box::new(move || {
+                    if wanted.load(std::sync::atomic::Ordering::Acquire) {
+                        start();
+                    }
+                }));
             }
-            self.run = Some(Run { source, releases: pcx.releases });
+            self.run = Some(Run { source, releases: hooks.releases, wanted });
         }
         let source = &self.run.as_ref().expect("started above").source;
         let (value, metadata) = {
@@ -259,8 +264,8 @@ where
     fn for_each_input(&self, f: &mut dyn FnMut(u32)) {
         f(self.input);
     }
-    fn release(&mut self, cx: &mut Cx<'_>) {
-        self.stop(cx);
+    fn release(&mut self, rt: &mut dyn Runtime) {
+        self.stop(rt);
     }
     fn metadata(&self) -> Option<Metadata> {
         Some(self.metadata.clone())
@@ -274,12 +279,12 @@ impl<A: Value> Current<A> {
     /// On each new value of `x`, `f` is called and returns the [`Source`] the
     /// stage shows from then on; the previous run is released (its
     /// `on_release` hooks run). While `x` is pending or failed, so is the stage
-    /// (blocked). `f` must not block: start work with
-    /// [`PrimitiveContext::after_step`].
+    /// (blocked). `f` must not wait for long (it runs inside the evaluation
+    /// step): start work with [`Hooks::after_step`].
     pub fn primitive<B: Value>(
         &self,
         label: &str,
-        f: impl Fn(&A, &mut PrimitiveContext) -> Source<B> + Send + Sync + 'static,
+        f: impl Fn(&A, &mut Hooks) -> Source<B> + Send + Sync + 'static,
     ) -> Current<B> {
         Current::from_term(Arc::new(PrimTerm {
             core: TermCore::new(Kind::Primitive, Some(label.into())),
@@ -288,69 +293,12 @@ impl<A: Value> Current<A> {
             _types: PhantomData,
         }))
     }
-
-    /// `x.run(label, f)` is a stage that runs the async function `f` on each
-    /// new value of `x`, on the tokio runtime the engine runs in.
-    ///
-    /// The stage is `Ready`, then `Running`, then `f`'s result. A new value of
-    /// `x` (or the stage leaving the pipeline) aborts a run still in progress.
-    /// A panic in `f` becomes an error on this stage.
-    pub fn run<B, F, Fut>(&self, label: &str, f: F) -> Current<B>
-    where
-        B: Value,
-        F: Fn(A) -> Fut + Send + Sync + 'static,
-        Fut: Future<Output = Result<B, Error>> + Send + 'static,
-    {
-        self.primitive(label, move |a, cx| {
-            let source = Source::new(Output::Active(ActiveState::Ready));
-            let task: Arc<Mutex<TaskState>> = Arc::new(Mutex::new(TaskState::Pending));
-            let future = f(a.clone());
-            let (s, t) = (source.clone(), task.clone());
-            cx.after_step(move || spawn_run(s, t, future));
-            cx.on_release(move || {
-                let mut t = task.lock().unwrap_or_else(|e| e.into_inner());
-                if let TaskState::Running(handle) = &*t {
-                    handle.abort();
-                }
-                *t = TaskState::Released;
-            });
-            source
-        })
-    }
-}
-
-enum TaskState {
-    Pending,
-    Running(tokio::task::AbortHandle),
-    Released,
-}
-
-fn spawn_run<B: Value>(
-    source: Source<B>,
-    task: Arc<Mutex<TaskState>>,
-    future: impl Future<Output = Result<B, Error>> + Send + 'static,
-) {
-    let mut t = task.lock().unwrap_or_else(|e| e.into_inner());
-    if !matches!(*t, TaskState::Pending) {
-        return; // released in the same step: never started
-    }
-    let Ok(runtime) = tokio::runtime::Handle::try_current() else {
-        source.set(Output::Err(Error::msg("no tokio runtime to run this stage's job")));
-        return;
-    };
-    source.set(Output::Active(ActiveState::Running));
-    let s = source.clone();
-    let handle = runtime.spawn(async move {
-        let result = CatchUnwind(Box::pin(future)).await;
-        s.set(result.into());
-    });
-    *t = TaskState::Running(handle.abort_handle());
 }
 
 /// Polls a future, turning a panic into an error.
-pub(crate) struct CatchUnwind<F>(pub(crate) Pin<Box<F>>);
+pub(crate) struct CatchUnwind<F: ?Sized>(pub(crate) Pin<Box<F>>);
 
-impl<T, F: Future<Output = Result<T, Error>>> Future for CatchUnwind<F> {
+impl<T, F: Future<Output = Result<T, Error>> + ?Sized> Future for CatchUnwind<F> {
     type Output = Result<T, Error>;
     fn poll(mut self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<Self::Output> {
         let inner = self.0.as_mut();

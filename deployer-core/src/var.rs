@@ -3,12 +3,11 @@
 use std::any::Any;
 use std::sync::Arc;
 
-use crate::current::{Current, Value};
-use crate::engine::graph::{Cx, NodeRef, RtNode};
+use crate::node::{Node, NodeRef, Runtime};
 use crate::nodes::{attribute, store};
 use crate::output::{NodeState, Output};
 use crate::primitive::Source;
-use crate::term::{AnyTerm, Kind, TermCore};
+use crate::term::{AnyTerm, Current, Kind, TermCore, Value};
 
 /// A named input of the pipeline, set from outside the engine (a webhook
 /// handler, a test, a timer).
@@ -20,7 +19,7 @@ use crate::term::{AnyTerm, Kind, TermCore};
 /// ```
 /// use deployer_core::{Engine, Output, Var};
 ///
-/// let head = Var::new("head", Output::Ok(1u64));
+/// let head = Var::new("head", 1u64);
 /// let engine = Engine::new(head.current().map(|h| h * 10));
 /// engine.step();
 /// head.set(2);
@@ -54,14 +53,14 @@ impl<T: Value> AnyTerm for VarTerm<T> {
         &self.core
     }
     fn for_each_input(&self, _f: &mut dyn FnMut(&Arc<dyn AnyTerm>)) {}
-    fn instantiate(self: Arc<Self>, _inputs: &[u32], cx: &mut Cx<'_>) -> Box<dyn RtNode> {
-        let me = cx.me();
-        self.source.watch(cx.inbox(), me);
+    fn instantiate(self: Arc<Self>, _inputs: &[u32], rt: &mut dyn Runtime) -> Box<dyn Node> {
+        let me = rt.me_ref();
+        self.source.watch(rt.inbox(), me);
         Box::new(VarRt { term: self, watching: Some(me), value: Output::Active(crate::ActiveState::Ready) })
     }
 }
 
-impl<T: Value> RtNode for VarRt<T> {
+impl<T: Value> Node for VarRt<T> {
     fn term(&self) -> &dyn AnyTerm {
         &*self.term
     }
@@ -77,21 +76,27 @@ impl<T: Value> RtNode for VarRt<T> {
     fn error(&self) -> Option<crate::Error> {
         self.value.err().cloned()
     }
-    fn recompute(&mut self, _cx: &mut Cx<'_>) -> bool {
+    fn recompute(&mut self, _rt: &mut dyn Runtime) -> bool {
         let value = attribute(self.term.source.get(), self.term.core.id);
         store(&mut self.value, value)
     }
     fn for_each_input(&self, _f: &mut dyn FnMut(u32)) {}
-    fn release(&mut self, cx: &mut Cx<'_>) {
+    fn release(&mut self, rt: &mut dyn Runtime) {
         if let Some(me) = self.watching.take() {
-            self.term.source.unwatch(cx.inbox(), me);
+            self.term.source.unwatch(rt.inbox(), me);
         }
     }
 }
 
 impl<T: Value> Var<T> {
-    /// A variable named `name` (its box in the diagram) holding `initial`.
-    pub fn new(name: &str, initial: Output<T>) -> Var<T> {
+    /// A variable named `name` (its box in the diagram) holding `value`.
+    pub fn new(name: &str, value: T) -> Var<T> {
+        Var::with_output(name, Output::Ok(value))
+    }
+
+    /// A variable named `name` whose output starts as `initial` (a value, a
+    /// pending state or an error).
+    pub fn with_output(name: &str, initial: Output<T>) -> Var<T> {
         let source = Source::new(initial);
         let term = Arc::new(VarTerm { core: TermCore::new(Kind::Var, Some(name.into())), source: source.clone() });
         Var { source, current: Current::from_term(term) }

@@ -6,14 +6,22 @@ use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
 
 use deployer_core::job::JobStatus;
-use deployer_core::{Config, Jobs, Level, Pool, Priority};
+use deployer_core::{Clock, Config, ErrorKind, Jobs, Level, ManualClock, Pool, Priority};
 use tokio::process::Command;
 
 fn jobs(name: &str, config: Config) -> Jobs {
+    jobs_with_clock(name, config, Clock::system())
+}
+
+fn jobs_with_clock(name: &str, config: Config, clock: Clock) -> Jobs {
     let base = std::env::var_os("DEPLOYER_TEST_WORK").map(PathBuf::from).unwrap_or_else(std::env::temp_dir);
     let dir = base.join(format!("jobs-{name}-{}", std::process::id()));
     let _ = std::fs::remove_dir_all(&dir);
-    Jobs::new(&dir, config)
+    Jobs::new(&dir, config, clock)
+}
+
+fn log_of(jobs: &Jobs, id: &str) -> String {
+    String::from_utf8(jobs.read_log(id, 0, 1 << 20).unwrap().0).unwrap()
 }
 
 async fn eventually(what: &str, mut check: impl FnMut() -> bool) {
@@ -69,8 +77,8 @@ async fn cancelling_a_queued_job_gives_up_its_place() {
     let jobs = jobs("pool-cancel", Config::new(None));
     let pool = Pool::new("one", 1);
     let holder = pool.acquire(Priority::High).await;
-    let queued = jobs.create("queued").unwrap();
-    let next = jobs.create("next").unwrap();
+    let queued = jobs.create("queued", "queued").unwrap();
+    let next = jobs.create("next", "next").unwrap();
     let q = queued.clone();
     let p = pool.clone();
     let first =
@@ -81,7 +89,8 @@ async fn cancelling_a_queued_job_gives_up_its_place() {
     eventually("second queued", || pool.queue_lengths() == (1, 1)).await;
     queued.cancel("no longer needed");
     let err = first.await.unwrap().unwrap_err();
-    assert_eq!(err.message(), "Cancelled: no longer needed");
+    assert_eq!(err.message(), "Cancelled while waiting for a slot in pool one");
+    assert_eq!(err.kind(), ErrorKind::Cancelled);
     drop(holder);
     assert!(second.await.unwrap(), "the next job gets the slot the cancelled one left");
     assert_eq!(next.status(), JobStatus::Running);
@@ -89,6 +98,7 @@ async fn cancelling_a_queued_job_gives_up_its_place() {
     let log = String::from_utf8(log).unwrap();
     assert!(log.contains("Waiting for resource in pool one"), "{log}");
     assert!(log.contains("Cancelling: no longer needed"), "{log}");
+    assert!(log.contains("Cancelled while waiting for a slot in pool one"), "{log}");
 }
 
 /// Whether a process with exactly this command line is running.
@@ -103,7 +113,7 @@ fn process_running(cmdline: &str) -> bool {
 #[tokio::test]
 async fn cancelling_a_job_kills_its_process() {
     let jobs = jobs("kill", Config::new(None));
-    let job = jobs.create("sleeper").unwrap();
+    let job = jobs.create("sleeper", "sleeper").unwrap();
     job.start(Level::Harmless, None, None).await.unwrap();
     // A distinctive duration, to find this very process in /proc.
     let secs = format!("120.{}", std::process::id());
@@ -115,41 +125,106 @@ async fn cancelling_a_job_kills_its_process() {
     let t = Instant::now();
     job.cancel("operator pressed Cancel");
     let err = run.await.unwrap().unwrap_err();
-    assert_eq!(err.message(), "Cancelled: operator pressed Cancel");
+    // What happened to the process, and why.
+    assert_eq!(err.kind(), ErrorKind::Cancelled);
+    assert!(
+        err.message().starts_with(&format!("Command sleep \"{secs}\" was stopped with SIGTERM after "))
+            && err.message().ends_with(": operator pressed Cancel"),
+        "{}",
+        err.message()
+    );
     assert!(t.elapsed() < Duration::from_secs(5));
     eventually("sleep killed", || !process_running(&cmdline)).await;
+    assert!(log_of(&jobs, job.id()).contains("was stopped with SIGTERM"));
+}
+
+#[tokio::test]
+async fn a_process_ignoring_sigterm_gets_sigkill() {
+    let jobs = jobs("kill-hard", Config::new(None));
+    let job = jobs.create("stubborn", "stubborn").unwrap();
+    job.start(Level::Harmless, None, None).await.unwrap();
+    let j = job.clone();
+    let run = tokio::spawn(async move {
+        j.exec(Command::new("sh").args(["-c", "trap '' TERM; echo ready; while :; do sleep 0.1; done"])).await
+    });
+    eventually("ready", || log_of(&jobs, job.id()).contains("ready")).await;
+    job.cancel("stop");
+    let err = run.await.unwrap().unwrap_err();
+    assert!(err.message().contains("was stopped with SIGKILL after 5"), "{}", err.message());
 }
 
 #[tokio::test]
 async fn a_job_past_its_timeout_is_cancelled() {
-    let jobs = jobs("timeout", Config::new(None));
-    let job = jobs.create("slow").unwrap();
-    job.start(Level::Harmless, None, Some(Duration::from_millis(300))).await.unwrap();
-    let t = Instant::now();
-    let err = job.exec(Command::new("sleep").arg("60")).await.unwrap_err();
-    assert!(err.message().starts_with("Cancelled: Timeout"), "{}", err.message());
-    assert!(t.elapsed() < Duration::from_secs(5));
+    // The time limit is read from the clock: a manual clock passes it
+    // without the test waiting.
+    let clock = ManualClock::new(0);
+    let jobs = jobs_with_clock("timeout", Config::new(None), clock.clock());
+    let job = jobs.create("slow", "slow").unwrap();
+    job.start(Level::Harmless, None, Some(Duration::from_secs(300))).await.unwrap();
+    let j = job.clone();
+    let run = tokio::spawn(async move { j.exec(Command::new("sleep").arg("60")).await });
+    eventually("sleep started", || log_of(&jobs, job.id()).contains("Exec: sleep")).await;
+    clock.advance(Duration::from_secs(300));
+    let err = run.await.unwrap().unwrap_err();
+    assert_eq!(err.kind(), ErrorKind::TimedOut);
+    assert!(err.message().contains("was stopped with SIGTERM after"), "{}", err.message());
+    assert!(err.message().ends_with(": Timed out (after 5 min)"), "{}", err.message());
+    assert_eq!(job.cancellation_error().unwrap().message(), "Timed out (after 5 min)");
+}
+
+#[tokio::test]
+async fn the_log_keeps_the_order_stdout_and_stderr_were_written_in() {
+    let jobs = jobs("order", Config::new(None));
+    let job = jobs.create("chatty", "chatty").unwrap();
+    job.start(Level::Harmless, None, None).await.unwrap();
+    let script = "for i in $(seq 1 200); do echo out $i; echo err $i >&2; done";
+    job.exec(Command::new("sh").args(["-c", script])).await.unwrap();
+    let log = log_of(&jobs, job.id());
+    let lines: Vec<&str> = log.lines().filter_map(|l| l.split_once(": ").map(|(_, t)| t)).collect();
+    let expected: Vec<String> = (1..=200).flat_map(|i| [format!("out {i}"), format!("err {i}")]).collect();
+    let got: Vec<&str> = lines.iter().copied().filter(|l| l.starts_with("out ") || l.starts_with("err ")).collect();
+    assert_eq!(got, expected);
+}
+
+#[tokio::test]
+async fn processes_can_be_fed_input_and_piped_into_each_other() {
+    let jobs = jobs("pipe", Config::new(None));
+    let job = jobs.create("pipe", "pipe").unwrap();
+    job.start(Level::Harmless, None, None).await.unwrap();
+    job.exec_with_input(Command::new("wc").arg("-l"), &b"one\ntwo\nthree\n"[..]).await.unwrap();
+    job.exec_pipe(Command::new("printf").arg("a\\nb\\n"), Command::new("tr").args(["a-z", "A-Z"])).await.unwrap();
+    let log = log_of(&jobs, job.id());
+    assert!(log.lines().any(|l| l.ends_with(": 3")), "{log}");
+    assert!(log.lines().any(|l| l.ends_with(": A")) && log.lines().any(|l| l.ends_with(": B")), "{log}");
+    // The failing side of a pipe is named.
+    let err = job.exec_pipe(&mut Command::new("true"), Command::new("sh").args(["-c", "exit 4"])).await.unwrap_err();
+    assert_eq!(err.message(), "Command sh \"-c\" \"exit 4\" exited with status 4");
+    assert_eq!(err.kind(), ErrorKind::Exit { code: Some(4), signal: None });
 }
 
 #[tokio::test]
 async fn a_failing_command_names_itself_and_its_status() {
     let jobs = jobs("status", Config::new(None));
-    let job = jobs.create("false").unwrap();
+    let job = jobs.create("false", "false").unwrap();
     job.start(Level::Harmless, None, None).await.unwrap();
     let err = job.exec(Command::new("sh").args(["-c", "echo oops >&2; exit 3"])).await.unwrap_err();
     assert_eq!(err.message(), "Command sh \"-c\" \"echo oops >&2; exit 3\" exited with status 3");
+    assert_eq!(err.kind(), ErrorKind::Exit { code: Some(3), signal: None });
+    // "docker is not installed" is told apart from "the tests failed" by kind.
     let err = job.exec(&mut Command::new("no-such-program-here")).await.unwrap_err();
     assert!(err.message().contains("is no-such-program-here installed?"), "{}", err.message());
+    assert_eq!(err.kind(), ErrorKind::Io(std::io::ErrorKind::NotFound));
     let out = job.check_output(Command::new("echo").arg("hello")).await.unwrap();
     assert_eq!(out, "hello\n");
-    let (log, _) = jobs.read_log(job.id(), 0, 1 << 20).unwrap();
-    assert!(String::from_utf8(log).unwrap().contains("oops"));
+    let log = log_of(&jobs, job.id());
+    assert!(log.contains("oops"));
+    assert!(log.lines().any(|l| l.ends_with(": hello")), "what check_output captured is logged: {log}");
 }
 
 #[tokio::test]
 async fn a_log_can_be_followed_live_from_an_offset() {
     let jobs = jobs("stream", Config::new(None));
-    let job = jobs.create("chatty").unwrap();
+    let job = jobs.create("chatty", "chatty").unwrap();
     job.start(Level::Harmless, None, None).await.unwrap();
     let writer = job.clone();
     let lines = tokio::spawn(async move {
@@ -196,23 +271,22 @@ async fn log_ids_with_path_tricks_are_rejected() {
 async fn dangerous_jobs_wait_for_confirmation_until_the_threshold_changes() {
     let config = Config::new(Some(Level::AboveAverage));
     let jobs = jobs("confirm", config.clone());
-    let harmless = jobs.create("harmless").unwrap();
+    let harmless = jobs.create("harmless", "harmless").unwrap();
     harmless.start(Level::Average, None, None).await.unwrap();
     assert_eq!(harmless.status(), JobStatus::Running);
 
-    let risky = jobs.create("risky").unwrap();
+    let risky = jobs.create("risky", "risky").unwrap();
     let r = risky.clone();
     let run = tokio::spawn(async move { r.start(Level::Dangerous, None, None).await.map(|_| ()) });
     eventually("waiting", || risky.status() == JobStatus::WaitingForConfirmation).await;
-    let other = jobs.create("other").unwrap();
+    let other = jobs.create("other", "other").unwrap();
     let o = other.clone();
     let other_run = tokio::spawn(async move { o.start(Level::AboveAverage, None, None).await.map(|_| ()) });
     eventually("waiting", || other.status() == JobStatus::WaitingForConfirmation).await;
-    // An operator starts one early; the other keeps waiting.
+    // An operator starts one early; the other is still waiting.
     risky.approve_early_start();
     run.await.unwrap().unwrap();
     assert_eq!(risky.status(), JobStatus::Running);
-    tokio::time::sleep(Duration::from_millis(50)).await;
     assert_eq!(other.status(), JobStatus::WaitingForConfirmation);
     // Raising the threshold at run time releases it.
     config.set_confirm(Some(Level::Dangerous));
@@ -228,4 +302,28 @@ async fn the_threshold_can_release_itself_after_a_while() {
     release.await.unwrap();
     assert_eq!(config.confirm(), None);
     assert!(config.is_confirmed(Level::Dangerous));
+}
+
+#[tokio::test]
+async fn a_multi_line_secret_in_a_process_output_never_reaches_the_log() {
+    let jobs = jobs("pem", Config::new(None));
+    let key = "-----BEGIN OPENSSH PRIVATE KEY-----
+b3BlbnNzaC1rZXktdjEAAAAABG5vbmUAAAAEbm9uZQAAAAAAAAABAAAAMwAAAAtzc2gtZW
+QyNTUxOQAAACDh1k3Q0t5yJ0X9Y3ab8cd0eG2Q0Lr7KQmq9E0n0mP6lAAAAJgAAAAAAAAA
+AAAAAAtzc2gtZWQyNTUxOQAAACDh1k3Q0t5yJ0X9Y3ab8cd0eG2Q0Lr7KQmq9E0n0mP6lA
+-----END OPENSSH PRIVATE KEY-----";
+    jobs.register_secret(key);
+    let job = jobs.create("leaky", "leaky").unwrap();
+    job.start(Level::Harmless, None, None).await.unwrap();
+    let pem = std::env::temp_dir().join(format!("deployer-pem-{}", std::process::id()));
+    std::fs::write(&pem, key).unwrap();
+    // The process prints the key, line by line, on stdout and on stderr.
+    job.exec(Command::new("sh").arg("-c").arg(format!("cat {0}; cat {0} >&2", pem.display()))).await.unwrap();
+    job.check_output(Command::new("cat").arg(&pem)).await.unwrap();
+    std::fs::remove_file(&pem).unwrap();
+    let log = log_of(&jobs, job.id());
+    for line in key.lines().skip(1).take(3) {
+        assert!(!log.contains(line), "a line of the key reached the log:\n{log}");
+    }
+    assert!(log.contains("[redacted]"), "{log}");
 }

@@ -4,8 +4,8 @@
 use std::path::PathBuf;
 use std::time::Duration;
 
-use deployer_core::store::{BuildRecord, HistoryQuery, Retention, Store, StoreError, SCHEMA_VERSION};
-use deployer_core::{Config, Context};
+use deployer_core::store::{HistoryQuery, JobRecord, Retention, Store, StoreError, SCHEMA_VERSION};
+use deployer_core::{Config, Context, ManualClock};
 
 fn dir(name: &str) -> PathBuf {
     let base = std::env::var_os("DEPLOYER_TEST_WORK").map(PathBuf::from).unwrap_or_else(std::env::temp_dir);
@@ -15,12 +15,13 @@ fn dir(name: &str) -> PathBuf {
     dir
 }
 
-fn record(op: &str, key: &str, build: i64, ok: bool, finished: i64, job_id: &str) -> BuildRecord {
-    BuildRecord {
+fn record(op: &str, key: &str, build: i64, ok: bool, finished: i64, job_id: &str) -> JobRecord {
+    JobRecord {
         op: op.into(),
         key: key.into(),
         build,
         job_id: job_id.into(),
+        description: format!("{op} {key}"),
         value: None,
         ok,
         outcome: if ok { "\"done\"".into() } else { "it broke".into() },
@@ -68,6 +69,51 @@ fn a_newer_schema_is_refused_and_left_alone() {
     assert_eq!(std::fs::read(&path).unwrap(), before, "the file is unchanged");
 }
 
+/// A database with a valid header whose pages are damaged: the integrity
+/// check on open refuses it, and it is left byte for byte as it was.
+#[test]
+fn a_database_with_corrupt_pages_is_refused_and_left_alone() {
+    let path = dir("pages").join("db.sqlite");
+    {
+        let conn = rusqlite::Connection::open(&path).unwrap();
+        conn.execute_batch(
+            "CREATE TABLE t (x TEXT); CREATE INDEX t_x ON t (x);
+             WITH RECURSIVE n(i) AS (SELECT 1 UNION ALL SELECT i + 1 FROM n WHERE i < 2000)
+             INSERT INTO t SELECT printf('row %d %s', i, hex(randomblob(40))) FROM n;",
+        )
+        .unwrap();
+    }
+    let mut bytes = std::fs::read(&path).unwrap();
+    assert_eq!(&bytes[..16], b"SQLite format 3\0");
+    // Scribble over the middle of the file, past the header and schema.
+    let middle = bytes.len() / 2;
+    for b in &mut bytes[middle..middle + 3000] {
+        *b = 0x5a;
+    }
+    std::fs::write(&path, &bytes).unwrap();
+    let err = Store::open(&path).unwrap_err();
+    assert!(matches!(err, StoreError::NotADatabase { .. }), "{err:?}");
+    assert!(err.to_string().contains("integrity check failed"), "{err}");
+    assert_eq!(std::fs::read(&path).unwrap(), bytes, "the file is unchanged");
+}
+
+/// A newer schema in WAL mode (the deployer's own journal mode) is refused
+/// just the same, and the file is not changed.
+#[test]
+fn a_newer_schema_in_wal_mode_is_refused_and_left_alone() {
+    let path = dir("newer-wal").join("db.sqlite");
+    {
+        let conn = rusqlite::Connection::open(&path).unwrap();
+        conn.pragma_update(None, "journal_mode", "WAL").unwrap();
+        conn.execute_batch("CREATE TABLE future (x); INSERT INTO future VALUES (1); PRAGMA user_version = 42;")
+            .unwrap();
+    }
+    let before = std::fs::read(&path).unwrap();
+    let err = Store::open(&path).unwrap_err();
+    assert!(matches!(err, StoreError::NewerSchema { found: 42, .. }), "{err:?}");
+    assert_eq!(std::fs::read(&path).unwrap(), before, "the file is unchanged");
+}
+
 #[tokio::test]
 async fn history_pages_and_filters() {
     let path = dir("history").join("db.sqlite");
@@ -85,7 +131,7 @@ async fn history_pages_and_filters() {
             &format!("{day}/{i:06}-{op}-x"),
         ));
     }
-    store.insert_many(rows).await.unwrap();
+    store.import(rows).await.unwrap();
     assert_eq!(store.count().await.unwrap(), 250);
     assert_eq!(store.ops().await.unwrap(), ["docker-build", "docker-push"]);
 
@@ -144,13 +190,14 @@ async fn history_pages_and_filters() {
 #[tokio::test]
 async fn retention_deletes_old_builds_and_their_logs_but_never_the_latest() {
     let state = dir("retention");
-    let ctx = Context::open(&state, Config::new(None)).unwrap();
-    let now = chrono::Utc::now().timestamp_millis();
+    // The store reads "now" from the context's clock.
+    let now = 1_800_000_000_000;
+    let ctx = Context::open_with_clock(&state, Config::new(None), ManualClock::new(now).clock()).unwrap();
     let day = 24 * 3600 * 1000;
     let mut rows = Vec::new();
     let mut logs = Vec::new();
     for build in 1..=6i64 {
-        let job = ctx.jobs.create("build").unwrap();
+        let job = ctx.jobs.create("build", "build").unwrap();
         job.log("some output");
         job.finish();
         logs.push(ctx.jobs.log_file(job.id()).unwrap());
@@ -159,10 +206,10 @@ async fn retention_deletes_old_builds_and_their_logs_but_never_the_latest() {
         rows.push(record("build", "k", build, true, finished, job.id()));
     }
     // A key whose only build is old: kept (it is the latest).
-    let lone = ctx.jobs.create("build").unwrap();
+    let lone = ctx.jobs.create("build", "build").unwrap();
     lone.finish();
     rows.push(record("build", "lonely", 1, true, now - 90 * day, lone.id()));
-    ctx.store.insert_many(rows).await.unwrap();
+    ctx.store.import(rows).await.unwrap();
 
     let deleted =
         ctx.prune(Retention { keep_last: None, max_age: Some(Duration::from_secs(7 * 24 * 3600)) }).await.unwrap();
@@ -199,7 +246,7 @@ async fn a_broad_job_prefix_pages_like_a_narrow_one() {
         .collect();
     let mut want: Vec<(i64, String)> =
         rows.iter().filter(|r| r.job_id.starts_with("2026-10-01")).map(|r| (r.finished, r.job_id.clone())).collect();
-    store.insert_many(rows).await.unwrap();
+    store.import(rows).await.unwrap();
     want.sort_by(|a, b| b.cmp(a));
     let mut got = Vec::new();
     let mut query = HistoryQuery { job_prefix: Some("2026-10-01".into()), limit: 500, ..HistoryQuery::default() };

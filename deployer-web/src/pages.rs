@@ -9,7 +9,7 @@ use axum::http::{header, HeaderMap, StatusCode};
 use axum::response::{Html, IntoResponse, Redirect, Response};
 use deployer_core::analysis::Expanded;
 use deployer_core::job::JobStatus;
-use deployer_core::store::{BuildRecord, Cursor, HistoryQuery};
+use deployer_core::store::{Cursor, HistoryQuery, JobRecord};
 use deployer_core::{Level, NodeState, Stats};
 
 use crate::access::{same_token, Requester, Role};
@@ -282,7 +282,7 @@ struct HistoryRow {
     finished: String,
 }
 
-fn result_of(r: &BuildRecord) -> (String, &'static str) {
+fn result_of(r: &JobRecord) -> (String, &'static str) {
     match (r.ok, r.interrupted) {
         (true, _) => ("passed".into(), "ok"),
         (false, true) => ("interrupted".into(), "failed"),
@@ -365,7 +365,7 @@ pub(crate) async fn job(
                 .collect();
         }
     } else if let Some(job) = &active {
-        description = Some(job.label().to_owned());
+        description = Some(job.description().to_owned());
     }
     let running = active.as_ref().is_some_and(|j| j.status() != JobStatus::Finished);
     let page = JobPage {

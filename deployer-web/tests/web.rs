@@ -15,7 +15,7 @@ use async_trait::async_trait;
 use axum::body::Body;
 use axum::extract::ConnectInfo;
 use axum::http::{Request, StatusCode};
-use deployer_core::cache::{BuildCache, Builder, Schedule};
+use deployer_core::cache::{BuildCache, Builder};
 use deployer_core::{Config, Context, Current, Engine, Error, Job, Level};
 use deployer_web::{Login, Role, Site, User};
 use http_body_util::BodyExt;
@@ -67,7 +67,7 @@ fn setup_with(name: &str, level: Level, confirm: Option<Level>) -> Setup {
     let ctx = Context::open(&state_dir(name), Config::new(confirm)).unwrap();
     let go = Arc::new(Notify::new());
     let cache = BuildCache::new(&ctx, SlowBuild { go: go.clone(), level });
-    let built = cache.get(&Current::constant_labelled("repo", "app".to_owned()), Schedule::never());
+    let built = cache.get("slow-build", Current::constant_labelled("repo", "app".to_owned()));
     let deployed = built.map(|v| format!("deployed {v}"));
     let engine = Arc::new(Engine::new(deployed));
     let e = engine.clone();

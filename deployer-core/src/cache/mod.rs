@@ -1,5 +1,4 @@
-//! Caches: builds that run once per key, and publishes that run once per
-//! value, with their outcomes kept in the store.
+//! Caches: every piece of external work as a cached operation with a job.
 //!
 //! - [`BuildCache`] runs a [`Builder`] once per key and remembers the result
 //!   (success or failure) across restarts. A [`Schedule`] makes results
@@ -7,36 +6,53 @@
 //! - [`OutputCache`] runs a [`Publisher`] to set a key to a value, again only
 //!   when the value's digest changes. A publish whose outcome was recorded is
 //!   never repeated for the same value, even across restarts.
+//! - [`Current::run`](crate::Current::run) is a builder written as a closure.
+//!
+//! Each use of a cache is a box with its own label (`docker push
+//! org/app:live`); the operation's `ID` is its stable name in the store.
+//! Every run is a job: it has an id and a log, waits for confirmation when
+//! its level is at or above the threshold, takes a pool slot, and leaves a
+//! history row saying what it did. A job starts within the evaluation step
+//! that asks for it, so its box goes straight to running (or waiting).
 //!
 //! Failures are sticky: a failed build or publish is not retried until an
-//! operator asks for a rebuild or the key (or value) changes.
+//! operator asks for a rebuild or the key (or value) changes. Cancelling a
+//! job is a request the operation sees ([`Job::cancelled`]); what it returns
+//! is recorded, and an error then reads "Cancelled". A *latched* operation
+//! keeps showing its previous outcome while it runs again (the diagram shows
+//! the update as a gradient); an *idempotent* one is re-run by itself after
+//! a crash interrupted it, where others wait for an operator.
+//!
+//! All of them share one driver ([`driver`]); [`BuildCache`] and
+//! [`OutputCache`] only adapt their traits to it.
 
 mod build;
-mod instance;
+mod closure;
+mod driver;
 mod output;
 
-use std::future::Future;
+use std::fmt;
 use std::time::Duration;
 
+use async_trait::async_trait;
+use serde::de::DeserializeOwned;
 use serde::Serialize;
 use sha2::{Digest as _, Sha256};
 
-pub use build::{BuildCache, Builder};
-pub use output::{OutputCache, Publisher};
+pub use build::BuildCache;
+pub use output::OutputCache;
 
 use crate::config::Level;
-use crate::context::Context;
-use crate::job::{Job, JobStatus, Pool, Priority};
-use crate::output::{ActiveState, Error};
-use crate::primitive::CatchUnwind;
-use crate::store::{now_ms, BuildRecord};
+use crate::job::{Job, Pool};
+use crate::output::Error;
+use crate::term::Value;
 
 /// How long a cached result stays valid.
 ///
 /// When a key is used with several schedules, the earliest expiry wins.
 #[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
 pub struct Schedule {
-    /// Rebuild after this long; `None`: valid until a rebuild is requested.
+    /// Run again after this long; `None`: valid until a rebuild is requested.
     pub valid_for: Option<Duration>,
 }
 
@@ -52,6 +68,15 @@ impl Schedule {
     }
 }
 
+impl fmt::Display for Schedule {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        match self.valid_for {
+            None => f.write_str("never expires"),
+            Some(d) => write!(f, "valid for {}", crate::job::human_duration(d)),
+        }
+    }
+}
+
 /// The digest of a key or value: SHA-256 of its JSON form, in hex. Fails
 /// for values JSON cannot represent (such as maps with non-string keys).
 pub fn digest<T: Serialize>(value: &T) -> Result<String, Error> {
@@ -61,121 +86,144 @@ pub fn digest<T: Serialize>(value: &T) -> Result<String, Error> {
     Ok(hash.iter().map(|b| format!("{b:02x}")).collect())
 }
 
-/// What an operation needs to start its job.
-pub(crate) struct JobPlan<'a> {
-    pub(crate) op: &'static str,
-    pub(crate) key: &'a str,
-    pub(crate) value: Option<&'a str>,
-    pub(crate) description: String,
-    pub(crate) level: Level,
-    pub(crate) pool: Option<(Pool, Priority)>,
-    pub(crate) timeout: Option<Duration>,
-}
+/// An operation that produces a value from a key (a build, a pull).
+///
+/// The key identifies the work: the same key is built once, and its result
+/// is reused, across restarts too. Anything that should not trigger a rebuild
+/// when it changes (credentials, a pool) belongs in the builder, not the key.
+///
+/// ```
+/// use deployer_core::cache::Builder;
+/// use deployer_core::{Error, Job};
+///
+/// struct Checksum;
+///
+/// #[async_trait::async_trait]
+/// impl Builder for Checksum {
+///     const ID: &'static str = "checksum";
+///     type Key = String;
+///     type Value = u64;
+///     fn describe(&self, key: &String) -> Option<String> {
+///         Some(format!("checksum {key}"))
+///     }
+///     async fn build(&self, job: &Job, key: &String) -> Result<u64, Error> {
+///         job.log(&format!("summing {key}"));
+///         Ok(key.bytes().map(u64::from).sum())
+///     }
+/// }
+/// ```
+#[async_trait]
+pub trait Builder: Send + Sync + 'static {
+    /// The operation's stable name in the store (and part of its jobs' ids).
+    /// Changing it forgets every cached result. Boxes get their labels from
+    /// each use ([`BuildCache::get`]).
+    const ID: &'static str;
+    /// What identifies one build (serialized to compute its digest).
+    type Key: Value + Serialize;
+    /// The result (serialized into the store).
+    type Value: Value + Serialize + DeserializeOwned;
 
-/// What happened to a job run by a cache.
-pub(crate) struct JobRun {
-    pub(crate) job_id: String,
-    /// The JSON outcome, or the error.
-    pub(crate) result: Result<String, Error>,
-    /// Whether the outcome reached the store (if not, the run is retried).
-    pub(crate) recorded: bool,
-}
-
-/// The pending state shown for a job in `status`.
-pub(crate) fn active_state(status: JobStatus) -> ActiveState {
-    match status {
-        JobStatus::WaitingForConfirmation => ActiveState::WaitingForConfirmation,
-        JobStatus::Running | JobStatus::Finished => ActiveState::Running,
-        JobStatus::Ready | JobStatus::Queued => ActiveState::Ready,
+    /// What a job building `key` does, in words (`docker build 4f2a9c1`),
+    /// for its page and its history row. `None`: the box's label.
+    fn describe(&self, _key: &Self::Key) -> Option<String> {
+        None
     }
+
+    /// How risky building `key` is (jobs at or above the threshold wait for
+    /// confirmation).
+    fn level(&self, _key: &Self::Key) -> Level {
+        Level::Average
+    }
+
+    /// Whether a build no longer needed by the pipeline is asked to stop
+    /// (else it finishes and its result is kept).
+    fn auto_cancel(&self) -> bool {
+        false
+    }
+
+    /// Whether the previous result stays shown (with the update in
+    /// progress) while the key is built again after a rebuild request.
+    /// Expired results always stay shown while they are rebuilt.
+    fn latched(&self) -> bool {
+        false
+    }
+
+    /// The pool builds wait for, if any.
+    fn pool(&self) -> Option<Pool> {
+        None
+    }
+
+    /// Cancel a build after this long.
+    fn timeout(&self) -> Option<Duration> {
+        None
+    }
+
+    /// Builds `key`, logging to `job`. The job has already started (confirmed,
+    /// with its pool slot).
+    async fn build(&self, job: &Job, key: &Self::Key) -> Result<Self::Value, Error>;
 }
 
-/// Runs one job for a cache: notes its start durably, waits for confirmation
-/// and a pool slot, runs `work`, then records the outcome durably before the
-/// job is reported finished. `on_job` is told the job once it exists;
-/// `on_status` each time its status changes; `obsolete` is asked, when the
-/// job ends, whether it was cancelled because it is no longer wanted (then
-/// the outcome is recorded as needing a rebuild, so it is not sticky).
-pub(crate) async fn run_job<W, F>(
-    ctx: &Context,
-    plan: JobPlan<'_>,
-    on_job: impl FnOnce(&Job),
-    on_status: impl Fn(ActiveState),
-    obsolete: impl Fn() -> bool,
-    work: W,
-) -> JobRun
-where
-    W: FnOnce(Job) -> F,
-    F: Future<Output = Result<String, Error>> + Send,
-{
-    let ready = now_ms();
-    let job = match ctx.jobs.create(plan.op) {
-        Ok(job) => job,
-        Err(e) => return JobRun { job_id: String::new(), result: Err(e), recorded: false },
-    };
-    job.log(&format!("New job: {}", plan.description));
-    on_job(&job);
-    let mut status = job.subscribe_status();
-    let run = async {
-        let _slot = job.start(plan.level, plan.pool.as_ref().map(|(p, prio)| (p, *prio)), plan.timeout).await?;
-        // Noted durably only now: a job that died waiting for confirmation
-        // or a pool slot never touched anything, so it is not "interrupted".
-        if let Err(e) = ctx.store.record_start(plan.op, plan.key, plan.value, job.id()).await {
-            return Err(Error::msg(format!("cannot record the start of the job: {e}")));
-        }
-        // Cancelling drops the work, whether or not it watches for it (its
-        // child processes are killed on drop).
-        tokio::select! {
-            r = CatchUnwind(Box::pin(work(job.clone()))) => r,
-            reason = job.cancelled() => Err(Error::msg(format!("Cancelled: {reason}"))),
-        }
-    };
-    tokio::pin!(run);
-    let result = loop {
-        tokio::select! {
-            r = &mut run => break r,
-            changed = status.changed() => if changed.is_ok() {
-                let s = *status.borrow_and_update();
-                on_status(active_state(s));
-            },
-        }
-    };
-    let result = match (result, job.cancelled_reason()) {
-        (Ok(v), _) => Ok(v),
-        (Err(_), Some(reason)) => Err(Error::msg(format!("Cancelled: {reason}"))),
-        (Err(e), None) => Err(e),
-    };
-    match &result {
-        Ok(_) => job.log("Job succeeded"),
-        Err(e) => job.log(&format!("Job failed: {}", e.message())),
+/// An operation that sets a key to a value somewhere outside (a push, a
+/// service update, a status on GitHub).
+///
+/// It runs again only when the value's digest changes. A publish whose
+/// outcome was recorded is never repeated for the same value. A publish
+/// interrupted by a crash is run again after the restart if the publisher is
+/// [idempotent](Publisher::idempotent); otherwise it is recorded as failed
+/// and waits for an operator.
+#[async_trait]
+pub trait Publisher: Send + Sync + 'static {
+    /// The operation's stable name in the store (and part of its jobs' ids).
+    const ID: &'static str;
+    /// What is being set (a service name, a tag).
+    type Key: Value + Serialize;
+    /// The value to set it to (only its digest is stored).
+    type Value: Value + Serialize;
+    /// What publishing returns (stored).
+    type Outcome: Value + Serialize + DeserializeOwned;
+
+    /// What a job setting `key` to `value` does, in words (`service web :=
+    /// sha256:…`), for its page and its history row. `None`: the box's label.
+    fn describe(&self, _key: &Self::Key, _value: &Self::Value) -> Option<String> {
+        None
     }
-    let started = job.info().started;
-    let (ok, outcome) = match &result {
-        Ok(json) => (true, json.clone()),
-        Err(e) => (false, ctx.jobs.scrub(e.message())),
-    };
-    let record = BuildRecord {
-        op: plan.op.to_owned(),
-        key: plan.key.to_owned(),
-        build: 0,
-        job_id: job.id().to_owned(),
-        value: plan.value.map(str::to_owned),
-        ok,
-        outcome,
-        rebuild: !ok && obsolete(),
-        interrupted: false,
-        ready,
-        running: started,
-        finished: now_ms(),
-    };
-    let recorded = match ctx.store.record(record).await {
-        Ok(_) => true,
-        Err(e) => {
-            job.log(&format!("cannot record the outcome: {e}"));
-            false
-        }
-    };
-    job.finish();
-    let result = result.map_err(|e| Error::msg(ctx.jobs.scrub(e.message())));
-    JobRun { job_id: job.id().to_owned(), result, recorded }
+
+    /// How risky publishing is.
+    fn level(&self) -> Level {
+        Level::Dangerous
+    }
+
+    /// Whether a publish is asked to stop when a newer value arrives (else
+    /// it finishes, then the newer value is published).
+    fn auto_cancel(&self) -> bool {
+        false
+    }
+
+    /// Whether the previous outcome stays shown, with the update in
+    /// progress, while a new value is published (a service keeps serving
+    /// the old version while it is updated).
+    fn latched(&self) -> bool {
+        false
+    }
+
+    /// Whether publishing the same value twice is harmless (setting a
+    /// service to an image digest, a commit status, a tag): then a publish
+    /// interrupted by a crash is run again after the restart instead of
+    /// waiting for an operator.
+    fn idempotent(&self) -> bool {
+        false
+    }
+
+    /// The pool publishes wait for, if any.
+    fn pool(&self) -> Option<Pool> {
+        None
+    }
+
+    /// Cancel a publish after this long.
+    fn timeout(&self) -> Option<Duration> {
+        None
+    }
+
+    /// Sets `key` to `value`, logging to `job` (already started).
+    async fn publish(&self, job: &Job, key: &Self::Key, value: &Self::Value) -> Result<Self::Outcome, Error>;
 }

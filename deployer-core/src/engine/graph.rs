@@ -13,115 +13,27 @@
 
 use std::any::Any;
 use std::collections::HashMap;
-use std::sync::{Arc, Mutex};
+use std::sync::Arc;
 
 use smallvec::SmallVec;
 
 use crate::analysis::Stats;
-use crate::output::{NodeState, Output};
-use crate::term::{AnyTerm, Kind, TermCore, TermId};
-
-/// A deferred action, run after propagation.
-pub(crate) type Deferred = Box<dyn FnOnce() + Send>;
-
-/// A runtime node: the typed state of one instantiated term.
-pub(crate) trait RtNode: Send + 'static {
-    /// The term this node instantiates.
-    fn term(&self) -> &dyn AnyTerm;
-    /// The current output, as `&Output<T>`.
-    fn value(&self) -> &dyn Any;
-    /// The current output, as `&mut Output<T>` (used to set list items).
-    fn value_mut(&mut self) -> &mut dyn Any;
-    /// The coarse state of the output.
-    fn state(&self) -> NodeState;
-    /// The error, if the output is one.
-    fn error(&self) -> Option<crate::Error>;
-    /// Recomputes the output from the inputs; true if it changed.
-    fn recompute(&mut self, cx: &mut Cx<'_>) -> bool;
-    /// Calls `f` on every runtime input (static and dynamic).
-    fn for_each_input(&self, f: &mut dyn FnMut(u32));
-    /// Drops holds and queues release hooks; called once, when released.
-    fn release(&mut self, _cx: &mut Cx<'_>) {}
-    /// The dynamic parts built so far (for the diagram).
-    fn dynamic(&self) -> Dynamic {
-        Dynamic::None
-    }
-    /// Job id and background update, for primitives.
-    fn metadata(&self) -> Option<Metadata> {
-        None
-    }
-}
-
-/// What a dynamic node has built, for the analysis.
-pub(crate) enum Dynamic {
-    /// Nothing dynamic.
-    None,
-    /// A bind's current body.
-    Bind(Option<Arc<dyn AnyTerm>>),
-    /// A keyed map's branches, in list order.
-    List(Vec<BranchTerms>),
-}
-
-/// One branch of a keyed map: its item and the root of its body.
-pub(crate) type BranchTerms = (Arc<dyn AnyTerm>, Arc<dyn AnyTerm>);
-
-/// What a primitive says about itself besides its value.
-#[derive(Clone, Debug, Default, PartialEq, Eq)]
-pub struct Metadata {
-    /// The job currently or last producing the value.
-    pub job_id: Option<String>,
-    /// Set when a background update runs while an older value is shown.
-    pub update: Option<crate::output::ActiveState>,
-}
-
-/// Reads `&Output<T>` from a node's erased value.
-pub(crate) fn typed<T: 'static>(value: &dyn Any) -> &Output<T> {
-    value.downcast_ref::<Output<T>>().expect("runtime node has the wrong output type (engine bug)")
-}
-
-/// A reference to a live node that stays valid while the node lives.
-#[derive(Clone, Copy, Debug, PartialEq, Eq, Hash)]
-pub(crate) struct NodeRef {
-    pub(crate) index: u32,
-    pub(crate) generation: u32,
-}
-
-/// Where external sources post "this node should recompute".
-pub(crate) struct Inbox {
-    pending: Mutex<Vec<NodeRef>>,
-    pub(crate) notify: tokio::sync::Notify,
-}
-
-impl Inbox {
-    pub(crate) fn new() -> Arc<Inbox> {
-        Arc::new(Inbox { pending: Mutex::new(Vec::new()), notify: tokio::sync::Notify::new() })
-    }
-
-    /// Asks for `node` to be recomputed at the next step, and wakes the engine.
-    pub(crate) fn post(&self, node: NodeRef) {
-        self.pending.lock().unwrap_or_else(|e| e.into_inner()).push(node);
-        self.notify.notify_one();
-    }
-
-    /// Wakes the engine without a node (for example, the threshold changed).
-    pub(crate) fn wake(&self) {
-        self.notify.notify_one();
-    }
-
-    fn take(&self) -> Vec<NodeRef> {
-        std::mem::take(&mut *self.pending.lock().unwrap_or_else(|e| e.into_inner()))
-    }
-}
+use crate::node::{Deferred, Inbox, Node, NodeRef, Runtime};
+use crate::output::NodeState;
+use crate::term::{AnyTerm, TermCore, TermId};
 
 struct Slot {
-    node: Option<Box<dyn RtNode>>,
+    node: Option<Box<dyn Node>>,
     dependents: SmallVec<[u32; 2]>,
     height: u32,
     generation: u32,
-    holds: u16,
+    holds: u32,
     queued: bool,
-    counted: bool,
+    /// Counted in the statistics (see `TermCore::is_stage`).
+    stage: bool,
     state: NodeState,
+    /// Blocked template stages this node stands for (counted as blocked).
+    placeholders: u32,
 }
 
 /// Nodes waiting to be recomputed, bucketed by height.
@@ -172,7 +84,7 @@ pub(crate) struct Graph {
     /// Start actions, run after the release hooks.
     starts: Vec<Deferred>,
     /// Released nodes, dropped after propagation.
-    dropped: Vec<Box<dyn RtNode>>,
+    dropped: Vec<Box<dyn Node>>,
     counts: [u64; 6],
     recomputed: u64,
     /// Evaluation steps so far (propagations).
@@ -188,17 +100,6 @@ fn state_index(s: NodeState) -> usize {
         NodeState::Active(WaitingForConfirmation) => 3,
         NodeState::Failed => 4,
         NodeState::Blocked => 5,
-    }
-}
-
-/// Whether a term is counted in the statistics (the boxes that stand for work
-/// or inputs, as opposed to plumbing and control points).
-fn is_counted(core: &TermCore) -> bool {
-    match core.kind {
-        Kind::Var | Kind::Primitive => true,
-        Kind::Constant | Kind::BindIn => core.label.is_some(),
-        Kind::Observe { hidden } => !hidden,
-        _ => false,
     }
 }
 
@@ -258,7 +159,7 @@ impl Graph {
         self.slots[index as usize].node.as_deref().expect("read of a node being recomputed (cycle)").value()
     }
 
-    pub(crate) fn node(&self, index: u32) -> Option<&dyn RtNode> {
+    pub(crate) fn node(&self, index: u32) -> Option<&dyn Node> {
         self.slots.get(index as usize).and_then(|s| s.node.as_deref())
     }
 
@@ -292,11 +193,14 @@ impl Graph {
             }
             if !expanded {
                 stack.push((term.clone(), true));
+                // Pushed last to first, so inputs are created in order.
+                let at = stack.len();
                 term.for_each_input(&mut |input| {
                     if self.live(&**input).is_none() {
                         stack.push((input.clone(), false));
                     }
                 });
+                stack[at..].reverse();
                 continue;
             }
             inputs.clear();
@@ -310,7 +214,7 @@ impl Graph {
 
     fn create(&mut self, term: Arc<dyn AnyTerm>, inputs: &[u32]) -> u32 {
         let height = inputs.iter().map(|&i| self.slots[i as usize].height).max().map_or(1, |h| h + 1);
-        let counted = is_counted(term.core());
+        let stage = term.core().is_stage();
         let index = match self.free.pop() {
             Some(i) => i,
             None => {
@@ -321,8 +225,9 @@ impl Graph {
                     generation: 0,
                     holds: 0,
                     queued: false,
-                    counted: false,
+                    stage: false,
                     state: NodeState::Ok,
+                    placeholders: 0,
                 });
                 u32::try_from(self.slots.len() - 1).expect("more than 2^32 nodes")
             }
@@ -330,23 +235,35 @@ impl Graph {
         {
             let slot = &mut self.slots[index as usize];
             slot.height = height;
-            slot.counted = counted;
+            slot.stage = stage;
             slot.holds = 0;
             slot.queued = false;
+            slot.placeholders = 0;
         }
         for &i in inputs {
             self.slots[i as usize].dependents.push(index);
         }
         self.claim(term.core(), index);
-        let mut node = term.instantiate(inputs, &mut Cx { graph: self, me: index });
-        node.recompute(&mut Cx { graph: self, me: index });
+        let mut node = term.clone().instantiate(inputs, &mut Eval { graph: self, me: index });
+        node.recompute(&mut Eval { graph: self, me: index });
         self.recomputed += 1;
         let state = node.state();
+        let placeholders = node.placeholder_stages();
         let slot = &mut self.slots[index as usize];
         slot.state = state;
+        slot.placeholders = placeholders;
         slot.node = Some(node);
-        if counted {
+        if stage {
             self.counts[state_index(state)] += 1;
+        }
+        self.counts[state_index(NodeState::Blocked)] += placeholders as u64;
+        // The `with_context` values of the scope the term was built in are
+        // evaluated while it lives (they are drawn as its inputs).
+        if let Some(scope) = &term.core().scope {
+            for ctx in &scope.contexts {
+                let c = self.instantiate(ctx);
+                self.hold(c);
+            }
         }
         index
     }
@@ -366,14 +283,14 @@ impl Graph {
     }
 
     /// Makes `dependent` a user of `input` (a dynamic edge).
-    pub(crate) fn attach(&mut self, input: u32, dependent: u32) {
+    fn attach(&mut self, input: u32, dependent: u32) {
         self.slots[input as usize].dependents.push(dependent);
         let needed = self.slots[input as usize].height + 1;
         self.raise_height(dependent, needed);
     }
 
     /// Removes the edge `input -> dependent`; releases `input` if unused.
-    pub(crate) fn detach(&mut self, input: u32, dependent: u32) {
+    fn detach(&mut self, input: u32, dependent: u32) {
         let slot = &mut self.slots[input as usize];
         if let Some(pos) = slot.dependents.iter().position(|&d| d == dependent) {
             slot.dependents.swap_remove(pos);
@@ -419,28 +336,22 @@ impl Graph {
         }
     }
 
-    /// Replaces the output of node `index` (a list item) and queues its users.
-    pub(crate) fn set_value<T: PartialEq + 'static>(&mut self, index: u32, value: Output<T>) {
-        let Some(node) = self.slots[index as usize].node.as_mut() else { return };
-        let cell = node.value_mut().downcast_mut::<Output<T>>().expect("item has the wrong type (engine bug)");
-        if *cell != value {
-            *cell = value;
-            self.note_state(index);
-            self.enqueue_dependents(index);
-        }
-    }
-
+    /// Updates the counters after node `index` may have changed state.
     fn note_state(&mut self, index: u32) {
         let slot = &mut self.slots[index as usize];
-        if let Some(node) = slot.node.as_ref() {
-            let new = node.state();
-            if new != slot.state {
-                if slot.counted {
-                    self.counts[state_index(slot.state)] -= 1;
-                    self.counts[state_index(new)] += 1;
-                }
-                slot.state = new;
+        let Some(node) = slot.node.as_ref() else { return };
+        let (new, placeholders) = (node.state(), node.placeholder_stages());
+        if new != slot.state {
+            if slot.stage {
+                self.counts[state_index(slot.state)] -= 1;
+                self.counts[state_index(new)] += 1;
             }
+            slot.state = new;
+        }
+        if placeholders != slot.placeholders {
+            let blocked = &mut self.counts[state_index(NodeState::Blocked)];
+            *blocked = *blocked - slot.placeholders as u64 + placeholders as u64;
+            slot.placeholders = placeholders;
         }
     }
 
@@ -448,9 +359,21 @@ impl Graph {
         let mut work = vec![index];
         while let Some(i) = work.pop() {
             let Some(mut node) = self.slots[i as usize].node.take() else { continue };
-            node.release(&mut Cx { graph: self, me: i });
+            node.release(&mut Eval { graph: self, me: i });
             let mut inputs: SmallVec<[u32; 4]> = SmallVec::new();
             node.for_each_input(&mut |input| inputs.push(input));
+            // The contexts this node kept evaluated.
+            if let Some(scope) = &node.term().core().scope {
+                for ctx in &scope.contexts {
+                    if let Some(c) = self.live(&**ctx) {
+                        let slot = &mut self.slots[c as usize];
+                        slot.holds -= 1;
+                        if slot.holds == 0 && slot.dependents.is_empty() && slot.node.is_some() {
+                            work.push(c);
+                        }
+                    }
+                }
+            }
             for input in inputs {
                 let slot = &mut self.slots[input as usize];
                 if let Some(pos) = slot.dependents.iter().position(|&d| d == i) {
@@ -461,9 +384,11 @@ impl Graph {
                 }
             }
             let slot = &mut self.slots[i as usize];
-            if slot.counted {
+            if slot.stage {
                 self.counts[state_index(slot.state)] -= 1;
             }
+            self.counts[state_index(NodeState::Blocked)] -= slot.placeholders as u64;
+            slot.placeholders = 0;
             slot.generation = slot.generation.wrapping_add(1);
             slot.queued = false;
             slot.dependents = SmallVec::new();
@@ -491,7 +416,7 @@ impl Graph {
             }
             slot.queued = false;
             let Some(mut node) = slot.node.take() else { continue };
-            let changed = node.recompute(&mut Cx { graph: self, me: index });
+            let changed = node.recompute(&mut Eval { graph: self, me: index });
             self.recomputed += 1;
             self.slots[index as usize].node = Some(node);
             // The state can change without the value changing (a primitive
@@ -506,11 +431,6 @@ impl Graph {
         self.recomputed - before
     }
 
-    /// The number of the evaluation step in progress (or next).
-    pub(crate) fn step(&self) -> u64 {
-        self.step
-    }
-
     /// Runs release hooks, then start actions, then drops released nodes.
     pub(crate) fn finish_step(&mut self) {
         for hook in std::mem::take(&mut self.releases) {
@@ -523,40 +443,55 @@ impl Graph {
     }
 }
 
-/// What a node may do while it is recomputed or instantiated.
-pub(crate) struct Cx<'g> {
-    pub(crate) graph: &'g mut Graph,
-    pub(crate) me: u32,
+/// The engine's side of [`Runtime`]: the graph, seen from the node `me`
+/// being instantiated or recomputed.
+struct Eval<'g> {
+    graph: &'g mut Graph,
+    me: u32,
 }
 
-impl Cx<'_> {
-    /// The output of input node `index`.
-    pub(crate) fn read<T: 'static>(&self, index: u32) -> &Output<T> {
-        typed(self.graph.value(index))
+impl Runtime for Eval<'_> {
+    fn value(&self, index: u32) -> &dyn Any {
+        self.graph.value(index)
     }
-
-    /// Instantiates `term` (if it has no live node yet) and returns its index.
-    pub(crate) fn instantiate(&mut self, term: &Arc<dyn AnyTerm>) -> u32 {
+    fn instantiate(&mut self, term: &Arc<dyn AnyTerm>) -> u32 {
         self.graph.instantiate(term)
     }
-
-    /// A reference to this node, for external sources to post to.
-    pub(crate) fn me(&self) -> NodeRef {
+    fn hold(&mut self, index: u32) {
+        self.graph.hold(index);
+    }
+    fn unhold(&mut self, index: u32) {
+        self.graph.unhold(index);
+    }
+    fn attach(&mut self, input: u32, dependent: u32) {
+        self.graph.attach(input, dependent);
+    }
+    fn detach(&mut self, input: u32, dependent: u32) {
+        self.graph.detach(input, dependent);
+    }
+    fn set_value(&mut self, index: u32, update: &mut dyn FnMut(&mut dyn Any) -> bool) {
+        let Some(node) = self.graph.slots[index as usize].node.as_mut() else { return };
+        if update(node.value_mut()) {
+            self.graph.note_state(index);
+            self.graph.enqueue_dependents(index);
+        }
+    }
+    fn me(&self) -> u32 {
+        self.me
+    }
+    fn me_ref(&self) -> NodeRef {
         self.graph.node_ref(self.me)
     }
-
-    /// The engine's inbox.
-    pub(crate) fn inbox(&self) -> &Arc<Inbox> {
+    fn inbox(&self) -> &Arc<Inbox> {
         &self.graph.inbox
     }
-
-    /// Runs `hook` after this propagation (release side effects).
-    pub(crate) fn on_release(&mut self, hook: Deferred) {
+    fn on_release(&mut self, hook: Deferred) {
         self.graph.releases.push(hook);
     }
-
-    /// Runs `action` after this propagation, after the release hooks.
-    pub(crate) fn after_step(&mut self, action: Deferred) {
+    fn after_step(&mut self, action: Deferred) {
         self.graph.starts.push(action);
+    }
+    fn step(&self) -> u64 {
+        self.graph.step
     }
 }

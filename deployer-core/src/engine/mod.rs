@@ -11,13 +11,14 @@ use std::sync::atomic::{AtomicU32, Ordering};
 use std::sync::{Arc, Mutex, MutexGuard};
 use std::time::{Duration, Instant};
 
-use crate::analysis::{Diagram, Expanded, Stats};
-use crate::current::{Current, Value};
-use crate::output::{Error, NodeState, Output};
-use crate::term::AnyTerm;
+use tokio::sync::watch;
 
-pub use graph::Metadata;
-use graph::{typed, Graph, Inbox};
+use crate::analysis::{Diagram, Expanded, Stats};
+use crate::node::{typed, Inbox};
+use crate::output::{Error, NodeState, Output};
+use crate::term::{AnyTerm, Current, Value};
+
+use graph::Graph;
 
 /// What one evaluation step did.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
@@ -30,12 +31,18 @@ pub struct StepReport {
     pub duration: Duration,
 }
 
+/// Sees the graph after each step; returns false once nobody listens.
+type Observer = Box<dyn FnMut(&Graph) -> bool + Send>;
+
 pub(crate) struct State {
     pub(crate) graph: Graph,
     pub(crate) root: Option<u32>,
     steps: u64,
     last_step: Duration,
     total: Duration,
+    /// Called after each step with the graph (see [`Engine::watch`]);
+    /// return false once nobody listens.
+    observers: Vec<Observer>,
 }
 
 impl Drop for State {
@@ -74,6 +81,9 @@ impl Shared {
             }
             Some(_) => state.graph.propagate(),
         };
+        let mut observers = std::mem::take(&mut state.observers);
+        observers.retain_mut(|observe| observe(&state.graph));
+        state.observers = observers;
         let duration = start.elapsed();
         state.steps += 1;
         state.last_step = duration;
@@ -86,12 +96,13 @@ impl Shared {
 ///
 /// [`Engine::step`] runs one evaluation step; [`Engine::run`] steps whenever
 /// something changed, forever. Dropping the engine releases the pipeline:
-/// running jobs are aborted and monitors stop watching.
+/// jobs of operations that cancel when unneeded are asked to stop, and
+/// monitors stop watching.
 ///
 /// ```
 /// use deployer_core::{Current, Engine, Output, Var};
 ///
-/// let commit = Var::new("commit", Output::Ok("abc".to_string()));
+/// let commit = Var::new("commit", "abc".to_string());
 /// let image = commit.current().map(|c| format!("app:{c}"));
 /// let engine = Engine::new(image);
 /// engine.step();
@@ -120,6 +131,7 @@ impl<T: Value> Engine<T> {
             steps: 0,
             last_step: Duration::ZERO,
             total: Duration::ZERO,
+            observers: Vec::new(),
         };
         let shared = Arc::new(Shared { state: Mutex::new(state), inbox, root_term: pipeline.term.clone() });
         Engine { shared, _pipeline: pipeline }
@@ -153,6 +165,61 @@ impl<T: Value> Engine<T> {
             Some(root) => typed::<T>(state.graph.value(root)).clone(),
             None => Output::Active(crate::ActiveState::Ready),
         }
+    }
+
+    /// The output of `stage` after the last step, if it is part of the
+    /// pipeline now (`None` before the first step, or when the stage is in
+    /// a branch that is not built, such as a bind's previous body).
+    pub fn output_of<U: Value>(&self, stage: &Current<U>) -> Option<Output<U>> {
+        let state = self.shared.lock();
+        let index = state.graph.live(&*stage.term)?;
+        Some(typed::<U>(state.graph.value(index)).clone())
+    }
+
+    /// A receiver that sees the output of `stage` after every step that
+    /// changed it (while the stage is part of the pipeline): observe one
+    /// stage from code instead of matching on the pipeline's final output.
+    ///
+    /// ```
+    /// use deployer_core::{Engine, Output, Var};
+    ///
+    /// let head = Var::new("head", 1u32);
+    /// let doubled = head.current().map(|n| n * 2);
+    /// let engine = Engine::new(doubled.map(|n| n + 1));
+    /// let mut seen = engine.watch(&doubled);
+    /// engine.step();
+    /// assert_eq!(*seen.borrow_and_update(), Output::Ok(2));
+    /// head.set(5);
+    /// engine.step();
+    /// assert!(seen.has_changed().unwrap());
+    /// assert_eq!(*seen.borrow_and_update(), Output::Ok(10));
+    /// ```
+    pub fn watch<U: Value>(&self, stage: &Current<U>) -> watch::Receiver<Output<U>> {
+        let mut state = self.shared.lock();
+        let initial = match state.graph.live(&*stage.term) {
+            Some(i) => typed::<U>(state.graph.value(i)).clone(),
+            None => Output::Active(crate::ActiveState::Ready),
+        };
+        let (tx, rx) = watch::channel(initial);
+        let term = stage.term.clone();
+        state.observers.push(Box::new(move |graph| {
+            if tx.is_closed() {
+                return false;
+            }
+            if let Some(i) = graph.live(&*term) {
+                let now = typed::<U>(graph.value(i));
+                tx.send_if_modified(|old| {
+                    if old == now {
+                        false
+                    } else {
+                        *old = now.clone();
+                        true
+                    }
+                });
+            }
+            true
+        }));
+        rx
     }
 
     /// A type-erased handle on this engine.

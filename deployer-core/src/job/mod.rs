@@ -25,8 +25,9 @@ use tokio::sync::{watch, Notify};
 
 pub use pool::{Pool, PoolGuard, Priority};
 
+use crate::clock::Clock;
 use crate::config::{Config, Level};
-use crate::output::Error;
+use crate::output::{Error, ErrorKind};
 
 /// A job id that is not of the form `YYYY-MM-DD/<name>`, or tries to leave
 /// the log directory.
@@ -104,8 +105,8 @@ pub enum JobStatus {
 pub struct JobInfo {
     /// The job's id.
     pub id: String,
-    /// What the job does.
-    pub label: String,
+    /// What the job does (`docker push org/app:live`).
+    pub description: String,
     /// Where it is in its life.
     pub status: JobStatus,
     /// When it was created (Unix milliseconds).
@@ -133,6 +134,7 @@ pub trait JobActions: Send + Sync {
 struct JobsInner {
     dir: PathBuf,
     config: Config,
+    clock: Clock,
     active: Mutex<BTreeMap<String, Job>>,
     actions: Mutex<BTreeMap<String, Arc<dyn JobActions>>>,
     secrets: RwLock<Vec<String>>,
@@ -153,12 +155,14 @@ impl fmt::Debug for Jobs {
 }
 
 impl Jobs {
-    /// A registry keeping logs under `dir`.
-    pub fn new(dir: &Path, config: Config) -> Jobs {
+    /// A registry keeping logs under `dir`, with the run-time `config` and
+    /// reading the time from `clock`.
+    pub fn new(dir: &Path, config: Config, clock: Clock) -> Jobs {
         Jobs {
             inner: Arc::new(JobsInner {
                 dir: dir.to_owned(),
                 config,
+                clock,
                 active: Mutex::default(),
                 actions: Mutex::default(),
                 secrets: RwLock::default(),
@@ -172,21 +176,22 @@ impl Jobs {
         &self.inner.config
     }
 
+    /// The clock jobs read the time from.
+    pub fn clock(&self) -> &Clock {
+        &self.inner.clock
+    }
+
     /// The log directory.
     pub fn dir(&self) -> &Path {
         &self.inner.dir
     }
 
-    /// Creates a job and its (empty) log file.
-    pub fn create(&self, label: &str) -> Result<Job, Error> {
-        let now = chrono::Utc::now();
-        let id = format!(
-            "{}/{}-{}-{}",
-            now.format("%Y-%m-%d"),
-            now.format("%H%M%S"),
-            sanitize_label(label),
-            random_suffix()
-        );
+    /// Creates a job of operation `op` (part of its id) doing `description`
+    /// (shown on its page and in the history), and its empty log file.
+    pub fn create(&self, op: &str, description: &str) -> Result<Job, Error> {
+        let now = self.inner.clock.now();
+        let id =
+            format!("{}/{}-{}-{}", now.format("%Y-%m-%d"), now.format("%H%M%S"), sanitize_label(op), random_suffix());
         let path = self.inner.dir.join(log_path(&id).map_err(|e| Error::msg(e.to_string()))?);
         if let Some(parent) = path.parent() {
             std::fs::create_dir_all(parent).map_err(|e| Error::msg(format!("creating {}: {e}", parent.display())))?;
@@ -195,14 +200,14 @@ impl Jobs {
             .create_new(true)
             .append(true)
             .open(&path)
-            .map_err(|e| Error::msg(format!("creating log {}: {e}", path.display())))?;
+            .map_err(|e| Error::from(e).context(format!("creating log {}", path.display())))?;
         let (log_len, _) = watch::channel(0u64);
         let (status, _) = watch::channel(JobStatus::Ready);
         let (cancel, _) = watch::channel(None);
         let job = Job {
             inner: Arc::new(JobInner {
                 id: id.clone(),
-                label: label.to_owned(),
+                description: description.to_owned(),
                 path,
                 jobs: Arc::downgrade(&self.inner),
                 created: now.timestamp_millis(),
@@ -232,6 +237,11 @@ impl Jobs {
         let mut v: Vec<JobInfo> = self.lock_active().values().map(Job::info).collect();
         v.sort_by(|a, b| (a.created, &a.id).cmp(&(b.created, &b.id)));
         v
+    }
+
+    /// The active jobs doing `description` (as given to [`Jobs::create`]).
+    pub fn find(&self, description: &str) -> Vec<Job> {
+        self.lock_active().values().filter(|j| j.description() == description).cloned().collect()
     }
 
     /// Number of active jobs.
@@ -295,11 +305,19 @@ impl Jobs {
     }
 
     /// Registers a secret: it is replaced by `[redacted]` in every log line
-    /// written from now on.
+    /// written from now on. Each line of a multi-line secret (a PEM key) is
+    /// also registered on its own, since processes' output is logged line by
+    /// line.
     pub fn register_secret(&self, secret: &str) {
-        if secret.len() >= 3 {
-            self.inner.secrets.write().unwrap_or_else(|e| e.into_inner()).push(secret.to_owned());
+        let mut secrets = self.inner.secrets.write().unwrap_or_else(|e| e.into_inner());
+        let parts = std::iter::once(secret).chain(secret.lines().map(str::trim));
+        for part in parts {
+            if part.len() >= 3 && !secrets.iter().any(|s| s == part) {
+                secrets.push(part.to_owned());
+            }
         }
+        // Longest first, so a secret containing another is replaced whole.
+        secrets.sort_by_key(|s| std::cmp::Reverse(s.len()));
     }
 
     /// `text` with every registered secret replaced by `[redacted]`.
@@ -317,6 +335,20 @@ impl Jobs {
     }
 }
 
+/// `d` as people write it: "90 s", "5 min", "2 h".
+pub(crate) fn human_duration(d: Duration) -> String {
+    let s = d.as_secs();
+    if s >= 3600 && s.is_multiple_of(3600) {
+        format!("{} h", s / 3600)
+    } else if s >= 60 && s.is_multiple_of(60) {
+        format!("{} min", s / 60)
+    } else if s >= 1 {
+        format!("{:.1} s", d.as_secs_f64()).replace(".0 s", " s")
+    } else {
+        format!("{} ms", d.as_millis())
+    }
+}
+
 fn scrub(secrets: &[String], text: &str) -> String {
     let mut out = text.to_owned();
     for s in secrets {
@@ -327,9 +359,16 @@ fn scrub(secrets: &[String], text: &str) -> String {
     out
 }
 
+/// Why a job was cancelled.
+#[derive(Clone, Debug)]
+struct Cancellation {
+    reason: String,
+    kind: ErrorKind,
+}
+
 struct JobInner {
     id: String,
-    label: String,
+    description: String,
     path: PathBuf,
     jobs: std::sync::Weak<JobsInner>,
     created: i64,
@@ -337,7 +376,7 @@ struct JobInner {
     level: Mutex<Option<Level>>,
     log_len: watch::Sender<u64>,
     status: watch::Sender<JobStatus>,
-    cancel: watch::Sender<Option<String>>,
+    cancel: watch::Sender<Option<Cancellation>>,
     approve: Notify,
 }
 
@@ -359,9 +398,9 @@ impl Job {
         &self.inner.id
     }
 
-    /// What the job does.
-    pub fn label(&self) -> &str {
-        &self.inner.label
+    /// What the job does (`docker push org/app:live`).
+    pub fn description(&self) -> &str {
+        &self.inner.description
     }
 
     /// The job's log file.
@@ -383,7 +422,7 @@ impl Job {
     pub fn info(&self) -> JobInfo {
         JobInfo {
             id: self.inner.id.clone(),
-            label: self.inner.label.clone(),
+            description: self.inner.description.clone(),
             status: self.status(),
             created: self.inner.created,
             started: *self.inner.started.lock().unwrap_or_else(|e| e.into_inner()),
@@ -398,7 +437,8 @@ impl Job {
             Some(jobs) => scrub(&jobs.secrets.read().unwrap_or_else(|e| e.into_inner()), line),
             None => line.to_owned(),
         };
-        let stamp = chrono::Utc::now().format("%Y-%m-%d %H:%M.%S");
+        let now = self.inner.jobs.upgrade().map_or_else(chrono::Utc::now, |j| j.clock.now());
+        let stamp = now.format("%Y-%m-%d %H:%M.%S");
         let mut out = String::with_capacity(text.len() + 24);
         for l in text.lines() {
             out.push_str(&format!("{stamp}: {l}\n"));
@@ -426,7 +466,7 @@ impl Job {
     /// Waits for confirmation (if `level` is at or above the threshold), then
     /// for a slot in `pool`, and marks the job running. With `timeout`, the
     /// job is cancelled when that much time has passed after it started.
-    /// Fails if the job is cancelled first.
+    /// Fails if the job is cancelled first, saying what it was waiting for.
     pub async fn start(
         &self,
         level: Level,
@@ -434,45 +474,59 @@ impl Job {
         timeout: Option<Duration>,
     ) -> Result<Option<PoolGuard>, Error> {
         *self.inner.level.lock().unwrap_or_else(|e| e.into_inner()) = Some(level);
-        let config = self.inner.jobs.upgrade().map(|j| j.config.clone()).unwrap_or_default();
+        let jobs = self.inner.jobs.upgrade();
+        let config = jobs.as_ref().map(|j| j.config.clone()).unwrap_or_default();
         if !config.is_confirmed(level) {
             self.inner.status.send_replace(JobStatus::WaitingForConfirmation);
             self.log(&format!("Waiting for confirm-threshold > {level}"));
             tokio::select! {
                 _ = config.confirmed(level) => self.log("Confirmation threshold lowered"),
                 _ = self.inner.approve.notified() => self.log("Started early by an operator"),
-                reason = self.cancelled() => return Err(Error::msg(format!("Cancelled: {reason}"))),
+                _ = self.cancelled() => {
+                    let e = self.cancellation_error().expect("cancelled");
+                    return Err(e.with_message(format!("{} while waiting for confirmation", e.message())));
+                }
             }
         }
         let guard = match pool {
             None => None,
             Some((pool, priority)) => {
-                if let Some(jobs) = self.inner.jobs.upgrade() {
+                if let Some(jobs) = &jobs {
                     let mut pools = jobs.pools.lock().unwrap_or_else(|e| e.into_inner());
                     pools.entry(pool.label().to_owned()).or_insert_with(|| pool.clone());
                 }
-                self.inner.status.send_replace(JobStatus::Queued);
                 if !pool.would_wait() {
                     Some(pool.acquire(priority).await)
                 } else {
+                    self.inner.status.send_replace(JobStatus::Queued);
                     self.log(&format!("Waiting for resource in pool {}", pool.label()));
                     tokio::select! {
                         g = pool.acquire(priority) => Some(g),
-                        reason = self.cancelled() => return Err(Error::msg(format!("Cancelled: {reason}"))),
+                        _ = self.cancelled() => {
+                            let e = self.cancellation_error().expect("cancelled");
+                            let msg = format!("{} while waiting for a slot in pool {}", e.message(), pool.label());
+                            self.log(&msg);
+                            return Err(e.with_message(msg));
+                        }
                     }
                 }
             }
         };
-        if let Some(reason) = self.cancelled_reason() {
-            return Err(Error::msg(format!("Cancelled: {reason}")));
+        if let Some(e) = self.cancellation_error() {
+            return Err(e);
         }
-        *self.inner.started.lock().unwrap_or_else(|e| e.into_inner()) = Some(crate::store::now_ms());
+        let now = jobs.as_ref().map_or_else(|| chrono::Utc::now().timestamp_millis(), |j| j.clock.now_ms());
+        *self.inner.started.lock().unwrap_or_else(|e| e.into_inner()) = Some(now);
         self.inner.status.send_replace(JobStatus::Running);
         if let Some(timeout) = timeout {
             let job = self.clone();
+            let clock = jobs.as_ref().map(|j| j.clock.clone()).unwrap_or_default();
             tokio::spawn(async move {
                 tokio::select! {
-                    _ = tokio::time::sleep(timeout) => job.cancel(&format!("Timeout ({} s)", timeout.as_secs())),
+                    _ = clock.sleep(timeout) => job.cancel_as(
+                        ErrorKind::TimedOut,
+                        &format!("Timed out (after {})", human_duration(timeout)),
+                    ),
                     _ = job.finished() => {}
                 }
             });
@@ -485,27 +539,45 @@ impl Job {
         self.inner.approve.notify_one();
     }
 
-    /// Cancels the job with `reason` (a second cancel only logs).
+    /// Asks the job to stop, for `reason` (logged). Cancellation is a
+    /// request: the operation sees it through [`Job::cancelled`] (processes
+    /// run with [`Job::exec`] are stopped), may finish its cleanup, and what
+    /// it returns is recorded; an error then reads "Cancelled". A second
+    /// cancel only logs.
     pub fn cancel(&self, reason: &str) {
+        self.cancel_as(ErrorKind::Cancelled, reason);
+    }
+
+    fn cancel_as(&self, kind: ErrorKind, reason: &str) {
         if self.cancelled_reason().is_some() {
             self.log(&format!("Cancel ignored ({reason}): already cancelled"));
             return;
         }
         self.log(&format!("Cancelling: {reason}"));
-        self.inner.cancel.send_replace(Some(reason.to_owned()));
+        self.inner.cancel.send_replace(Some(Cancellation { reason: reason.to_owned(), kind }));
     }
 
     /// The reason the job was cancelled, if it was.
     pub fn cancelled_reason(&self) -> Option<String> {
-        self.inner.cancel.borrow().clone()
+        self.inner.cancel.borrow().as_ref().map(|c| c.reason.clone())
     }
 
-    /// Completes (with the reason) when the job is cancelled.
+    /// The error a cancelled job ends with: "Cancelled" (kind
+    /// [`ErrorKind::Cancelled`]), or for a job past its time limit the
+    /// timeout (kind [`ErrorKind::TimedOut`]). `None` if not cancelled.
+    pub fn cancellation_error(&self) -> Option<Error> {
+        self.inner.cancel.borrow().as_ref().map(|c| match c.kind {
+            ErrorKind::TimedOut => Error::new(ErrorKind::TimedOut, c.reason.clone()),
+            kind => Error::new(kind, "Cancelled"),
+        })
+    }
+
+    /// Completes (with the reason) when the job is asked to stop.
     pub async fn cancelled(&self) -> String {
         let mut rx = self.inner.cancel.subscribe();
         loop {
-            if let Some(reason) = rx.borrow_and_update().clone() {
-                return reason;
+            if let Some(c) = rx.borrow_and_update().clone() {
+                return c.reason;
             }
             if rx.changed().await.is_err() {
                 std::future::pending::<()>().await;
@@ -558,8 +630,8 @@ mod tests {
     #[test]
     fn ids_have_the_documented_shape() {
         let dir = std::env::temp_dir().join(format!("deployer-jobs-{}", random_suffix()));
-        let jobs = Jobs::new(&dir, Config::default());
-        let job = jobs.create("docker build!").unwrap();
+        let jobs = Jobs::new(&dir, Config::default(), Clock::system());
+        let job = jobs.create("docker build!", "docker build abc").unwrap();
         let (date, name) = job.id().split_once('/').unwrap();
         assert_eq!(date.len(), 10);
         assert!(name.contains("-docker-build--"), "{name}");
@@ -571,9 +643,9 @@ mod tests {
     #[test]
     fn secrets_are_scrubbed_from_logs() {
         let dir = std::env::temp_dir().join(format!("deployer-jobs-{}", random_suffix()));
-        let jobs = Jobs::new(&dir, Config::default());
+        let jobs = Jobs::new(&dir, Config::default(), Clock::system());
         jobs.register_secret("hunter22");
-        let job = jobs.create("login").unwrap();
+        let job = jobs.create("login", "login").unwrap();
         job.log("password is hunter22, again hunter22");
         let (log, _) = jobs.read_log(job.id(), 0, 1 << 20).unwrap();
         let log = String::from_utf8(log).unwrap();

@@ -137,7 +137,19 @@ impl Pool {
     /// Whether an `acquire` now would have to wait.
     pub fn would_wait(&self) -> bool {
         let s = self.lock();
-        s.in_use >= self.inner.capacity
+        s.in_use >= self.inner.capacity || !s.high.is_empty() || !s.low.is_empty()
+    }
+
+    /// A slot now, if one is free and nobody is waiting for one.
+    pub fn try_acquire(&self) -> Option<PoolGuard> {
+        let mut s = self.lock();
+        if s.in_use < self.inner.capacity && s.high.iter().all(|w| w.is_closed()) && s.low.iter().all(|w| w.is_closed())
+        {
+            s.in_use += 1;
+            s.served += 1;
+            return Some(PoolGuard { pool: Some(self.inner.clone()) });
+        }
+        None
     }
 
     /// Waits for a slot. Dropping the future before it completes leaves the

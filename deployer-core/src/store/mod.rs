@@ -21,6 +21,8 @@ use rusqlite::{params, Connection, OpenFlags, OptionalExtension};
 use serde::Serialize;
 use tokio::sync::oneshot;
 
+use crate::clock::Clock;
+
 pub use schema::SCHEMA_VERSION;
 
 /// What can go wrong with the store.
@@ -94,10 +96,11 @@ impl From<rusqlite::Error> for StoreError {
     }
 }
 
-/// One build or publish of one key: a row of the history.
+/// What one job of a cached operation did (a build, a publish): a row of
+/// the history.
 #[derive(Clone, Debug, PartialEq, Eq, Serialize)]
-pub struct BuildRecord {
-    /// The operation (`docker-build`, `docker-push`, …).
+pub struct JobRecord {
+    /// The operation's store id (`docker-build`, `docker-push`, …).
     pub op: String,
     /// The key's digest.
     pub key: String,
@@ -105,6 +108,8 @@ pub struct BuildRecord {
     pub build: i64,
     /// The job that produced it.
     pub job_id: String,
+    /// What the job did, in words (`docker push org/app:live`).
+    pub description: String,
     /// For publishers: the digest of the value that was published.
     pub value: Option<String>,
     /// Whether it succeeded.
@@ -121,6 +126,22 @@ pub struct BuildRecord {
     pub running: Option<i64>,
     /// When it finished.
     pub finished: i64,
+}
+
+/// A job that has started work on `(op, key)`, noted so that a crash
+/// before its outcome is recorded is seen at the next start.
+#[derive(Clone, Copy, Debug)]
+pub struct JobStart<'a> {
+    /// The operation's store id.
+    pub op: &'a str,
+    /// The key's digest.
+    pub key: &'a str,
+    /// For publishers: the digest of the value being published.
+    pub value: Option<&'a str>,
+    /// The job.
+    pub job_id: &'a str,
+    /// What the job does.
+    pub description: &'a str,
 }
 
 /// A filter on the history, with keyset paging.
@@ -157,7 +178,7 @@ pub struct Cursor {
 #[derive(Clone, Debug, PartialEq, Eq, Serialize)]
 pub struct HistoryPage {
     /// The rows.
-    pub rows: Vec<BuildRecord>,
+    pub rows: Vec<JobRecord>,
     /// The cursor for the next page, if there may be one.
     pub next: Option<Cursor>,
 }
@@ -184,6 +205,7 @@ enum Request {
 pub struct Store {
     tx: mpsc::Sender<Request>,
     path: PathBuf,
+    clock: Clock,
 }
 
 impl fmt::Debug for Store {
@@ -192,13 +214,8 @@ impl fmt::Debug for Store {
     }
 }
 
-/// The current time in Unix milliseconds.
-pub(crate) fn now_ms() -> i64 {
-    chrono::Utc::now().timestamp_millis()
-}
-
-fn row_to_record(row: &rusqlite::Row<'_>) -> rusqlite::Result<BuildRecord> {
-    Ok(BuildRecord {
+fn row_to_record(row: &rusqlite::Row<'_>) -> rusqlite::Result<JobRecord> {
+    Ok(JobRecord {
         op: row.get(0)?,
         key: row.get(1)?,
         build: row.get(2)?,
@@ -211,22 +228,34 @@ fn row_to_record(row: &rusqlite::Row<'_>) -> rusqlite::Result<BuildRecord> {
         ready: row.get(9)?,
         running: row.get(10)?,
         finished: row.get(11)?,
+        description: row.get(12)?,
     })
 }
 
-const COLUMNS: &str = "op, key, build, job_id, value, ok, outcome, rebuild, interrupted, ready, running, finished";
+const COLUMNS: &str =
+    "op, key, build, job_id, value, ok, outcome, rebuild, interrupted, ready, running, finished, description";
 
 impl Store {
     /// Opens (creating if needed) the database at `path`, migrates it to the
     /// current schema, records jobs left running by a previous process as
     /// interrupted, and starts the store's thread.
     pub fn open(path: &Path) -> Result<Store, StoreError> {
-        let conn = schema::open(path)?;
+        Store::open_with_clock(path, Clock::system())
+    }
+
+    /// [`Store::open`], with timestamps read from `clock`.
+    pub fn open_with_clock(path: &Path, clock: Clock) -> Result<Store, StoreError> {
+        let conn = schema::open(path, &clock)?;
         let (tx, rx) = mpsc::channel::<Request>();
         std::thread::Builder::new().name("deployer-store".into()).spawn(move || serve(conn, rx)).map_err(|e| {
             StoreError::Open { path: path.to_owned(), source: rusqlite::Error::InvalidPath(e.to_string().into()) }
         })?;
-        Ok(Store { tx, path: path.to_owned() })
+        Ok(Store { tx, path: path.to_owned(), clock })
+    }
+
+    /// The clock timestamps are read from.
+    pub fn clock(&self) -> &Clock {
+        &self.clock
     }
 
     /// The database file.
@@ -251,6 +280,21 @@ impl Store {
         value_rx.await.map_err(|_| StoreError::Closed)
     }
 
+    /// Runs the read `f` on the store's thread and waits for it, blocking
+    /// this thread (for the few reads that must complete within an
+    /// evaluation step; they take microseconds).
+    fn read_blocking<R: Send + 'static>(
+        &self,
+        f: impl FnOnce(&mut Connection) -> rusqlite::Result<R> + Send + 'static,
+    ) -> Result<R, StoreError> {
+        let (reply, rx) = std::sync::mpsc::sync_channel(1);
+        let job: ReadFn = Box::new(move |conn| {
+            let _ = reply.send(f(conn).map_err(StoreError::from));
+        });
+        self.tx.send(Request::Read(job)).map_err(|_| StoreError::Closed)?;
+        rx.recv().map_err(|_| StoreError::Closed)?
+    }
+
     async fn read<R: Send + 'static>(
         &self,
         f: impl FnOnce(&mut Connection) -> rusqlite::Result<R> + Send + 'static,
@@ -265,13 +309,16 @@ impl Store {
 
     /// Notes that `job_id` started working on `(op, key)` (for `value`), so
     /// that a crash before its outcome is recorded is seen at the next start.
-    pub async fn record_start(&self, op: &str, key: &str, value: Option<&str>, job_id: &str) -> Result<(), StoreError> {
-        let (op, key, value, job_id) = (op.to_owned(), key.to_owned(), value.map(str::to_owned), job_id.to_owned());
-        let now = now_ms();
+    pub async fn record_start(&self, start: JobStart<'_>) -> Result<(), StoreError> {
+        let JobStart { op, key, value, job_id, description } = start;
+        let (op, key, value, job_id, description) =
+            (op.to_owned(), key.to_owned(), value.map(str::to_owned), job_id.to_owned(), description.to_owned());
+        let now = self.clock.now_ms();
         self.write(move |tx| {
             tx.execute(
-                "INSERT OR REPLACE INTO running (job_id, op, key, value, started) VALUES (?1, ?2, ?3, ?4, ?5)",
-                params![job_id, op, key, value, now],
+                "INSERT OR REPLACE INTO running (job_id, op, key, value, started, description) \
+                 VALUES (?1, ?2, ?3, ?4, ?5, ?6)",
+                params![job_id, op, key, value, now, description],
             )?;
             Ok(())
         })
@@ -280,7 +327,7 @@ impl Store {
 
     /// Records an outcome durably and returns its build number. The row of
     /// the job in `running` is removed in the same transaction.
-    pub async fn record(&self, mut record: BuildRecord) -> Result<i64, StoreError> {
+    pub async fn record(&self, mut record: JobRecord) -> Result<i64, StoreError> {
         self.write(move |tx| {
             let build: i64 = tx.query_row(
                 "SELECT COALESCE(MAX(build), 0) + 1 FROM cache WHERE op = ?1 AND key = ?2",
@@ -296,20 +343,20 @@ impl Store {
     }
 
     /// The newest build of `(op, key)`.
-    pub async fn latest(&self, op: &str, key: &str) -> Result<Option<BuildRecord>, StoreError> {
+    pub async fn latest(&self, op: &str, key: &str) -> Result<Option<JobRecord>, StoreError> {
         let (op, key) = (op.to_owned(), key.to_owned());
-        self.read(move |c| {
-            c.prepare_cached(&format!(
-                "SELECT {COLUMNS} FROM cache WHERE op = ?1 AND key = ?2 ORDER BY build DESC LIMIT 1"
-            ))?
-            .query_row(params![op, key], row_to_record)
-            .optional()
-        })
-        .await
+        self.read(move |c| latest(c, &op, &key)).await
+    }
+
+    /// [`Store::latest`], waiting on this thread: for caches that must know
+    /// a key's last outcome within the evaluation step that first uses it.
+    pub(crate) fn latest_blocking(&self, op: &str, key: &str) -> Result<Option<JobRecord>, StoreError> {
+        let (op, key) = (op.to_owned(), key.to_owned());
+        self.read_blocking(move |c| latest(c, &op, &key))
     }
 
     /// The newest builds of `(op, key)`, newest first.
-    pub async fn builds_of(&self, op: &str, key: &str, limit: usize) -> Result<Vec<BuildRecord>, StoreError> {
+    pub async fn builds_of(&self, op: &str, key: &str, limit: usize) -> Result<Vec<JobRecord>, StoreError> {
         let (op, key) = (op.to_owned(), key.to_owned());
         self.read(move |c| {
             let mut stmt = c.prepare_cached(&format!(
@@ -322,7 +369,7 @@ impl Store {
     }
 
     /// The build recorded for `job_id`, if any.
-    pub async fn by_job(&self, job_id: &str) -> Result<Option<BuildRecord>, StoreError> {
+    pub async fn by_job(&self, job_id: &str) -> Result<Option<JobRecord>, StoreError> {
         let job_id = job_id.to_owned();
         self.read(move |c| {
             c.prepare_cached(&format!("SELECT {COLUMNS} FROM cache WHERE job_id = ?1"))?
@@ -371,6 +418,7 @@ impl Store {
     /// Deletes history beyond `policy` (never the newest build of a key) and
     /// returns the job ids whose rows were deleted, so their logs can go too.
     pub async fn prune(&self, policy: Retention) -> Result<Vec<String>, StoreError> {
+        let now = self.clock.now_ms();
         self.write(move |tx| {
             let mut gone = Vec::new();
             if let Some(n) = policy.keep_last {
@@ -384,7 +432,7 @@ impl Store {
                 }
             }
             if let Some(age) = policy.max_age {
-                let cutoff = now_ms() - age.as_millis() as i64;
+                let cutoff = now - age.as_millis() as i64;
                 let mut stmt = tx.prepare(
                     "DELETE FROM cache WHERE finished < ?1 AND build < \
                      (SELECT MAX(c2.build) FROM cache c2 WHERE c2.op = cache.op AND c2.key = cache.key) RETURNING job_id",
@@ -399,9 +447,10 @@ impl Store {
         .await
     }
 
-    /// Inserts `records` as they are, in one transaction (for imports and
-    /// benchmarks; the build numbers must not collide).
-    pub async fn insert_many(&self, records: Vec<BuildRecord>) -> Result<(), StoreError> {
+    /// Imports `records` as they are (history carried over from another
+    /// deployer, say), in one transaction. Their build numbers must not
+    /// collide with rows already there.
+    pub async fn import(&self, records: Vec<JobRecord>) -> Result<(), StoreError> {
         self.write(move |tx| {
             for r in &records {
                 insert(tx, r)?;
@@ -417,9 +466,15 @@ impl Store {
     }
 }
 
-fn insert(tx: &Connection, r: &BuildRecord) -> rusqlite::Result<()> {
+fn latest(c: &Connection, op: &str, key: &str) -> rusqlite::Result<Option<JobRecord>> {
+    c.prepare_cached(&format!("SELECT {COLUMNS} FROM cache WHERE op = ?1 AND key = ?2 ORDER BY build DESC LIMIT 1"))?
+        .query_row(params![op, key], row_to_record)
+        .optional()
+}
+
+fn insert(tx: &Connection, r: &JobRecord) -> rusqlite::Result<()> {
     tx.prepare_cached(&format!(
-        "INSERT OR REPLACE INTO cache ({COLUMNS}) VALUES (?1, ?2, ?3, ?4, ?5, ?6, ?7, ?8, ?9, ?10, ?11, ?12)"
+        "INSERT OR REPLACE INTO cache ({COLUMNS}) VALUES (?1, ?2, ?3, ?4, ?5, ?6, ?7, ?8, ?9, ?10, ?11, ?12, ?13)"
     ))?
     .execute(params![
         r.op,
@@ -433,7 +488,8 @@ fn insert(tx: &Connection, r: &BuildRecord) -> rusqlite::Result<()> {
         r.interrupted,
         r.ready,
         r.running,
-        r.finished
+        r.finished,
+        r.description
     ])?;
     tx.prepare_cached("INSERT OR IGNORE INTO ops (op) VALUES (?1)")?.execute(params![r.op])?;
     Ok(())
@@ -534,7 +590,7 @@ fn history(c: &Connection, q: &HistoryQuery) -> rusqlite::Result<HistoryPage> {
     let mut rows = Vec::with_capacity(limit + 1);
     let mut rowids = Vec::with_capacity(limit + 1);
     for r in stmt
-        .query_map(rusqlite::params_from_iter(args.iter()), |row| Ok((row_to_record(row)?, row.get::<_, i64>(12)?)))?
+        .query_map(rusqlite::params_from_iter(args.iter()), |row| Ok((row_to_record(row)?, row.get::<_, i64>(13)?)))?
     {
         let (rec, rowid) = r?;
         rows.push(rec);

@@ -2,9 +2,10 @@
 
 use std::path::Path;
 
-use rusqlite::{params, Connection};
+use rusqlite::{params, Connection, OpenFlags};
 
-use super::{now_ms, StoreError};
+use super::StoreError;
+use crate::clock::Clock;
 
 /// Migrations, in order; the schema version is the number applied.
 const MIGRATIONS: &[&str] = &[
@@ -39,6 +40,10 @@ const MIGRATIONS: &[&str] = &[
     // 2: job-id prefix queries read the finish times from the index alone.
     "CREATE INDEX cache_job_id_finished ON cache (job_id, finished);
     DROP INDEX cache_job_id;",
+    // 3: what each job did, in words (history rows say what was built or
+    // deployed, not only digests).
+    "ALTER TABLE cache ADD COLUMN description TEXT NOT NULL DEFAULT '';
+    ALTER TABLE running ADD COLUMN description TEXT NOT NULL DEFAULT '';",
 ];
 
 /// The schema version this program writes.
@@ -46,12 +51,9 @@ pub const SCHEMA_VERSION: i64 = MIGRATIONS.len() as i64;
 
 /// Opens `path`: refuses corrupt files and newer schemas without changing
 /// them, then sets the pragmas, migrates, and records interrupted jobs.
-pub(super) fn open(path: &Path) -> Result<Connection, StoreError> {
+pub(super) fn open(path: &Path, clock: &Clock) -> Result<Connection, StoreError> {
     if path.exists() {
-        let found = super::schema_version(path)?;
-        if found > SCHEMA_VERSION {
-            return Err(StoreError::NewerSchema { path: path.to_owned(), found, supported: SCHEMA_VERSION });
-        }
+        check(path)?;
     }
     if let Some(dir) = path.parent() {
         if !dir.as_os_str().is_empty() {
@@ -75,32 +77,55 @@ pub(super) fn open(path: &Path) -> Result<Connection, StoreError> {
         tx.pragma_update(None, "user_version", (i + 1) as i64)?;
         tx.commit()?;
     }
-    record_interrupted(&mut conn)?;
+    record_interrupted(&mut conn, clock)?;
     Ok(conn)
 }
 
 /// Jobs still in `running` were interrupted by the end of the previous
 /// process: record each as a failed build.
-fn record_interrupted(conn: &mut Connection) -> Result<(), StoreError> {
+fn record_interrupted(conn: &mut Connection, clock: &Clock) -> Result<(), StoreError> {
     let tx = conn.transaction()?;
     {
-        let mut stmt = tx.prepare("SELECT job_id, op, key, value, started FROM running")?;
-        let rows: Vec<(String, String, String, Option<String>, i64)> = stmt
-            .query_map([], |r| Ok((r.get(0)?, r.get(1)?, r.get(2)?, r.get(3)?, r.get(4)?)))?
+        let mut stmt = tx.prepare("SELECT job_id, op, key, value, started, description FROM running")?;
+        type Row = (String, String, String, Option<String>, i64, String);
+        let rows: Vec<Row> = stmt
+            .query_map([], |r| Ok((r.get(0)?, r.get(1)?, r.get(2)?, r.get(3)?, r.get(4)?, r.get(5)?)))?
             .collect::<Result<_, _>>()?;
-        let now = now_ms();
-        for (job_id, op, key, value, started) in rows {
+        let now = clock.now_ms();
+        for (job_id, op, key, value, started, description) in rows {
             tracing::warn!(job_id, op, key, "job was running when the deployer stopped; recording it as interrupted");
             tx.execute(
-                "INSERT INTO cache (op, key, build, job_id, value, ok, outcome, interrupted, ready, running, finished)
+                "INSERT INTO cache (op, key, build, job_id, value, ok, outcome, interrupted, ready, running, finished,
+                                    description)
                  VALUES (?1, ?2, (SELECT COALESCE(MAX(build), 0) + 1 FROM cache WHERE op = ?1 AND key = ?2),
-                         ?3, ?4, 0, 'interrupted: the deployer stopped while this job was running', 1, ?5, ?5, ?6)",
-                params![op, key, job_id, value, started, now],
+                         ?3, ?4, 0, 'interrupted: the deployer stopped while this job was running', 1, ?5, ?5, ?6, ?7)",
+                params![op, key, job_id, value, started, now, description],
             )?;
             tx.execute("INSERT OR IGNORE INTO ops (op) VALUES (?1)", params![op])?;
         }
         tx.execute("DELETE FROM running", [])?;
     }
     tx.commit()?;
+    Ok(())
+}
+
+/// Checks an existing file before anything writes to it: it must be a
+/// SQLite database whose pages are intact (`PRAGMA quick_check`) and whose
+/// schema is not newer than this program's. Reads only.
+fn check(path: &Path) -> Result<(), StoreError> {
+    let not_db = |detail: String| StoreError::NotADatabase { path: path.to_owned(), detail };
+    let conn = Connection::open_with_flags(path, OpenFlags::SQLITE_OPEN_READ_ONLY | OpenFlags::SQLITE_OPEN_NO_MUTEX)
+        .map_err(|source| StoreError::Open { path: path.to_owned(), source })?;
+    let found: i64 = conn.query_row("PRAGMA user_version", [], |r| r.get(0)).map_err(|e| not_db(e.to_string()))?;
+    if found > SCHEMA_VERSION {
+        return Err(StoreError::NewerSchema { path: path.to_owned(), found, supported: SCHEMA_VERSION });
+    }
+    let problems: Vec<String> = conn
+        .prepare("PRAGMA quick_check(5)")
+        .and_then(|mut s| s.query_map([], |r| r.get::<_, String>(0))?.collect())
+        .map_err(|e| not_db(e.to_string()))?;
+    if problems != ["ok"] {
+        return Err(not_db(format!("integrity check failed: {}", problems.join("; "))));
+    }
     Ok(())
 }

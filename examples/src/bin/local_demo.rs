@@ -5,16 +5,21 @@
 //! `cargo run -p deployer-examples --bin local-demo` creates a repository in a
 //! temporary directory, makes three commits (the second one breaks the tests),
 //! and prints the pipeline's diagram and statistics after each evaluation
-//! step. A failed commit leaves the previous deployment in place.
+//! step. A failed commit leaves the previous deployment in place. Every stage
+//! is a job with a log and a history row, shown by the web UI.
 
 use std::path::{Path, PathBuf};
-use std::sync::Arc;
 use std::time::Duration;
 
-use deployer_core::monitor::BoxFuture;
-use deployer_core::{Config, Context, Current, Engine, Error, Expanded, Monitor, Output};
+use async_trait::async_trait;
+use deployer_core::{
+    Config, Context, Current, Engine, Error, Expanded, Job, Level, Monitor, Output, OutputCache, Publisher, ResultExt,
+};
 use deployer_web::Site;
 use tokio::process::Command;
+
+/// How long the demo waits for anything before giving up.
+const PATIENCE: Duration = Duration::from_secs(60);
 
 async fn git(repo: &Path, args: &[&str]) -> Result<String, Error> {
     let out = Command::new("git")
@@ -23,7 +28,7 @@ async fn git(repo: &Path, args: &[&str]) -> Result<String, Error> {
         .args(args)
         .output()
         .await
-        .map_err(|e| Error::msg(format!("git {}: {e} (is git installed?)", args.join(" "))))?;
+        .context(format!("git {} (is git installed?)", args.join(" ")))?;
     if !out.status.success() {
         return Err(Error::msg(format!(
             "git {} failed: {}",
@@ -34,95 +39,106 @@ async fn git(repo: &Path, args: &[&str]) -> Result<String, Error> {
     Ok(String::from_utf8_lossy(&out.stdout).trim().to_owned())
 }
 
-/// The head of `branch` in `repo`, re-read every 200 ms while someone uses it.
-fn branch_head(repo: PathBuf, branch: &'static str) -> Monitor<String> {
-    let read_repo = repo.clone();
-    Monitor::new(
-        &format!("{branch} head"),
-        move || -> BoxFuture<Result<String, Error>> {
-            let repo = read_repo.clone();
-            Box::pin(async move { git(&repo, &["rev-parse", branch]).await })
-        },
-        move |refresh| -> BoxFuture<Result<Box<dyn Send>, Error>> {
-            Box::pin(async move {
-                let ticker = tokio::spawn(async move {
-                    loop {
-                        tokio::time::sleep(Duration::from_millis(200)).await;
-                        refresh.refresh();
-                    }
-                });
-                // Dropping the guard stops the ticker.
-                struct Stop(tokio::task::JoinHandle<()>);
-                impl Drop for Stop {
-                    fn drop(&mut self) {
-                        self.0.abort();
-                    }
-                }
-                Ok(Box::new(Stop(ticker)) as Box<dyn Send>)
-            })
-        },
-    )
+/// Copies a build into place as the live deployment.
+struct DeployToDir {
+    out: PathBuf,
 }
 
-fn pipeline(repo: &Path, out: &Path) -> Current<String> {
-    let head = branch_head(repo.to_owned(), "live").current();
-    let (r, o) = (Arc::new(repo.to_owned()), Arc::new(out.to_owned()));
-    let build = head.run("build", {
-        let (r, o) = (r.clone(), o.clone());
-        move |commit: String| {
-            let (r, o) = (r.clone(), o.clone());
-            async move {
-                let artefact = o.join(format!("build-{}.tar", &commit[..12]));
-                git(&r, &["archive", "-o", &artefact.to_string_lossy(), &commit]).await?;
-                Ok(artefact.to_string_lossy().into_owned())
-            }
+#[async_trait]
+impl Publisher for DeployToDir {
+    const ID: &'static str = "deploy-to-dir";
+    type Key = String;
+    type Value = String;
+    type Outcome = String;
+
+    fn describe(&self, key: &String, artefact: &String) -> Option<String> {
+        Some(format!("deploy {artefact} as {key}"))
+    }
+    fn latched(&self) -> bool {
+        true // the deployed version stays shown while the next one goes live
+    }
+    fn idempotent(&self) -> bool {
+        true // copying the same file again is harmless
+    }
+    async fn publish(&self, job: &Job, key: &String, artefact: &String) -> Result<String, Error> {
+        let live = self.out.join(format!("{key}.tar"));
+        job.log(&format!("copying {artefact} to {}", live.display()));
+        tokio::fs::copy(artefact, &live).await.context(format!("deploying to {}", live.display()))?;
+        Ok(artefact.clone())
+    }
+}
+
+fn pipeline(ctx: &Context, repo: &Path, out: &Path) -> Current<String> {
+    // The head of `live`, read every 200 ms while the pipeline uses it.
+    let read_repo = repo.to_owned();
+    let head = Monitor::poll("live head", Duration::from_millis(200), move || {
+        let repo = read_repo.clone();
+        async move { git(&repo, &["rev-parse", "live"]).await }
+    })
+    .current();
+    let (build_repo, build_out) = (repo.to_owned(), out.to_owned());
+    let build = head.run(ctx, "build", Level::Average, move |job, commit: String| {
+        let (repo, out) = (build_repo.clone(), build_out.clone());
+        async move {
+            let artefact = out.join(format!("build-{}.tar", &commit[..12]));
+            job.exec(Command::new("git").arg("-C").arg(&repo).args(["archive", "-o"]).arg(&artefact).arg(&commit))
+                .await?;
+            Ok(artefact.to_string_lossy().into_owned())
         }
     });
     let tests = build
-        .run("test", |artefact: String| async move {
-            let listing = Command::new("tar").arg("-xOf").arg(&artefact).arg("VERSION").output().await;
-            match listing {
-                Ok(o) if o.status.success() && !String::from_utf8_lossy(&o.stdout).contains("broken") => Ok(()),
-                Ok(_) => Err(Error::msg("VERSION says the build is broken")),
-                Err(e) => Err(Error::msg(format!("tar: {e}"))),
+        .run(ctx, "test", Level::Average, |job, artefact: String| async move {
+            let version = job.check_output(Command::new("tar").arg("-xOf").arg(&artefact).arg("VERSION")).await?;
+            if version.contains("broken") {
+                return Err(Error::msg("VERSION says the build is broken"));
             }
+            Ok(())
         })
         .ignore_value();
-    build.gate(&tests).run("deploy", move |artefact: String| {
-        let o = o.clone();
-        async move {
-            let live = o.join("live.tar");
-            tokio::fs::copy(&artefact, &live).await.map_err(|e| Error::msg(format!("deploy: {e}")))?;
-            Ok(artefact)
-        }
-    })
+    let deploys = OutputCache::new(ctx, DeployToDir { out: out.to_owned() });
+    deploys.set("deploy live", "live".to_string(), &build.gate(&tests))
 }
 
-async fn commit(repo: &Path, version: &str) -> Result<(), Error> {
-    tokio::fs::write(repo.join("VERSION"), version).await.map_err(|e| Error::msg(e.to_string()))?;
+/// Commits `version` and moves `live` to it; returns the short hash.
+async fn commit(repo: &Path, version: &str) -> Result<String, Error> {
+    tokio::fs::write(repo.join("VERSION"), version).await?;
     git(repo, &["add", "VERSION"]).await?;
     git(repo, &["-c", "user.name=demo", "-c", "user.email=demo@localhost", "commit", "-qm", version]).await?;
     git(repo, &["branch", "-f", "live", "HEAD"]).await?;
-    Ok(())
+    Ok(git(repo, &["rev-parse", "HEAD"]).await?[..12].to_owned())
+}
+
+/// Whether the deploy stage shows the build of `hash` as live.
+fn deployed(hash: &str) -> impl Fn(&Output<String>) -> bool + '_ {
+    move |o| matches!(o, Output::Ok(artefact) if artefact.contains(hash))
 }
 
 /// The VERSION file inside the deployed archive.
 async fn live_version(out: &Path) -> Result<String, Error> {
-    let o = Command::new("tar").arg("-xOf").arg(out.join("live.tar")).arg("VERSION").output().await;
-    o.map(|o| String::from_utf8_lossy(&o.stdout).trim().to_owned()).map_err(|e| Error::msg(format!("tar: {e}")))
+    let o = Command::new("tar").arg("-xOf").arg(out.join("live.tar")).arg("VERSION").output().await.context("tar")?;
+    Ok(String::from_utf8_lossy(&o.stdout).trim().to_owned())
 }
 
-async fn settle(engine: &Engine<String>, done: impl Fn(&Output<String>) -> bool) {
-    loop {
-        let report = engine.next().await;
-        let out = engine.output();
-        println!("step {} ({} nodes recomputed in {:?}): {:?}", report.step, report.recomputed, report.duration, out);
-        if done(&out) {
-            println!("{}", engine.diagram(&Expanded::none()).summary());
-            println!("stats: {:?}\n", engine.stats());
-            return;
+/// Steps until `done` holds, printing each step; gives up after a minute.
+async fn settle(engine: &Engine<String>, what: &str, done: impl Fn(&Output<String>) -> bool) -> Result<(), Error> {
+    let wait = async {
+        loop {
+            let report = engine.next().await;
+            let out = engine.output();
+            println!(
+                "step {} ({} nodes recomputed in {:?}): {:?}",
+                report.step, report.recomputed, report.duration, out
+            );
+            if done(&out) {
+                println!("{}", engine.diagram(&Expanded::none()).summary());
+                println!("stats: {:?}\n", engine.stats());
+                return;
+            }
         }
-    }
+    };
+    tokio::time::timeout(PATIENCE, wait)
+        .await
+        .map_err(|_| Error::msg(format!("the demo waited {} s for {what}", PATIENCE.as_secs())))
 }
 
 #[tokio::main]
@@ -132,36 +148,41 @@ async fn main() -> Result<(), Box<dyn std::error::Error>> {
     tokio::fs::create_dir_all(&repo).await?;
     tokio::fs::create_dir_all(&out).await?;
     git(&repo, &["init", "-q", "-b", "main"]).await?;
-    commit(&repo, "v1").await?;
+    let v1 = commit(&repo, "v1").await?;
 
-    let engine = Engine::new(pipeline(&repo, &out));
+    let ctx = Context::open(&dir.join("state"), Config::new(None))?;
+    let engine = Engine::new(pipeline(&ctx, &repo, &out));
     println!("The pipeline before it runs:\n{}", engine.diagram(&Expanded::none()).summary());
 
     // The web UI, on 127.0.0.1:8080 (or any free port if that is taken).
-    let ctx = Context::open(&dir.join("state"), Config::new(None))?;
     let listener = match tokio::net::TcpListener::bind("127.0.0.1:8080").await {
         Ok(l) => l,
         Err(_) => tokio::net::TcpListener::bind("127.0.0.1:0").await?,
     };
     let addr = listener.local_addr()?;
-    tokio::spawn(Site::new("local demo", engine.handle(), ctx).serve(listener));
+    tokio::spawn(Site::new("local demo", engine.handle(), ctx.clone()).serve(listener));
     println!("web UI: http://{addr}/\n");
     engine.step();
-    settle(&engine, |o| o.is_ok()).await;
+    settle(&engine, "v1 to deploy", deployed(&v1)).await?;
     println!("deployed v1 to {}\n", out.join("live.tar").display());
 
     commit(&repo, "v2 broken").await?;
-    settle(&engine, |o| o.err().is_some()).await;
+    settle(&engine, "v2's tests to fail", |o| o.err().is_some()).await?;
     let live = live_version(&out).await?;
     assert_eq!(live, "v1", "a failed commit must leave the previous deployment in place");
     println!("v2 failed its tests; live.tar still holds {live}\n");
 
-    commit(&repo, "v3").await?;
-    settle(&engine, |o| matches!(o, Output::Ok(a) if a.contains("build-"))).await;
+    let v3 = commit(&repo, "v3").await?;
+    settle(&engine, "v3 to deploy", deployed(&v3)).await?;
     assert_eq!(live_version(&out).await?, "v3");
-    let page = http_get(addr, "/").await?;
+    let page = tokio::time::timeout(PATIENCE, http_get(addr, "/")).await??;
     assert!(page.contains("Success!") && page.contains("<svg"), "the web UI shows the deployed pipeline");
-    println!("deployed v3; the web UI at http://{addr}/ shows it (files in {})", dir.display());
+    let history = ctx.store.history(Default::default()).await?;
+    println!("history (newest first):");
+    for row in &history.rows {
+        println!("  {} {} {}", row.job_id, if row.ok { "ok    " } else { "failed" }, row.description);
+    }
+    println!("\ndeployed v3; the web UI at http://{addr}/ shows it (files in {})", dir.display());
     if std::env::args().any(|a| a == "--serve") {
         println!("serving the web UI until Ctrl-C");
         tokio::select! {
