@@ -152,14 +152,17 @@ impl<T: Value> Monitor<T> {
     /// then every `every`, and whenever [`Monitor::refresh`] is called (by a
     /// webhook handler, say). A read that returns the same value as before
     /// changes nothing and does not wake the engine.
+    ///
+    /// `read` is cloned for each read and called once, so it can move what
+    /// it captured into its future (`move || async move { … }`).
     pub fn poll<F, Fut>(name: &str, every: Duration, read: F) -> Monitor<T>
     where
-        F: Fn() -> Fut + Send + Sync + 'static,
+        F: FnOnce() -> Fut + Clone + Send + Sync + 'static,
         Fut: Future<Output = Result<T, Error>> + Send + 'static,
     {
         Monitor::new(
             name,
-            move || Box::pin(read()),
+            move || Box::pin((read.clone())()),
             move |refresh| {
                 Box::pin(async move {
                     let ticker = tokio::spawn(async move {

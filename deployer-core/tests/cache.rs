@@ -53,7 +53,7 @@ async fn basic_build_once_per_key_then_rebuild_then_restart() {
     let control = Control::default();
     let cache = BuildCache::new(&ctx, builder(&control));
     let key = Var::new("key", "a".to_string());
-    let engine = Engine::new(cache.get("build", &key.current()));
+    let engine = Engine::new(cache.get("build", key.current()));
     engine.step();
     assert_eq!(engine.output(), running());
     control.complete(&ctx.jobs, "build a", Ok("A1")).await;
@@ -205,7 +205,7 @@ async fn an_auto_cancelled_build_that_stops_is_built_again_when_wanted_again() {
     let control = Control::default();
     let cache = BuildCache::new(&ctx, FakeBuild { auto_cancel: true, ..builder(&control) });
     let key = Var::new("key", "a".to_string());
-    let engine = Engine::new(cache.get("build", &key.current()));
+    let engine = Engine::new(cache.get("build", key.current()));
     engine.step();
     control.wait_running("build a").await;
     let first = ctx.jobs.find("build a").remove(0);
@@ -267,7 +267,7 @@ async fn output_publishes_once_per_value_and_lets_a_stale_publish_finish() {
     let control = Control::default();
     let cache = OutputCache::new(&ctx, publisher(&control, false, false));
     let value = Var::new("image", "v1".to_string());
-    let engine = Engine::new(cache.set("deploy svc", "svc".to_string(), &value.current()));
+    let engine = Engine::new(cache.set("deploy svc", "svc".to_string(), value.current()));
     engine.step();
     assert_eq!(engine.output(), running());
     control.wait_running("push v1 as svc").await;
@@ -302,7 +302,7 @@ async fn output_retry_new_a_stale_failure_is_not_sticky() {
     let control = Control::default();
     let cache = OutputCache::new(&ctx, publisher(&control, false, false));
     let value = Var::new("input", "1".to_string());
-    let engine = Engine::new(cache.set("set foo", "foo".to_string(), &value.current()));
+    let engine = Engine::new(cache.set("set foo", "foo".to_string(), value.current()));
     engine.step();
     control.wait_running("push 1 as foo").await;
     // We change our mind while still setting the old one; the old one fails.
@@ -322,7 +322,7 @@ async fn output_auto_cancel_then_rebuild() {
     let control = Control::default();
     let cache = OutputCache::new(&ctx, publisher(&control, true, false));
     let value = Var::new("input", "bar".to_string());
-    let engine = Engine::new(cache.set("set foo", "foo".to_string(), &value.current()));
+    let engine = Engine::new(cache.set("set foo", "foo".to_string(), value.current()));
     engine.step();
     control.complete(&ctx.jobs, "push bar as foo", Ok("bar")).await;
     next(&engine).await;
@@ -376,7 +376,7 @@ fn latched_setup(
     let cache = OutputCache::new(&ctx, publisher(&control, auto_cancel, true));
     let commit = Var::new("commit", "r1".to_string());
     let base = Var::new("base", "alpine:3.10".to_string());
-    let engine = Engine::new(cache.set("build", &commit.current(), &base.current()).state());
+    let engine = Engine::new(cache.set("build", commit.current(), base.current()).state());
     (ctx, control, commit, base, engine)
 }
 

@@ -1,28 +1,36 @@
-//! JSON API, Prometheus metrics, and the live log stream.
+//! JSON API, the raw log, and the live log stream.
 
 use std::convert::Infallible;
 use std::fmt::Write as _;
+use std::sync::Arc;
 
-use axum::extract::{Path, RawQuery, State as AxState};
-use axum::http::{header, HeaderMap, StatusCode};
+use axum::extract::rejection::QueryRejection;
+use axum::extract::{Path, Query, State as AxState};
+use axum::http::{header, HeaderMap, HeaderValue, StatusCode};
 use axum::response::sse::{Event, KeepAlive, Sse};
 use axum::response::{IntoResponse, Response};
 use axum::Json;
 use deployer_core::analysis::Expanded;
 use deployer_core::Jobs;
-use futures_util::Stream;
+use serde::Deserialize;
+use tokio::sync::Semaphore;
 
 use crate::html::AnsiToHtml;
-use crate::pages::{expanded_from, job_id, status_text, Filter};
-use crate::{Failure, State};
+use crate::limits::StreamPermit;
+use crate::pages::{job_id, Expansions, Filter, FilterParams};
+use crate::{Failure, Peer, State};
 
-/// Bytes of log read per event.
-const CHUNK: usize = 256 * 1024;
+/// Bytes of log read (and at most sent as one piece of a line) per event.
+pub(crate) const CHUNK: usize = 64 * 1024;
 
-pub(crate) async fn pipeline(AxState(state): AxState<State>, RawQuery(query): RawQuery) -> Response {
-    match expanded_from(query.as_deref()) {
-        Ok(e) => Json(state.engine.diagram(&Expanded::from_pairs(e))).into_response(),
-        Err(e) => Failure::new(StatusCode::BAD_REQUEST, e).into_response(),
+/// Log chunks turned into HTML at once, over all streams: the work runs on
+/// blocking threads, and this keeps it from taking every core.
+static DECODERS: Semaphore = Semaphore::const_new(2);
+
+pub(crate) async fn pipeline(AxState(state): AxState<State>, expanded: Expansions) -> Response {
+    match expanded {
+        Ok(Query(e)) => Json(state.engine.diagram(&Expanded::from_pairs(e))).into_response(),
+        Err(e) => Failure::new(StatusCode::BAD_REQUEST, crate::refused_input(&e.body_text())).into_response(),
     }
 }
 
@@ -36,7 +44,7 @@ struct StatsBody {
     nodes: usize,
 }
 
-pub(crate) async fn stats(AxState(state): AxState<State>) -> Json<serde_json::Value> {
+pub(crate) async fn stats(AxState(state): AxState<State>) -> Response {
     let (steps, last, _) = state.engine.timings();
     let (result, error) = match state.engine.result() {
         None => ("starting", None),
@@ -50,54 +58,61 @@ pub(crate) async fn stats(AxState(state): AxState<State>) -> Json<serde_json::Va
         last_step_seconds: last.as_secs_f64(),
         nodes: state.engine.node_count(),
     };
-    Json(serde_json::to_value(body).unwrap_or_default())
+    Json(body).into_response()
 }
 
 pub(crate) async fn jobs(AxState(state): AxState<State>) -> Json<Vec<deployer_core::job::JobInfo>> {
     Json(state.ctx.jobs.active())
 }
 
-pub(crate) async fn history(AxState(state): AxState<State>, RawQuery(query): RawQuery) -> Response {
-    let limit = crate::pages::parse_pairs(query.as_deref().unwrap_or(""))
-        .ok()
-        .and_then(|p| p.into_iter().find(|(k, _)| k == "limit").and_then(|(_, v)| v.parse().ok()))
-        .unwrap_or(100);
-    let filter = match Filter::parse(query.as_deref()) {
+pub(crate) async fn history(
+    AxState(state): AxState<State>,
+    params: Result<Query<FilterParams>, QueryRejection>,
+) -> Response {
+    let filter = match params.map_err(|e| crate::refused_input(&e.body_text())).and_then(|Query(p)| Filter::parse(p)) {
         Ok(f) => f,
         Err(e) => return Failure::new(StatusCode::BAD_REQUEST, e).into_response(),
     };
-    match state.ctx.store.history(filter.query(limit)).await {
+    match state.ctx.store.history(filter.query(100)).await {
         Ok(page) => Json(page).into_response(),
         Err(e) => Failure::new(StatusCode::INTERNAL_SERVER_ERROR, e.to_string()).into_response(),
     }
 }
 
+#[derive(Deserialize)]
+#[serde(deny_unknown_fields)]
+pub(crate) struct LogParams {
+    offset: Option<u64>,
+}
+
 /// `GET /api/job/<id>/log?offset=N`: up to 1 MiB of the raw log from
 /// `offset`; the `x-log-next` header gives the next offset and
-/// `x-log-complete` whether the job has finished.
+/// `x-log-complete` whether the job has finished. An offset past the end is
+/// answered 416.
 pub(crate) async fn log(
     AxState(state): AxState<State>,
     Path((date, file)): Path<(String, String)>,
-    RawQuery(query): RawQuery,
+    params: Result<Query<LogParams>, QueryRejection>,
 ) -> Response {
     let id = match job_id(&state, &date, &file) {
         Ok(id) => id,
         Err((status, msg)) => return Failure::new(status, msg).into_response(),
     };
-    let mut offset = 0u64;
-    for (k, v) in crate::pages::parse_pairs(query.as_deref().unwrap_or("")).unwrap_or_default() {
-        if k == "offset" {
-            match v.parse() {
-                Ok(o) => offset = o,
-                Err(_) => {
-                    return Failure::new(StatusCode::BAD_REQUEST, format!("offset must be a number, not {v:?}"))
-                        .into_response()
-                }
-            }
+    let offset = match params {
+        Ok(Query(p)) => p.offset.unwrap_or(0),
+        Err(e) => return Failure::new(StatusCode::BAD_REQUEST, crate::refused_input(&e.body_text())).into_response(),
+    };
+    let jobs = state.ctx.jobs.clone();
+    let read = tokio::task::spawn_blocking(move || {
+        let len = std::fs::metadata(jobs.log_file(&id).map_err(|e| e.to_string())?).map_err(|e| e.to_string())?.len();
+        if offset > len {
+            return Ok(Err(len));
         }
-    }
-    match state.ctx.jobs.read_log(&id, offset, 1 << 20) {
-        Ok((bytes, complete)) => {
+        jobs.read_log(&id, offset, 1 << 20).map(Ok).map_err(|e| e.message().to_owned())
+    })
+    .await;
+    match read {
+        Ok(Ok(Ok((bytes, complete)))) => {
             let next = offset + bytes.len() as u64;
             (
                 [
@@ -109,100 +124,196 @@ pub(crate) async fn log(
             )
                 .into_response()
         }
-        Err(e) => Failure::new(StatusCode::NOT_FOUND, e.message().to_owned()).into_response(),
+        Ok(Ok(Err(len))) => (
+            StatusCode::RANGE_NOT_SATISFIABLE,
+            [(header::CONTENT_RANGE, format!("bytes */{len}"))],
+            format!("offset {offset} is past the end of the log ({len} bytes)\n"),
+        )
+            .into_response(),
+        Ok(Err(e)) => Failure::new(StatusCode::NOT_FOUND, e).into_response(),
+        Err(_) => Failure::new(StatusCode::INTERNAL_SERVER_ERROR, "reading the log failed").into_response(),
     }
 }
 
-struct Follow {
+/// A log followed as it grows, turned into HTML lines.
+///
+/// Event ids are the offsets of what has been *sent*: whole lines, or, for
+/// a line longer than a chunk, the pieces of it sent so far; a client that
+/// reconnects with the last id it saw gets exactly the rest.
+pub(crate) struct Follow {
     jobs: Jobs,
     id: String,
-    offset: u64,
+    /// Bytes of the log read so far.
+    read: u64,
+    /// Bytes sent so far (the event id).
+    sent: u64,
+    /// The number of the line last started.
     line: u64,
+    /// Whether the next byte sent begins a line.
+    at_line_start: bool,
     ansi: AnsiToHtml,
+    /// Read, not yet sent: the start of a line.
     partial: Vec<u8>,
     done: bool,
+    _permit: Option<StreamPermit>,
+}
+
+/// What a step of a stream produced.
+enum Step {
+    Event(Event),
+    Wait,
+    End,
 }
 
 impl Follow {
-    /// Complete lines of `bytes` (plus what was left over) as HTML.
-    fn lines(&mut self, bytes: &[u8], flush: bool) -> String {
+    /// Follows job `id`'s log from `offset` (a position given by an event
+    /// id), where `lines` lines have been sent already.
+    pub(crate) fn new(jobs: Jobs, id: String, offset: u64, lines: u64, at_line_start: bool) -> Follow {
+        Follow {
+            jobs,
+            id,
+            read: offset,
+            sent: offset,
+            line: lines,
+            at_line_start,
+            ansi: AnsiToHtml::new(),
+            partial: Vec::new(),
+            done: false,
+            _permit: None,
+        }
+    }
+
+    /// Turns what was read into HTML: every complete line, and, once the
+    /// unfinished line is longer than a chunk (or `flush`), the unfinished
+    /// line so far. Returns the HTML; `sent` moves past what it covers.
+    fn convert(&mut self, bytes: &[u8], flush: bool) -> String {
+        let scanned = self.partial.len();
         self.partial.extend_from_slice(bytes);
-        let cut = if flush {
-            self.partial.len()
-        } else {
-            self.partial.iter().rposition(|&b| b == b'\n').map_or(0, |i| i + 1)
-        };
+        // Only the new bytes can hold a newline: what was kept had none.
+        let mut cut = self.partial[scanned..].iter().rposition(|&b| b == b'\n').map_or(0, |i| scanned + i + 1);
+        let mut piece = false;
+        if cut == 0 && (flush || self.partial.len() >= CHUNK) && !self.partial.is_empty() {
+            // A long line: send what there is, cut at a character boundary.
+            cut = self.partial.len();
+            if !flush {
+                while cut > 0 && (self.partial[cut - 1] & 0b1100_0000) == 0b1000_0000 {
+                    cut -= 1;
+                }
+                if cut > 0 && self.partial[cut - 1] >= 0b1100_0000 {
+                    cut -= 1; // the lead byte of a character cut short
+                }
+                if cut == 0 {
+                    cut = self.partial.len();
+                }
+            }
+            piece = true;
+        }
         let ready: Vec<u8> = self.partial.drain(..cut).collect();
+        self.sent += ready.len() as u64;
         let text = String::from_utf8_lossy(&ready);
         let mut html = String::with_capacity(ready.len() * 2);
         for l in text.split_inclusive('\n') {
-            self.line += 1;
-            let n = self.line;
+            let complete = l.ends_with('\n');
             let body = self.ansi.line(l.trim_end_matches('\n'));
-            // No newline between lines: each is a block, and `pre` would
-            // show the newline as an empty line.
-            let _ = write!(html, r##"<span class="line" id="L{n}"><a href="#L{n}">{n}</a>{body}</span>"##);
+            if self.at_line_start {
+                self.line += 1;
+                let n = self.line;
+                // No newline between lines: each is a block, and `pre` would
+                // show the newline as an empty line.
+                let _ = write!(html, r##"<span class="line" id="L{n}"><a href="#L{n}">{n}</a>{body}</span>"##);
+            } else {
+                let _ = write!(html, r#"<span class="line cont">{body}</span>"#);
+            }
+            self.at_line_start = complete;
         }
+        debug_assert!(piece || self.at_line_start || ready.is_empty());
         html
     }
 
-    async fn next_event(&mut self) -> Option<Event> {
-        loop {
-            if self.done {
-                return None;
-            }
-            let (bytes, complete) = match self.jobs.read_log(&self.id, self.offset, CHUNK) {
-                Ok(r) => r,
-                Err(e) => {
-                    self.done = true;
-                    return Some(Event::default().event("end").data(e.message()));
-                }
-            };
-            if !bytes.is_empty() {
-                self.offset += bytes.len() as u64;
-                let html = self.lines(&bytes, false);
-                if !html.is_empty() {
-                    return Some(Event::default().event("log").id(self.offset.to_string()).data(html));
-                }
-                continue;
-            }
-            if complete {
+    /// Reads the next chunk and converts it (blocking: file I/O and work).
+    fn step_blocking(&mut self) -> Step {
+        if self.done {
+            return Step::End;
+        }
+        let (bytes, complete) = match self.jobs.read_log(&self.id, self.read, CHUNK) {
+            Ok(r) => r,
+            Err(e) => {
                 self.done = true;
-                let rest = self.lines(&[], true);
-                if !rest.is_empty() {
-                    return Some(Event::default().event("log").data(rest).id(self.offset.to_string()));
-                }
-                return Some(Event::default().event("end").data("finished"));
+                return Step::Event(Event::default().event("end").data(e.message()));
             }
-            self.jobs.wait_for_log_data(&self.id, self.offset).await;
+        };
+        if !bytes.is_empty() {
+            self.read += bytes.len() as u64;
+            let html = self.convert(&bytes, false);
+            if html.is_empty() {
+                return self.step_blocking(); // the middle of a line: read on
+            }
+            return Step::Event(Event::default().event("log").id(self.sent.to_string()).data(html));
+        }
+        if complete {
+            self.done = true;
+            let rest = self.convert(&[], true);
+            if !rest.is_empty() {
+                return Step::Event(Event::default().event("log").id(self.sent.to_string()).data(rest));
+            }
+            return Step::Event(Event::default().event("end").data("finished"));
+        }
+        Step::Wait
+    }
+
+    /// The next event, waiting for the log to grow when it must.
+    pub(crate) async fn next_event(mut self) -> Option<(Event, Follow)> {
+        loop {
+            let permit = DECODERS.acquire().await.ok();
+            let (back, step) = tokio::task::spawn_blocking(move || {
+                let step = self.step_blocking();
+                (self, step)
+            })
+            .await
+            .ok()?;
+            drop(permit);
+            self = back;
+            match step {
+                Step::Event(e) => return Some((e, self)),
+                Step::End => return None,
+                Step::Wait => self.jobs.wait_for_log_data(&self.id, self.read).await,
+            }
         }
     }
 }
 
-/// Where a reconnecting client stopped (`Last-Event-ID`), and the number of
-/// lines before that point (counted by reading the log, chunk by chunk).
-fn resume_point(jobs: &Jobs, id: &str, headers: &HeaderMap) -> (u64, u64) {
+/// Where a reconnecting client stopped (`Last-Event-ID`, the offset of
+/// what it was sent), the number of lines started before that point, and
+/// whether that point begins a line (counted by reading the log in chunks).
+fn resume_point(jobs: &Jobs, id: &str, headers: &HeaderMap) -> (u64, u64, bool) {
     let Some(offset) = headers.get("last-event-id").and_then(|v| v.to_str().ok()).and_then(|v| v.parse::<u64>().ok())
     else {
-        return (0, 0);
+        return (0, 0, true);
     };
-    let (mut at, mut lines) = (0u64, 0u64);
+    let (mut at, mut lines, mut last) = (0u64, 0u64, b'\n');
     while at < offset {
         let Ok((bytes, _)) = jobs.read_log(id, at, CHUNK.min((offset - at) as usize)) else { break };
-        if bytes.is_empty() {
-            break;
-        }
+        let Some(&end) = bytes.last() else { break };
         lines += bytes.iter().filter(|&&b| b == b'\n').count() as u64;
         at += bytes.len() as u64;
+        last = end;
     }
-    (at, lines)
+    // A point inside a line: that line was started (and numbered) already.
+    let at_line_start = last == b'\n';
+    if !at_line_start {
+        lines += 1;
+    }
+    (at, lines, at_line_start)
 }
 
 /// `GET /job/<id>/events`: the log as server-sent events, from the start
 /// (or where a reconnecting client stopped) to the end of the job. The log
-/// is read in chunks, never held whole.
+/// is read in chunks, never held whole, and turned into HTML off the async
+/// threads. Streams are capped (in all, per job, per client): past the cap
+/// the answer is 429.
 pub(crate) async fn log_events(
     AxState(state): AxState<State>,
+    Peer(peer): Peer,
     headers: HeaderMap,
     Path((date, file)): Path<(String, String)>,
 ) -> Response {
@@ -210,85 +321,30 @@ pub(crate) async fn log_events(
         Ok(id) => id,
         Err((status, msg)) => return Failure::new(status, msg).into_response(),
     };
-    let (offset, line) = resume_point(&state.ctx.jobs, &id, &headers);
-    let follow = Follow {
-        jobs: state.ctx.jobs.clone(),
-        id,
-        offset,
-        line,
-        ansi: AnsiToHtml::new(),
-        partial: Vec::new(),
-        done: false,
+    let permit = match state.streams.admit(&id, peer.map(|p| p.ip())) {
+        Ok(p) => p,
+        Err(why) => {
+            let mut r =
+                Failure::new(StatusCode::TOO_MANY_REQUESTS, format!("Too many log streams: {why}.")).into_response();
+            r.headers_mut().insert(header::RETRY_AFTER, HeaderValue::from_static("10"));
+            return r;
+        }
     };
-    let stream = futures_util::stream::unfold(follow, |mut f| async move {
-        let event = f.next_event().await?;
+    let jobs = state.ctx.jobs.clone();
+    let resume = {
+        let (jobs, id, headers) = (jobs.clone(), id.clone(), Arc::new(headers));
+        tokio::task::spawn_blocking(move || resume_point(&jobs, &id, &headers)).await
+    };
+    let Ok((offset, lines, at_line_start)) = resume else {
+        return Failure::new(StatusCode::INTERNAL_SERVER_ERROR, "reading the log failed").into_response();
+    };
+    let mut follow = Follow::new(jobs, id, offset, lines, at_line_start);
+    follow._permit = Some(permit);
+    let stream = futures_util::stream::unfold(follow, |f| async move {
+        let (event, f) = f.next_event().await?;
         Some((Ok::<_, Infallible>(event), f))
     });
-    let mut response = sse(stream).into_response();
-    response.headers_mut().insert("x-accel-buffering", header::HeaderValue::from_static("no"));
+    let mut response = Sse::new(stream).keep_alive(KeepAlive::default()).into_response();
+    response.headers_mut().insert("x-accel-buffering", HeaderValue::from_static("no"));
     response
-}
-
-fn sse(stream: impl Stream<Item = Result<Event, Infallible>> + Send + 'static) -> impl IntoResponse {
-    Sse::new(stream).keep_alive(KeepAlive::default())
-}
-
-/// `GET /metrics`: Prometheus text format 0.0.4.
-pub(crate) async fn metrics(AxState(state): AxState<State>) -> Response {
-    let mut out = String::new();
-    let s = state.engine.stats();
-    out.push_str("# HELP deployer_pipeline_stages Pipeline stages by state.\n# TYPE deployer_pipeline_stages gauge\n");
-    for (name, n) in [
-        ("ok", s.ok),
-        ("ready", s.ready),
-        ("running", s.running),
-        ("waiting_for_confirmation", s.waiting_for_confirmation),
-        ("failed", s.failed),
-        ("blocked", s.blocked),
-    ] {
-        let _ = writeln!(out, "deployer_pipeline_stages{{state=\"{name}\"}} {n}");
-    }
-    let active = state.ctx.jobs.active();
-    out.push_str("# HELP deployer_jobs Active jobs by status.\n# TYPE deployer_jobs gauge\n");
-    for status in ["ready", "waiting for confirmation", "queued for a pool", "running", "cancelling"] {
-        let n = active.iter().filter(|j| status_text(j.status, j.cancelled.is_some()).0 == status).count();
-        let _ = writeln!(out, "deployer_jobs{{status=\"{}\"}} {n}", status.replace(' ', "_"));
-    }
-    out.push_str("# HELP deployer_pool_in_use Pool slots in use.\n# TYPE deployer_pool_in_use gauge\n");
-    let pools = state.ctx.jobs.pools();
-    for p in &pools {
-        let _ = writeln!(out, "deployer_pool_in_use{{pool=\"{}\"}} {}", label_escape(p.label()), p.in_use());
-    }
-    out.push_str("# HELP deployer_pool_queued Jobs waiting for a pool slot.\n# TYPE deployer_pool_queued gauge\n");
-    for p in &pools {
-        let (high, low) = p.queue_lengths();
-        let l = label_escape(p.label());
-        let _ = writeln!(out, "deployer_pool_queued{{pool=\"{l}\",priority=\"high\"}} {high}");
-        let _ = writeln!(out, "deployer_pool_queued{{pool=\"{l}\",priority=\"low\"}} {low}");
-    }
-    out.push_str(
-        "# HELP deployer_pool_wait_seconds Time jobs waited for pool slots.\n# TYPE deployer_pool_wait_seconds summary\n",
-    );
-    for p in &pools {
-        let (waited, served) = p.wait_time();
-        let l = label_escape(p.label());
-        let _ = writeln!(out, "deployer_pool_wait_seconds_sum{{pool=\"{l}\"}} {}", waited.as_secs_f64());
-        let _ = writeln!(out, "deployer_pool_wait_seconds_count{{pool=\"{l}\"}} {served}");
-    }
-    let rows = state.ctx.store.count().await.unwrap_or(-1);
-    out.push_str("# HELP deployer_history_rows Builds and publishes recorded in the store.\n# TYPE deployer_history_rows gauge\n");
-    let _ = writeln!(out, "deployer_history_rows {rows}");
-    let (steps, last, total) = state.engine.timings();
-    out.push_str("# HELP deployer_engine_nodes Live runtime nodes.\n# TYPE deployer_engine_nodes gauge\n");
-    let _ = writeln!(out, "deployer_engine_nodes {}", state.engine.node_count());
-    out.push_str("# HELP deployer_evaluation_seconds Time spent evaluating the pipeline.\n# TYPE deployer_evaluation_seconds summary\n");
-    let _ = writeln!(out, "deployer_evaluation_seconds_sum {}", total.as_secs_f64());
-    let _ = writeln!(out, "deployer_evaluation_seconds_count {steps}");
-    out.push_str("# HELP deployer_last_evaluation_seconds Duration of the last evaluation step.\n# TYPE deployer_last_evaluation_seconds gauge\n");
-    let _ = writeln!(out, "deployer_last_evaluation_seconds {}", last.as_secs_f64());
-    ([(header::CONTENT_TYPE, "text/plain; version=0.0.4; charset=utf-8")], out).into_response()
-}
-
-fn label_escape(s: &str) -> String {
-    s.replace('\\', "\\\\").replace('"', "\\\"").replace('\n', "\\n")
 }

@@ -30,7 +30,8 @@ pub fn url_encode(s: &str) -> String {
 
 /// Turns log lines with ANSI colour codes (SGR) into HTML, one line at a
 /// time; colours carry over from one line to the next, as in a terminal.
-/// Other escape sequences are dropped.
+/// Other escape sequences are dropped, with the text of operating-system
+/// commands (`ESC ] 0;title BEL` sets a window title: it is not log text).
 #[derive(Debug, Default)]
 pub struct AnsiToHtml {
     fg: Option<u8>,
@@ -85,8 +86,20 @@ impl AnsiToHtml {
         }
     }
 
-    /// One line (without its newline) as escaped HTML.
+    /// One line (without its newline) as escaped HTML. A carriage return
+    /// starts the line again, as on a terminal (progress bars): only the
+    /// text after the last one is shown.
     pub fn line(&mut self, line: &str) -> String {
+        let line = line.strip_suffix('\r').unwrap_or(line);
+        if let Some(at) = line.rfind('\r') {
+            // Keep the colours set before the overwritten text.
+            let _ = self.line_html(&line[..at]);
+            return self.line_html(&line[at + 1..]);
+        }
+        self.line_html(line)
+    }
+
+    fn line_html(&mut self, line: &str) -> String {
         let mut out = String::with_capacity(line.len() + 16);
         let mut open = self.open(&mut out);
         let mut chars = line.char_indices().peekable();
@@ -98,7 +111,29 @@ impl AnsiToHtml {
             out.push_str(&escape(&line[text_start..i]));
             // CSI: ESC [ params final-byte
             let mut end = i + 1;
-            if let Some(&(_, '[')) = chars.peek() {
+            if let Some(&(_, ']')) = chars.peek() {
+                // OSC (a window title, a hyperlink): ESC ] … BEL or ESC \.
+                // Dropped, with its text.
+                chars.next();
+                end = line.len();
+                while let Some((j, d)) = chars.next() {
+                    if d == '\x07' {
+                        end = j + 1;
+                        break;
+                    }
+                    if d == '\x1b' {
+                        if let Some(&(k, '\\')) = chars.peek() {
+                            chars.next();
+                            end = k + 1;
+                            break;
+                        }
+                    }
+                }
+            } else if let Some(&(j, c)) = chars.peek().filter(|(_, c)| *c != '[') {
+                // Another two-character escape (ESC c, ESC 7, …): dropped.
+                chars.next();
+                end = j + c.len_utf8();
+            } else if let Some(&(_, '[')) = chars.peek() {
                 chars.next();
                 let params_start = i + 2;
                 end = line.len();
@@ -142,5 +177,16 @@ mod tests {
         assert_eq!(a.line("still green"), "<span class=\"fg2 bold\">still green</span>");
         assert_eq!(a.line("\x1b[mplain\x1b[2K"), "plain");
         assert_eq!(a.line("cut \x1b[3"), "cut ");
+    }
+
+    #[test]
+    fn title_setting_and_other_escapes_are_stripped() {
+        let mut a = AnsiToHtml::new();
+        assert_eq!(a.line("\x1b]0;my title\x07build started"), "build started");
+        assert_eq!(a.line("a\x1b]2;t\x1b\\b"), "ab");
+        assert_eq!(a.line("x\x1b]8;;http://evil\x07link\x1b]8;;\x07y"), "xlinky");
+        assert_eq!(a.line("\x1b7saved\x1b8"), "saved");
+        assert_eq!(a.line("unterminated \x1b]0;title"), "unterminated ");
+        assert_eq!(a.line("10%\r50%\r100% done\r"), "100% done");
     }
 }

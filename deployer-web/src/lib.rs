@@ -18,8 +18,9 @@
 //! | `GET /api/…` | viewer | JSON: `pipeline`, `stats`, `jobs`, `job/<id>/log`, `history` |
 //!
 //! It shows the engine's graph, never plugin internals. Plugins add routes
-//! (webhooks, login) with [`Site::mount`]. Every POST needs the page's CSRF
-//! token and a role; see [`access`] for who gets which role.
+//! (webhooks, login) with [`Site::mount`]. Who may do what, and how the site
+//! defends itself (host names, origins, CSRF tokens, proxies, limits), is in
+//! [`access`], [`Limits`] and the repository's `SECURITY.md`.
 //!
 //! ```no_run
 //! use deployer_core::{Config, Context, Current, Engine};
@@ -28,7 +29,7 @@
 //! # async fn demo() -> Result<(), Box<dyn std::error::Error>> {
 //! let ctx = Context::open(std::path::Path::new("/var/lib/deployer"), Config::new(None))?;
 //! let engine = Engine::new(Current::constant_labelled("hello", ()));
-//! let site = Site::new("deployer", engine.handle(), ctx);
+//! let site = Site::new("deployer", engine.handle(), ctx).allow_host("deployer.example.org");
 //! let listener = tokio::net::TcpListener::bind("127.0.0.1:8080").await?;
 //! tokio::select! {
 //!     _ = engine.run() => {}
@@ -41,13 +42,16 @@
 pub mod access;
 mod api;
 pub mod html;
+mod limits;
+mod metrics;
 mod pages;
 pub mod svg;
 
-use std::net::SocketAddr;
+use std::net::{IpAddr, SocketAddr};
 use std::sync::Arc;
+use std::time::Instant;
 
-use axum::extract::{ConnectInfo, FromRequestParts, Request};
+use axum::extract::{ConnectInfo, DefaultBodyLimit, FromRequestParts, MatchedPath, Request, State as AxState};
 use axum::http::request::Parts;
 use axum::http::{header, HeaderValue, StatusCode};
 use axum::middleware::{self, Next};
@@ -56,7 +60,8 @@ use axum::routing::{get, post};
 use axum::Router;
 use deployer_core::{Context, EngineHandle};
 
-pub use access::{Login, Role, User};
+pub use access::{Login, Requester, Role, User};
+pub use limits::Limits;
 
 /// Shared by every handler.
 pub(crate) struct AppState {
@@ -65,6 +70,8 @@ pub(crate) struct AppState {
     pub(crate) ctx: Context,
     pub(crate) access: access::Access,
     pub(crate) nav: Vec<(String, String)>,
+    pub(crate) streams: limits::StreamGate,
+    pub(crate) metrics: metrics::Http,
 }
 
 pub(crate) type State = Arc<AppState>;
@@ -78,13 +85,30 @@ pub struct Site {
     login: Option<Box<dyn Login>>,
     nav: Vec<(String, String)>,
     mounted: Vec<Router>,
+    hosts: Vec<String>,
+    proxy: Option<IpAddr>,
+    limits: Limits,
+    listen: Option<SocketAddr>,
 }
 
 impl Site {
     /// A site called `name` (shown in the header) for `engine`, reading jobs
-    /// and history from `ctx`. Without a login, only loopback clients act.
+    /// and history from `ctx`. Without a login, only the machine itself acts.
+    /// It answers to `localhost`, `127.0.0.1`, `[::1]` and the address it
+    /// listens on; add public names with [`Site::allow_host`].
     pub fn new(name: &str, engine: EngineHandle, ctx: Context) -> Site {
-        Site { name: name.to_owned(), engine, ctx, login: None, nav: Vec::new(), mounted: Vec::new() }
+        Site {
+            name: name.to_owned(),
+            engine,
+            ctx,
+            login: None,
+            nav: Vec::new(),
+            mounted: Vec::new(),
+            hosts: Vec::new(),
+            proxy: None,
+            limits: Limits::default(),
+            listen: None,
+        }
     }
 
     /// Uses `login` to find users and their roles; anonymous users can then
@@ -94,9 +118,31 @@ impl Site {
         self
     }
 
+    /// Also answers to the host name `name` (`deployer.example.org`, as
+    /// clients write it in their `Host` header, without a port).
+    pub fn allow_host(mut self, name: &str) -> Site {
+        self.hosts.push(access::host_name(name));
+        self
+    }
+
+    /// Believes the client address that the reverse proxy at `proxy` puts in
+    /// `X-Forwarded-For` (its last entry), `Forwarded` or `X-Real-IP`.
+    /// Without this, any request carrying those headers is remote.
+    pub fn trust_proxy(mut self, proxy: IpAddr) -> Site {
+        self.proxy = Some(proxy);
+        self
+    }
+
+    /// Replaces the default [`Limits`].
+    pub fn limits(mut self, limits: Limits) -> Site {
+        self.limits = limits;
+        self
+    }
+
     /// Adds `routes` (a plugin's webhook endpoint, an OAuth callback). They
-    /// get the same security headers as the rest of the site; they check
-    /// their own authentication (a webhook's signature, say).
+    /// get the host check and security headers of the rest of the site; they
+    /// check their own authentication (a webhook's signature, say) and set
+    /// their own body limits.
     pub fn mount(mut self, routes: Router) -> Site {
         self.mounted.push(routes);
         self
@@ -110,14 +156,19 @@ impl Site {
 
     /// The site's routes. Serve them with
     /// `into_make_service_with_connect_info::<SocketAddr>()` so that the
-    /// loopback rule can see client addresses (without it, nobody may act).
+    /// loopback rule can see client addresses (without it, nobody may act),
+    /// or use [`Site::serve`], which also applies the connection [`Limits`].
     pub fn router(self) -> Router {
+        let mut hosts = access::default_hosts(self.listen);
+        hosts.extend(self.hosts);
         let state: State = Arc::new(AppState {
             name: self.name,
             engine: self.engine,
             ctx: self.ctx,
-            access: access::Access::new(self.login),
+            access: access::Access::new(self.login, hosts, self.proxy),
             nav: self.nav,
+            streams: limits::StreamGate::new(self.limits),
+            metrics: metrics::Http::default(),
         });
         let mut router = Router::new()
             .route("/", get(pages::index))
@@ -129,26 +180,62 @@ impl Site {
             .route("/job/{date}/{file}/{action}", post(pages::job_action))
             .route("/query", get(pages::query).post(pages::rebuild_selected))
             .route("/set/confirm", post(pages::set_confirm))
-            .route("/metrics", get(api::metrics))
+            .route("/metrics", get(metrics::metrics))
             .route("/api/pipeline", get(api::pipeline))
             .route("/api/stats", get(api::stats))
             .route("/api/jobs", get(api::jobs))
             .route("/api/job/{date}/{file}/log", get(api::log))
             .route("/api/history", get(api::history))
+            .route_layer(middleware::from_fn_with_state(state.clone(), timing))
+            .fallback(pages::not_found)
+            .layer(DefaultBodyLimit::max(self.limits.form_bytes))
+            .layer(middleware::from_fn_with_state(state.clone(), guard))
             .route("/static/style.css", get(|| static_file("text/css", include_str!("../static/style.css"))))
             .route("/static/log.js", get(|| static_file("text/javascript", include_str!("../static/log.js"))))
-            .fallback(pages::not_found)
-            .with_state(state);
+            .with_state(state.clone());
         for routes in self.mounted {
             router = router.merge(routes);
         }
-        router.layer(middleware::from_fn(security_headers))
+        router.layer(middleware::from_fn_with_state(state, host_check)).layer(middleware::from_fn(security_headers))
     }
 
-    /// Serves the site on `listener` until the task is dropped.
-    pub async fn serve(self, listener: tokio::net::TcpListener) -> std::io::Result<()> {
-        let app = self.router().into_make_service_with_connect_info::<SocketAddr>();
-        axum::serve(listener, app).await
+    /// Serves the site on `listener` until the future is dropped: it also
+    /// answers to the listening address, and applies the connection limits
+    /// (a client must send its headers in time, and one that stops reading a
+    /// response is dropped).
+    pub async fn serve(mut self, listener: tokio::net::TcpListener) -> std::io::Result<()> {
+        use hyper_util::rt::{TokioIo, TokioTimer};
+        use tower::ServiceExt;
+        self.listen = Some(listener.local_addr()?);
+        let limits = self.limits;
+        let router = self.router();
+        loop {
+            let (stream, peer) = match listener.accept().await {
+                Ok(conn) => conn,
+                Err(e) => {
+                    // Out of file descriptors, say: wait a little, go on.
+                    tracing::warn!("accepting a connection: {e}");
+                    tokio::time::sleep(std::time::Duration::from_millis(100)).await;
+                    continue;
+                }
+            };
+            let router = router.clone();
+            tokio::spawn(async move {
+                let io = TokioIo::new(limits::WriteStall::new(stream, limits.write_stall));
+                let service = hyper::service::service_fn(move |req: Request<hyper::body::Incoming>| {
+                    let mut req = req.map(axum::body::Body::new);
+                    req.extensions_mut().insert(ConnectInfo(peer));
+                    router.clone().oneshot(req)
+                });
+                let connection = hyper::server::conn::http1::Builder::new()
+                    .timer(TokioTimer::new())
+                    .header_read_timeout(limits.header_read)
+                    .serve_connection(io, service);
+                if let Err(e) = connection.await {
+                    tracing::debug!(%peer, "connection ended: {e}");
+                }
+            });
+        }
     }
 }
 
@@ -156,8 +243,90 @@ async fn static_file(content_type: &'static str, body: &'static str) -> Response
     ([(header::CONTENT_TYPE, content_type), (header::CACHE_CONTROL, "max-age=86400")], body).into_response()
 }
 
-/// No framing, a strict content policy (no inline scripts), no sniffing.
+/// Refuses requests naming a host the site does not answer to (DNS
+/// rebinding: a page on evil.example resolving to 127.0.0.1).
+async fn host_check(AxState(state): AxState<State>, request: Request, next: Next) -> Response {
+    match state.access.check_host(request.headers()) {
+        Ok(()) => next.run(request).await,
+        Err(access::Refusal::Host(msg) | access::Refusal::CrossSite(msg)) => {
+            Failure::new(StatusCode::MISDIRECTED_REQUEST, msg).into_response()
+        }
+    }
+}
+
+/// For the site's own routes: a well-formed query string; the requester
+/// (role, CSRF token); and for a request that changes state, a same-site
+/// origin and a role above viewer, checked before the body is read.
+async fn guard(AxState(state): AxState<State>, mut request: Request, next: Next) -> Response {
+    if let Some(q) = request.uri().query() {
+        if let Err(e) = check_percent_encoding(q) {
+            return Failure::new(StatusCode::BAD_REQUEST, e).into_response();
+        }
+    }
+    let peer = request.extensions().get::<ConnectInfo<SocketAddr>>().map(|c| c.0);
+    let who = state.access.requester(request.headers(), peer);
+    if let Err(refusal) = state.access.check_origin(request.method(), request.headers()) {
+        let (access::Refusal::CrossSite(msg) | access::Refusal::Host(msg)) = refusal;
+        return pages::error_page(&state, &who, StatusCode::FORBIDDEN, &format!("Refused: {msg}."));
+    }
+    let safe = matches!(*request.method(), axum::http::Method::GET | axum::http::Method::HEAD);
+    if !safe && !who.can(Role::Builder) {
+        return pages::forbidden(&state, &who, Role::Builder);
+    }
+    let cookie = who.new_cookie.clone();
+    request.extensions_mut().insert(who);
+    let mut response = next.run(request).await;
+    if let Some(value) = cookie {
+        if let Ok(v) = HeaderValue::from_str(&access::csrf_cookie(&value)) {
+            response.headers_mut().append(header::SET_COOKIE, v);
+        }
+    }
+    response
+}
+
+/// Times each request, by route, for `/metrics`.
+async fn timing(AxState(state): AxState<State>, request: Request, next: Next) -> Response {
+    let route = request.extensions().get::<MatchedPath>().map_or("other", |p| p.as_str()).to_owned();
+    let start = Instant::now();
+    let response = next.run(request).await;
+    state.metrics.observe(&route, response.status(), start.elapsed());
+    response
+}
+
+/// What to say about input that was refused: at most 120 characters of
+/// the parser's message, so that a link cannot put a paragraph of its own
+/// words on an error page.
+pub(crate) fn refused_input(message: &str) -> String {
+    let mut short: String = message.chars().take(120).collect();
+    if short.len() < message.len() {
+        short.push('…');
+    }
+    short
+}
+
+/// Checks that every `%` in `query` starts a two-digit hex escape.
+fn check_percent_encoding(query: &str) -> Result<(), String> {
+    let b = query.as_bytes();
+    let mut i = 0;
+    while i < b.len() {
+        if b[i] == b'%' {
+            let ok = b.len() > i + 2 && b[i + 1].is_ascii_hexdigit() && b[i + 2].is_ascii_hexdigit();
+            if !ok {
+                let bad: String = query[i..].chars().take(3).collect();
+                return Err(format!("malformed percent-encoding {bad:?} in the query string"));
+            }
+            i += 3;
+        } else {
+            i += 1;
+        }
+    }
+    Ok(())
+}
+
+/// No framing, a strict content policy (no inline scripts), no sniffing,
+/// and no caching of anything but the static files.
 async fn security_headers(request: Request, next: Next) -> Response {
+    let is_static = request.uri().path().starts_with("/static/");
     let mut response = next.run(request).await;
     let h = response.headers_mut();
     h.insert("x-frame-options", HeaderValue::from_static("DENY"));
@@ -170,7 +339,26 @@ async fn security_headers(request: Request, next: Next) -> Response {
     );
     h.insert("x-content-type-options", HeaderValue::from_static("nosniff"));
     h.insert("referrer-policy", HeaderValue::from_static("same-origin"));
+    if !is_static {
+        h.insert(header::CACHE_CONTROL, HeaderValue::from_static("no-store"));
+    }
     response
+}
+
+/// The requester of a request that went through the site's guard.
+pub(crate) struct Who(pub(crate) Requester);
+
+impl<S: Send + Sync> FromRequestParts<S> for Who {
+    type Rejection = Failure;
+
+    async fn from_request_parts(parts: &mut Parts, _: &S) -> Result<Who, Failure> {
+        parts
+            .extensions
+            .get::<Requester>()
+            .cloned()
+            .map(Who)
+            .ok_or_else(|| Failure::new(StatusCode::INTERNAL_SERVER_ERROR, "the request was not checked"))
+    }
 }
 
 /// The client's address, when the server was started with connect info.
@@ -184,7 +372,7 @@ impl<S: Send + Sync> FromRequestParts<S> for Peer {
     }
 }
 
-/// An error page (or plain text for the API) with a status.
+/// An error as plain text (for the API), with a status.
 pub(crate) struct Failure {
     pub(crate) status: StatusCode,
     pub(crate) message: String,
@@ -199,5 +387,17 @@ impl Failure {
 impl IntoResponse for Failure {
     fn into_response(self) -> Response {
         (self.status, [(header::CONTENT_TYPE, "text/plain; charset=utf-8")], self.message + "\n").into_response()
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn percent_escapes_are_checked() {
+        assert!(check_percent_encoding("a=%20b&c=%2F").is_ok());
+        assert!(check_percent_encoding("offset=%zz").unwrap_err().contains("%zz"));
+        assert!(check_percent_encoding("a=%2").is_err());
     }
 }

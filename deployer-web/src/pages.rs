@@ -3,17 +3,18 @@
 use std::time::Duration;
 
 use askama::Template;
-use axum::body::Bytes;
-use axum::extract::{Path, RawQuery, State as AxState};
-use axum::http::{header, HeaderMap, StatusCode};
+use axum::extract::rejection::{FormRejection, QueryRejection};
+use axum::extract::{Form, Path, Query, State as AxState};
+use axum::http::{HeaderMap, StatusCode};
 use axum::response::{Html, IntoResponse, Redirect, Response};
 use deployer_core::analysis::Expanded;
 use deployer_core::job::JobStatus;
 use deployer_core::store::{Cursor, HistoryQuery, JobRecord};
 use deployer_core::{Level, NodeState, Stats};
+use serde::Deserialize;
 
-use crate::access::{same_token, Requester, Role};
-use crate::{Peer, State};
+use crate::access::{Requester, Role};
+use crate::{State, Who};
 
 /// The header's contents.
 pub(crate) struct Nav {
@@ -63,59 +64,38 @@ pub(crate) fn error_page(state: &State, who: &Requester, status: StatusCode, mes
     response
 }
 
-/// Splits `a=1&b=2` (a query string or a form body) into decoded pairs.
-pub(crate) fn parse_pairs(s: &str) -> Result<Vec<(String, String)>, String> {
-    fn decode(s: &str) -> Result<String, String> {
-        let bytes = s.as_bytes();
-        let mut out = Vec::with_capacity(bytes.len());
-        let mut i = 0;
-        while i < bytes.len() {
-            match bytes[i] {
-                b'+' => out.push(b' '),
-                b'%' => {
-                    let hex = s.get(i + 1..i + 3).ok_or_else(|| format!("bad percent-encoding in {s:?}"))?;
-                    out.push(u8::from_str_radix(hex, 16).map_err(|_| format!("bad percent-encoding in {s:?}"))?);
-                    i += 2;
-                }
-                b => out.push(b),
-            }
-            i += 1;
-        }
-        String::from_utf8(out).map_err(|_| format!("{s:?} is not UTF-8"))
-    }
-    s.split('&')
-        .filter(|p| !p.is_empty())
-        .map(|p| {
-            let (k, v) = p.split_once('=').unwrap_or((p, ""));
-            Ok((decode(k)?, decode(v)?))
-        })
-        .collect()
+/// A 403 page for a request that needs `role`.
+pub(crate) fn forbidden(state: &State, who: &Requester, role: Role) -> Response {
+    let msg = if state.access.has_login() {
+        format!("This needs the {role:?} role.")
+    } else {
+        format!("This needs the {role:?} role: without a login, only the deployer's own machine may act.")
+    };
+    error_page(state, who, StatusCode::FORBIDDEN, &msg)
 }
 
-fn who(state: &State, headers: &HeaderMap, info: Peer) -> Requester {
-    state.access.requester(headers, info.0)
-}
+/// A form's fields, or the reason it could not be read.
+type Fields = Result<Form<Vec<(String, String)>>, FormRejection>;
 
-/// Checks a POST: the role, then the CSRF token. Returns the form's fields.
+/// Checks a POST: the role it needs, then its CSRF token. Returns the
+/// form's fields. (The guard already refused cross-site requests and
+/// viewers, before the body was read.)
 fn check_post(
     state: &State,
+    headers: &HeaderMap,
     who: &Requester,
-    body: &Bytes,
+    fields: Fields,
     role: Role,
 ) -> Result<Vec<(String, String)>, Box<Response>> {
-    let forbid = |msg: &str| Box::new(error_page(state, who, StatusCode::FORBIDDEN, msg));
     if !who.can(role) {
-        let msg = match state.access.login_url() {
-            Some(_) => format!("This needs the {role:?} role."),
-            None => format!("This needs the {role:?} role: without a login, only the deployer's own machine may act."),
-        };
-        return Err(forbid(&msg));
+        return Err(Box::new(forbidden(state, who, role)));
     }
-    let text = std::str::from_utf8(body).map_err(|_| forbid("The form is not UTF-8."))?;
-    let fields = parse_pairs(text).map_err(|e| Box::new(error_page(state, who, StatusCode::BAD_REQUEST, &e)))?;
-    let token = fields.iter().find(|(k, _)| k == "csrf").map(|(_, v)| v.as_str()).unwrap_or("");
-    if !same_token(token, &who.csrf) {
-        return Err(forbid("The form's CSRF token is missing or wrong; reload the page and try again."));
+    let Form(fields) =
+        fields.map_err(|e| Box::new(error_page(state, who, e.status(), &crate::refused_input(&e.body_text()))))?;
+    let token = fields.iter().find(|(k, _)| k == "csrf").map_or("", |(_, v)| v.as_str());
+    if !state.access.check_token(headers, who, token) {
+        let msg = "The form's CSRF token is missing or wrong; reload the page and try again.";
+        return Err(Box::new(error_page(state, who, StatusCode::FORBIDDEN, msg)));
     }
     Ok(fields)
 }
@@ -150,20 +130,13 @@ fn result_text(state: &State) -> (String, &'static str) {
     }
 }
 
-pub(crate) fn expanded_from(query: Option<&str>) -> Result<Vec<(String, String)>, String> {
-    parse_pairs(query.unwrap_or(""))
-}
+/// The collapse groups to expand, from a query string of `key=value` pairs.
+pub(crate) type Expansions = Result<Query<Vec<(String, String)>>, QueryRejection>;
 
-pub(crate) async fn index(
-    AxState(state): AxState<State>,
-    headers: HeaderMap,
-    info: Peer,
-    RawQuery(query): RawQuery,
-) -> Response {
-    let who = who(&state, &headers, info);
-    let expanded = match expanded_from(query.as_deref()) {
-        Ok(e) => e,
-        Err(e) => return error_page(&state, &who, StatusCode::BAD_REQUEST, &e),
+pub(crate) async fn index(AxState(state): AxState<State>, Who(who): Who, expanded: Expansions) -> Response {
+    let expanded = match expanded {
+        Ok(Query(e)) => e,
+        Err(e) => return error_page(&state, &who, StatusCode::BAD_REQUEST, &crate::refused_input(&e.body_text())),
     };
     let diagram = state.engine.diagram(&Expanded::from_pairs(expanded.clone()));
     let svg = crate::svg::render(&diagram, &expanded);
@@ -179,29 +152,30 @@ pub(crate) async fn index(
         svg,
         expanded,
         can_admin: who.can(Role::Admin),
-        csrf: who.csrf.clone(),
+        csrf: who.token(),
         levels,
         confirm: confirm.map_or("none".into(), |l| format!("{} and above", l.as_str())),
     })
 }
 
-pub(crate) async fn pipeline_svg(AxState(state): AxState<State>, RawQuery(query): RawQuery) -> Response {
-    let expanded = match expanded_from(query.as_deref()) {
-        Ok(e) => e,
-        Err(e) => return crate::Failure::new(StatusCode::BAD_REQUEST, e).into_response(),
+pub(crate) async fn pipeline_svg(AxState(state): AxState<State>, expanded: Expansions) -> Response {
+    let expanded = match expanded {
+        Ok(Query(e)) => e,
+        Err(e) => {
+            return crate::Failure::new(StatusCode::BAD_REQUEST, crate::refused_input(&e.body_text())).into_response()
+        }
     };
     let diagram = state.engine.diagram(&Expanded::from_pairs(expanded.clone()));
-    ([(header::CONTENT_TYPE, "image/svg+xml")], crate::svg::render(&diagram, &expanded)).into_response()
+    ([(axum::http::header::CONTENT_TYPE, "image/svg+xml")], crate::svg::render(&diagram, &expanded)).into_response()
 }
 
 pub(crate) async fn set_confirm(
     AxState(state): AxState<State>,
     headers: HeaderMap,
-    info: Peer,
-    body: Bytes,
+    Who(who): Who,
+    fields: Fields,
 ) -> Response {
-    let who = who(&state, &headers, info);
-    let fields = match check_post(&state, &who, &body, Role::Admin) {
+    let fields = match check_post(&state, &headers, &who, fields, Role::Admin) {
         Ok(f) => f,
         Err(r) => return *r,
     };
@@ -244,8 +218,7 @@ pub(crate) fn status_text(status: JobStatus, cancelled: bool) -> (&'static str, 
     }
 }
 
-pub(crate) async fn jobs(AxState(state): AxState<State>, headers: HeaderMap, info: Peer) -> Response {
-    let who = who(&state, &headers, info);
+pub(crate) async fn jobs(AxState(state): AxState<State>, Who(who): Who) -> Response {
     let jobs = state
         .ctx
         .jobs
@@ -317,23 +290,39 @@ pub(crate) fn job_id(state: &State, date: &str, file: &str) -> Result<String, (S
     Ok(id)
 }
 
+/// What a job page can say after an action, by code: fixed texts, so a
+/// link cannot put words on the page.
+fn notice_text(code: &str) -> Option<&'static str> {
+    match code {
+        "rebuild-requested" => Some("Rebuild requested."),
+        _ => None,
+    }
+}
+
+#[derive(Deserialize)]
+#[serde(deny_unknown_fields)]
+pub(crate) struct JobParams {
+    notice: Option<String>,
+}
+
 pub(crate) async fn job(
     AxState(state): AxState<State>,
-    headers: HeaderMap,
-    info: Peer,
+    Who(who): Who,
     Path((date, file)): Path<(String, String)>,
-    RawQuery(query): RawQuery,
+    params: Result<Query<JobParams>, QueryRejection>,
 ) -> Response {
-    let who = who(&state, &headers, info);
     let id = match job_id(&state, &date, &file) {
         Ok(id) => id,
         Err((status, msg)) => return error_page(&state, &who, status, &msg),
     };
-    let notice = parse_pairs(query.as_deref().unwrap_or(""))
-        .unwrap_or_default()
-        .into_iter()
-        .find(|(k, _)| k == "notice")
-        .map(|(_, v)| v);
+    let notice = match params {
+        Ok(Query(JobParams { notice: None })) => None,
+        Ok(Query(JobParams { notice: Some(code) })) => match notice_text(&code) {
+            Some(text) => Some(text.to_owned()),
+            None => return error_page(&state, &who, StatusCode::BAD_REQUEST, "Unknown notice code."),
+        },
+        Err(e) => return error_page(&state, &who, StatusCode::BAD_REQUEST, &crate::refused_input(&e.body_text())),
+    };
     let active = state.ctx.jobs.get(&id);
     let record = state.ctx.store.by_job(&id).await.ok().flatten();
     let (state_text, state_class) = match (&active, &record) {
@@ -381,13 +370,11 @@ pub(crate) async fn job(
             && active.as_ref().is_some_and(|j| j.cancelled_reason().is_none()),
         can_start: who.can(Role::Admin)
             && active.as_ref().is_some_and(|j| j.status() == JobStatus::WaitingForConfirmation),
-        csrf: who.csrf.clone(),
+        csrf: who.token(),
         finished: !running,
         id,
     };
-    let mut response = render(page);
-    response.headers_mut().insert(header::CACHE_CONTROL, header::HeaderValue::from_static("no-store"));
-    response
+    render(page)
 }
 
 /// `POST /job/<id>/<action>`: `rebuild` and `cancel` (builder), `start`
@@ -396,17 +383,16 @@ pub(crate) async fn job(
 pub(crate) async fn job_action(
     AxState(state): AxState<State>,
     headers: HeaderMap,
-    info: Peer,
+    Who(who): Who,
     Path((date, file, action)): Path<(String, String, String)>,
-    body: Bytes,
+    fields: Fields,
 ) -> Response {
-    let who = who(&state, &headers, info);
     let role = match action.as_str() {
         "rebuild" | "cancel" => Role::Builder,
         "start" => Role::Admin,
         _ => return error_page(&state, &who, StatusCode::NOT_FOUND, "There is no such job action."),
     };
-    if let Err(r) = check_post(&state, &who, &body, role) {
+    if let Err(r) = check_post(&state, &headers, &who, fields, role) {
         return *r;
     }
     let id = match job_id(&state, &date, &file) {
@@ -437,7 +423,7 @@ async fn rebuild(state: &State, id: &str) -> Result<String, String> {
         }
         tokio::time::sleep(Duration::from_millis(20)).await;
     }
-    Ok(format!("/job/{id}?notice=Rebuild+requested"))
+    Ok(format!("/job/{id}?notice=rebuild-requested"))
 }
 
 fn start(state: &State, id: &str) -> Result<String, String> {
@@ -449,7 +435,24 @@ fn start(state: &State, id: &str) -> Result<String, String> {
     Ok(format!("/job/{id}"))
 }
 
-/// The history filters, as given in the query string.
+/// The history filters, as given in the query string (empty fields, as
+/// forms send them, mean "any").
+#[derive(Debug, Default, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub(crate) struct FilterParams {
+    op: Option<String>,
+    result: Option<String>,
+    rebuild: Option<String>,
+    date: Option<String>,
+    prefix: Option<String>,
+    after: Option<String>,
+    limit: Option<String>,
+    /// After "Rebuild selected": how many were started, and not.
+    rebuilt: Option<usize>,
+    not_rebuilt: Option<usize>,
+}
+
+/// The history filters, checked.
 #[derive(Debug, Default)]
 pub(crate) struct Filter {
     pub(crate) op: Option<String>,
@@ -458,46 +461,53 @@ pub(crate) struct Filter {
     pub(crate) date: Option<String>,
     pub(crate) prefix: Option<String>,
     pub(crate) after: Option<Cursor>,
+    pub(crate) limit: Option<usize>,
+}
+
+fn non_empty(v: Option<String>) -> Option<String> {
+    v.filter(|v| !v.is_empty())
 }
 
 impl Filter {
-    /// Reads and checks the filters; the error names the bad parameter.
-    pub(crate) fn parse(query: Option<&str>) -> Result<Filter, String> {
-        let mut f = Filter::default();
-        for (k, v) in parse_pairs(query.unwrap_or(""))? {
-            if v.is_empty() {
-                continue;
+    /// Checks the filters; the error names the bad parameter.
+    pub(crate) fn parse(p: FilterParams) -> Result<Filter, String> {
+        let mut f = Filter { op: non_empty(p.op), prefix: non_empty(p.prefix), ..Filter::default() };
+        if let Some(v) = non_empty(p.result) {
+            match v.as_str() {
+                "passed" | "failed" => f.result = Some(v),
+                _ => return Err(format!("result must be \"passed\" or \"failed\", not {v:?}")),
             }
-            match k.as_str() {
-                "op" => f.op = Some(v),
-                "result" => match v.as_str() {
-                    "passed" | "failed" => f.result = Some(v),
-                    _ => return Err(format!("result must be \"passed\" or \"failed\", not {v:?}")),
-                },
-                "rebuild" => {
-                    f.rebuild = Some(v.parse().map_err(|_| format!("rebuild must be true or false, not {v:?}"))?)
-                }
-                "date" => {
-                    chrono::NaiveDate::parse_from_str(&v, "%Y-%m-%d")
-                        .map_err(|_| format!("date must look like 2026-11-24, not {v:?}"))?;
-                    f.date = Some(v)
-                }
-                "prefix" => f.prefix = Some(v),
-                "after" => {
-                    let bad = || format!("after must be <finished>.<row> as given by the Older link, not {v:?}");
-                    let (a, b) = v.split_once('.').ok_or_else(bad)?;
-                    f.after =
-                        Some(Cursor { finished: a.parse().map_err(|_| bad())?, row: b.parse().map_err(|_| bad())? });
-                }
-                "limit" => {}
-                other => return Err(format!("unknown parameter {other:?}")),
+        }
+        if let Some(v) = non_empty(p.rebuild) {
+            f.rebuild = Some(v.parse().map_err(|_| format!("rebuild must be true or false, not {v:?}"))?);
+        }
+        if let Some(v) = non_empty(p.date) {
+            let shaped = v.len() == 10
+                && v.bytes().enumerate().all(|(i, b)| if i == 4 || i == 7 { b == b'-' } else { b.is_ascii_digit() });
+            if !shaped || chrono::NaiveDate::parse_from_str(&v, "%Y-%m-%d").is_err() {
+                return Err(format!("date must look like 2026-11-24, not {v:?}"));
             }
+            f.date = Some(v);
+        }
+        if let Some(v) = non_empty(p.after) {
+            let bad = || format!("after must be <finished>.<row> as given by the Older link, not {v:?}");
+            let (a, b) = v.split_once('.').ok_or_else(bad)?;
+            f.after = Some(Cursor { finished: a.parse().map_err(|_| bad())?, row: b.parse().map_err(|_| bad())? });
+        }
+        if let Some(v) = non_empty(p.limit) {
+            let n: usize = v.parse().map_err(|_| format!("limit must be a number from 1 to 1000, not {v:?}"))?;
+            if !(1..=1000).contains(&n) {
+                return Err(format!("limit must be a number from 1 to 1000, not {n}"));
+            }
+            f.limit = Some(n);
         }
         Ok(f)
     }
 
-    /// The store query; a date is a job-id prefix (job ids begin with it).
+    /// The store query, `limit` rows unless the filter says; a date is a
+    /// job-id prefix (job ids begin with it).
     pub(crate) fn query(&self, limit: usize) -> HistoryQuery {
+        let limit = self.limit.unwrap_or(limit);
         let prefix = match (&self.date, &self.prefix) {
             (Some(d), Some(p)) if p.starts_with(d.as_str()) => Some(p.clone()),
             (Some(d), Some(_)) => Some(format!("{d}/\u{0}")), // contradictory: nothing matches
@@ -532,6 +542,7 @@ impl Filter {
 
 struct QueryRow {
     job_id: String,
+    description: String,
     build: i64,
     result: String,
     result_class: &'static str,
@@ -572,6 +583,7 @@ async fn query_page(state: &State, who: &Requester, filter: Filter, notice: Opti
             };
             QueryRow {
                 job_id: r.job_id.clone(),
+                description: r.description.clone(),
                 build: r.build,
                 result,
                 result_class,
@@ -590,52 +602,63 @@ async fn query_page(state: &State, who: &Requester, filter: Filter, notice: Opti
         rows,
         next_url,
         can_rebuild: who.can(Role::Builder),
-        csrf: who.csrf.clone(),
+        csrf: who.token(),
         notice,
     })
 }
 
 pub(crate) async fn query(
     AxState(state): AxState<State>,
-    headers: HeaderMap,
-    info: Peer,
-    RawQuery(raw): RawQuery,
+    Who(who): Who,
+    params: Result<Query<FilterParams>, QueryRejection>,
 ) -> Response {
-    let who = who(&state, &headers, info);
-    match Filter::parse(raw.as_deref()) {
-        Ok(filter) => query_page(&state, &who, filter, None).await,
+    let params = match params {
+        Ok(Query(p)) => p,
+        Err(e) => return error_page(&state, &who, StatusCode::BAD_REQUEST, &crate::refused_input(&e.body_text())),
+    };
+    let notice = match (params.rebuilt, params.not_rebuilt) {
+        (None, None) => None,
+        (started, failed) => {
+            let mut text = format!("Rebuilding {} job(s).", started.unwrap_or(0));
+            if let Some(n) = failed.filter(|n| *n > 0) {
+                text.push_str(&format!(" {n} could not be rebuilt (still running, or no longer in the pipeline)."));
+            }
+            Some(text)
+        }
+    };
+    match Filter::parse(params) {
+        Ok(filter) => query_page(&state, &who, filter, notice).await,
         Err(e) => error_page(&state, &who, StatusCode::BAD_REQUEST, &e),
     }
 }
 
+/// `POST /query`: rebuilds the selected jobs, then redirects (303) to the
+/// history, so that reloading the page does not rebuild again.
 pub(crate) async fn rebuild_selected(
     AxState(state): AxState<State>,
     headers: HeaderMap,
-    info: Peer,
-    body: Bytes,
+    Who(who): Who,
+    fields: Fields,
 ) -> Response {
-    let who = who(&state, &headers, info);
-    let fields = match check_post(&state, &who, &body, Role::Builder) {
+    let fields = match check_post(&state, &headers, &who, fields, Role::Builder) {
         Ok(f) => f,
         Err(r) => return *r,
     };
-    let (mut started, mut failed) = (0, Vec::new());
+    let (mut started, mut failed) = (0, 0);
     for (_, id) in fields.iter().filter(|(k, _)| k == "job") {
         match state.ctx.jobs.actions(id).map(|a| a.rebuild()) {
             Some(Ok(())) => started += 1,
-            Some(Err(e)) => failed.push(format!("{id}: {}", e.message())),
-            None => failed.push(format!("{id}: no longer in the pipeline")),
+            Some(Err(e)) => {
+                tracing::info!(job = id, "not rebuilt: {}", e.message());
+                failed += 1;
+            }
+            None => failed += 1,
         }
     }
-    let mut notice = format!("Rebuilding {started} job(s).");
-    if !failed.is_empty() {
-        notice.push_str(&format!(" Not rebuilt: {}.", failed.join("; ")));
-    }
-    query_page(&state, &who, Filter::default(), Some(notice)).await
+    Redirect::to(&format!("/query?rebuilt={started}&not_rebuilt={failed}")).into_response()
 }
 
-pub(crate) async fn not_found(AxState(state): AxState<State>, headers: HeaderMap, info: Peer) -> Response {
-    let who = who(&state, &headers, info);
+pub(crate) async fn not_found(AxState(state): AxState<State>, Who(who): Who) -> Response {
     error_page(&state, &who, StatusCode::NOT_FOUND, "There is no such page.")
 }
 
@@ -643,13 +666,20 @@ pub(crate) async fn not_found(AxState(state): AxState<State>, headers: HeaderMap
 mod tests {
     use super::*;
 
+    fn params(q: &str) -> FilterParams {
+        serde_urlencoded::from_str(q).unwrap()
+    }
+
     #[test]
     fn filters_name_the_bad_parameter() {
-        assert!(Filter::parse(Some("result=maybe")).unwrap_err().contains("result must be"));
-        assert!(Filter::parse(Some("date=24/11/2026")).unwrap_err().contains("date must look like"));
-        assert!(Filter::parse(Some("after=x")).unwrap_err().contains("after must be"));
-        assert!(Filter::parse(Some("colour=red")).unwrap_err().contains("unknown parameter \"colour\""));
-        let f = Filter::parse(Some("op=docker-build&result=failed&date=2026-11-24&after=5.7")).unwrap();
+        assert!(Filter::parse(params("result=maybe")).unwrap_err().contains("result must be"));
+        for bad in ["24/11/2026", "2026-1-1", "2026-13-01"] {
+            let e = Filter::parse(params(&format!("date={bad}"))).unwrap_err();
+            assert!(e.contains("date must look like"), "{bad}: {e}");
+        }
+        assert!(Filter::parse(params("after=x")).unwrap_err().contains("after must be"));
+        assert!(serde_urlencoded::from_str::<FilterParams>("colour=red").unwrap_err().to_string().contains("colour"));
+        let f = Filter::parse(params("op=docker-build&result=failed&date=2026-11-24&after=5.7")).unwrap();
         let q = f.query(50);
         assert_eq!(q.op.as_deref(), Some("docker-build"));
         assert_eq!(q.ok, Some(false));
@@ -659,14 +689,5 @@ mod tests {
             f.url_after(Cursor { finished: 1, row: 2 }),
             "/query?op=docker-build&result=failed&date=2026-11-24&after=1.2"
         );
-    }
-
-    #[test]
-    fn pairs_are_decoded() {
-        assert_eq!(
-            parse_pairs("a=1&b=x+y%2Fz&c").unwrap(),
-            [("a".into(), "1".into()), ("b".into(), "x y/z".into()), ("c".into(), String::new())]
-        );
-        assert!(parse_pairs("a=%zz").is_err());
     }
 }

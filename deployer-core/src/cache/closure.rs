@@ -27,7 +27,7 @@ impl<A, B, F, Fut> Operation for Closure<A, B, F>
 where
     A: Value + Serialize,
     B: Value + Serialize + DeserializeOwned,
-    F: Fn(Job, A) -> Fut + Send + Sync + 'static,
+    F: FnOnce(Job, A) -> Fut + Clone + Send + Sync + 'static,
     Fut: Future<Output = Result<B, Error>> + Send + 'static,
 {
     type Key = A;
@@ -60,7 +60,7 @@ where
         None
     }
     fn run<'a>(&'a self, job: &'a Job, key: &'a A, _: &'a ()) -> RunFuture<'a, B> {
-        Box::pin((self.f)(job.clone(), key.clone()))
+        Box::pin((self.f.clone())(job.clone(), key.clone()))
     }
 }
 
@@ -76,6 +76,10 @@ impl<A: Value + Serialize> Current<A> {
     /// store, so give different closures different labels. A run no longer
     /// wanted (`x` changed) is asked to stop ([`Job::cancelled`]). A panic
     /// in `f` becomes an error on this stage.
+    ///
+    /// `f` is cloned for each run and called once, so it can move what it
+    /// captured into its future: `move |job, commit| async move { … }`
+    /// needs no clones inside.
     ///
     /// For something that sets state outside (a deploy), where setting the
     /// same value again after another one must run again, write a
@@ -103,7 +107,7 @@ impl<A: Value + Serialize> Current<A> {
     pub fn run<B, F, Fut>(&self, ctx: &Context, label: &str, level: Level, f: F) -> Current<B>
     where
         B: Value + Serialize + DeserializeOwned,
-        F: Fn(Job, A) -> Fut + Send + Sync + 'static,
+        F: FnOnce(Job, A) -> Fut + Clone + Send + Sync + 'static,
         Fut: Future<Output = Result<B, Error>> + Send + 'static,
     {
         let op = Closure { id: label.to_owned(), level, f, _types: PhantomData };

@@ -388,6 +388,9 @@ impl<O: Operation> Instance<O> {
         let level = cache.op.level(&self.key);
         let pool = cache.op.pool();
         let latch = st.current.is_some() && (cache.op.latched() || reason == Reason::Expired);
+        if let Some(pool) = &pool {
+            cache.ctx.jobs.note_pool(pool);
+        }
         let (active, slot) = first_state(&cache.ctx, level, pool.as_ref());
         st.rebuild = false;
         st.running = Some(Running {

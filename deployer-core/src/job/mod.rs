@@ -299,6 +299,12 @@ impl Jobs {
         self.inner.actions.lock().unwrap_or_else(|e| e.into_inner()).get(id).cloned()
     }
 
+    /// Notes that jobs use `pool` (listed by [`Jobs::pools`]).
+    pub(crate) fn note_pool(&self, pool: &Pool) {
+        let mut pools = self.inner.pools.lock().unwrap_or_else(|e| e.into_inner());
+        pools.entry(pool.label().to_owned()).or_insert_with(|| pool.clone());
+    }
+
     /// The pools jobs have used so far, by label (for metrics).
     pub fn pools(&self) -> Vec<Pool> {
         self.inner.pools.lock().unwrap_or_else(|e| e.into_inner()).values().cloned().collect()
@@ -492,8 +498,7 @@ impl Job {
             None => None,
             Some((pool, priority)) => {
                 if let Some(jobs) = &jobs {
-                    let mut pools = jobs.pools.lock().unwrap_or_else(|e| e.into_inner());
-                    pools.entry(pool.label().to_owned()).or_insert_with(|| pool.clone());
+                    Jobs { inner: jobs.clone() }.note_pool(pool);
                 }
                 if !pool.would_wait() {
                     Some(pool.acquire(priority).await)

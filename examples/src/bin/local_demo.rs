@@ -70,16 +70,16 @@ impl Publisher for DeployToDir {
 
 fn pipeline(ctx: &Context, repo: &Path, out: &Path) -> Current<String> {
     // The head of `live`, read every 200 ms while the pipeline uses it.
-    let read_repo = repo.to_owned();
-    let head = Monitor::poll("live head", Duration::from_millis(200), move || {
-        let repo = read_repo.clone();
-        async move { git(&repo, &["rev-parse", "live"]).await }
+    let repo = repo.to_owned();
+    let head = Monitor::poll("live head", Duration::from_millis(200), {
+        let repo = repo.clone();
+        move || async move { git(&repo, &["rev-parse", "live"]).await }
     })
     .current();
-    let (build_repo, build_out) = (repo.to_owned(), out.to_owned());
-    let build = head.run(ctx, "build", Level::Average, move |job, commit: String| {
-        let (repo, out) = (build_repo.clone(), build_out.clone());
-        async move {
+    let out = out.to_owned();
+    let build = head.run(ctx, "build", Level::Average, {
+        let out = out.clone();
+        move |job, commit: String| async move {
             let artefact = out.join(format!("build-{}.tar", &commit[..12]));
             job.exec(Command::new("git").arg("-C").arg(&repo).args(["archive", "-o"]).arg(&artefact).arg(&commit))
                 .await?;
@@ -95,8 +95,8 @@ fn pipeline(ctx: &Context, repo: &Path, out: &Path) -> Current<String> {
             Ok(())
         })
         .ignore_value();
-    let deploys = OutputCache::new(ctx, DeployToDir { out: out.to_owned() });
-    deploys.set("deploy live", "live".to_string(), &build.gate(&tests))
+    let deploys = OutputCache::new(ctx, DeployToDir { out });
+    deploys.set("deploy live", "live".to_string(), build.gate(&tests))
 }
 
 /// Commits `version` and moves `live` to it; returns the short hash.
