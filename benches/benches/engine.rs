@@ -40,6 +40,14 @@ fn engine(c: &mut Criterion) {
 
     let chains = Chains::new(CHAINS, LENGTH);
     chains.engine.step();
+    // One change recomputes exactly its chain: the var, its 100 nodes, the
+    // `all` and the root; setting the same value again recomputes nothing.
+    chains.heads[CHAINS / 2].set(12345);
+    let report = chains.engine.step();
+    assert_eq!(report.recomputed, 103, "one change recomputes 103 nodes");
+    assert_eq!(chains.engine.output(), Output::Ok(plain_loop(CHAINS, LENGTH, &[(CHAINS / 2, 12345)])));
+    chains.heads[CHAINS / 2].set(12345);
+    assert_eq!(chains.engine.step().recomputed, 0, "an unchanged value recomputes nothing");
     let mut n = 1_000_000u64;
     group.bench_function("deployer/one_change", |b| {
         b.iter(|| {

@@ -165,6 +165,9 @@ impl<T: Value> Monitor<T> {
             move || Box::pin((read.clone())()),
             move |refresh| {
                 Box::pin(async move {
+                    if every.is_zero() {
+                        return Err(Error::msg("a polling monitor's period must be more than zero"));
+                    }
                     let ticker = tokio::spawn(async move {
                         let mut interval = tokio::time::interval(every);
                         interval.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);

@@ -261,3 +261,34 @@ async fn a_broad_job_prefix_pages_like_a_narrow_one() {
     assert_eq!(got.len(), 2_000);
     assert_eq!(got.iter().map(|g| g.0).collect::<Vec<_>>(), want.iter().map(|w| w.0).collect::<Vec<_>>());
 }
+
+/// A database written by the previous release (schema 2) is migrated in
+/// place: its rows are kept, with an empty description.
+#[tokio::test]
+async fn a_schema_2_database_is_migrated_and_keeps_its_rows() {
+    let path = dir("migrate").join("db.sqlite");
+    {
+        let conn = rusqlite::Connection::open(&path).unwrap();
+        conn.execute_batch(
+            "CREATE TABLE cache (op TEXT NOT NULL, key TEXT NOT NULL, build INTEGER NOT NULL, job_id TEXT NOT NULL,
+                value TEXT, ok INTEGER NOT NULL, outcome TEXT NOT NULL, rebuild INTEGER NOT NULL DEFAULT 0,
+                interrupted INTEGER NOT NULL DEFAULT 0, ready INTEGER NOT NULL, running INTEGER,
+                finished INTEGER NOT NULL, PRIMARY KEY (op, key, build));
+             CREATE INDEX cache_finished ON cache (finished);
+             CREATE INDEX cache_op_finished ON cache (op, finished);
+             CREATE TABLE ops (op TEXT PRIMARY KEY) WITHOUT ROWID;
+             CREATE TABLE running (job_id TEXT PRIMARY KEY, op TEXT NOT NULL, key TEXT NOT NULL, value TEXT,
+                started INTEGER NOT NULL);
+             CREATE INDEX cache_job_id_finished ON cache (job_id, finished);
+             INSERT INTO cache VALUES ('build', 'k', 1, '2026-11-24/000000-build-aaaaaa', NULL, 1, '\"v1\"', 0, 0, 1, 2, 3);
+             INSERT INTO ops VALUES ('build');
+             PRAGMA user_version = 2;",
+        )
+        .unwrap();
+    }
+    let store = Store::open(&path).unwrap();
+    let row = store.latest("build", "k").await.unwrap().unwrap();
+    assert_eq!((row.outcome.as_str(), row.description.as_str()), ("\"v1\"", ""));
+    drop(store);
+    assert_eq!(deployer_core::store::schema_version(&path).unwrap(), SCHEMA_VERSION);
+}

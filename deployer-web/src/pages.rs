@@ -1,7 +1,5 @@
 //! The HTML pages and their form actions.
 
-use std::time::Duration;
-
 use askama::Template;
 use axum::extract::rejection::{FormRejection, QueryRejection};
 use axum::extract::{Form, Path, Query, State as AxState};
@@ -416,14 +414,11 @@ pub(crate) async fn job_action(
 async fn rebuild(state: &State, id: &str) -> Result<String, String> {
     let actions = state.ctx.jobs.actions(id).ok_or("This job's stage is no longer in the pipeline.")?;
     actions.rebuild().map_err(|e| e.message().to_owned())?;
-    // Go to the new job once it exists (it starts right away).
-    for _ in 0..100 {
-        if let Some(new) = actions.latest_job().filter(|j| j != id) {
-            return Ok(format!("/job/{new}"));
-        }
-        tokio::time::sleep(Duration::from_millis(20)).await;
+    // The new job exists as soon as the rebuild is asked for: go to it.
+    match actions.latest_job().filter(|j| j != id) {
+        Some(new) => Ok(format!("/job/{new}")),
+        None => Ok(format!("/job/{id}?notice=rebuild-requested")),
     }
-    Ok(format!("/job/{id}?notice=rebuild-requested"))
 }
 
 fn start(state: &State, id: &str) -> Result<String, String> {

@@ -559,11 +559,13 @@ fn history(c: &Connection, q: &HistoryQuery) -> rusqlite::Result<HistoryPage> {
     if let Some(op) = &q.op {
         arg(&mut sql, " AND op = ?", op.clone().into());
     }
+    // Booleans are written into the SQL, not bound: SQLite uses a partial
+    // index (`WHERE rebuild = 1`) only for a literal.
     if let Some(ok) = q.ok {
-        arg(&mut sql, " AND ok = ?", (ok as i64).into());
+        sql.push_str(if ok { " AND ok = 1" } else { " AND ok = 0" });
     }
     if let Some(rebuild) = q.rebuild {
-        arg(&mut sql, " AND rebuild = ?", (rebuild as i64).into());
+        sql.push_str(if rebuild { " AND rebuild = 1" } else { " AND rebuild = 0" });
     }
     if let Some((pattern, by_index)) = &prefix {
         let clause = if *by_index { " AND job_id GLOB ?" } else { " AND +job_id GLOB ?" };

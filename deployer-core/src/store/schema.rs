@@ -44,6 +44,11 @@ const MIGRATIONS: &[&str] = &[
     // deployed, not only digests).
     "ALTER TABLE cache ADD COLUMN description TEXT NOT NULL DEFAULT '';
     ALTER TABLE running ADD COLUMN description TEXT NOT NULL DEFAULT '';",
+    // 4: pages of rare rows are found without scanning: failures (of an
+    // operation, or of all), and builds marked for rebuild.
+    "CREATE INDEX cache_op_ok_finished ON cache (op, ok, finished);
+    CREATE INDEX cache_ok_finished ON cache (ok, finished);
+    CREATE INDEX cache_rebuild_finished ON cache (finished) WHERE rebuild = 1;",
 ];
 
 /// The schema version this program writes.
