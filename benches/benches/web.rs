@@ -169,6 +169,19 @@ async fn timed_get(addr: SocketAddr, path: &str) -> std::time::Duration {
     t.elapsed()
 }
 
+/// The number of live log streams open, from `/metrics`.
+async fn open_streams(addr: SocketAddr) -> u64 {
+    use tokio::io::{AsyncReadExt, AsyncWriteExt};
+    let mut s = tokio::net::TcpStream::connect(addr).await.expect("connect");
+    s.write_all(b"GET /metrics HTTP/1.1\r\nHost: 127.0.0.1\r\nConnection: close\r\n\r\n").await.expect("write");
+    let mut out = String::new();
+    s.read_to_string(&mut out).await.expect("read");
+    out.lines()
+        .find_map(|l| l.strip_prefix("deployer_log_streams "))
+        .and_then(|n| n.trim().parse().ok())
+        .expect("the metrics give the number of open streams")
+}
+
 /// Latencies of `n` sequential `/api/stats` requests: (median, max).
 async fn stats_latency(addr: SocketAddr, n: usize) -> (f64, f64) {
     let mut times = Vec::with_capacity(n);
@@ -211,9 +224,11 @@ fn stalled_readers(rt: &tokio::runtime::Runtime, engine: deployer_core::EngineHa
         tokio::time::sleep(std::time::Duration::from_secs(2)).await;
         let (median, max) = stats_latency(addr, 20).await;
         let peak = rss().0;
+        let open = open_streams(addr).await;
         eprintln!(
-            "{readers} stalled readers of a {mb} MB live log: /api/stats median {median:.2} ms, max {max:.2} ms \
-             (alone: {base_median:.2} / {base_max:.2} ms); peak RSS {} MB above before",
+            "{readers} stalled readers of a {mb} MB live log ({open} streams admitted, the rest refused): \
+             /api/stats median {median:.2} ms, max {max:.2} ms (alone: {base_median:.2} / {base_max:.2} ms); \
+             peak RSS {} MB above before",
             peak.saturating_sub(before) >> 20
         );
         if !quick() {
