@@ -771,3 +771,20 @@ async fn in_chromium_follow_a_job_watch_its_log_and_rebuild() {
     assert_eq!(overflow, "true", "the page fits a phone's width (the diagram scrolls inside its frame)");
     s.go.notify_one();
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_connection_that_sends_no_headers_is_closed() {
+    use tokio::io::AsyncReadExt;
+    let s = setup("header-timeout");
+    let limits = Limits { header_read: Duration::from_millis(500), ..Limits::default() };
+    let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
+    let addr = listener.local_addr().unwrap();
+    tokio::spawn(Site::new("d", s.engine.handle(), s.ctx.clone()).limits(limits).serve(listener));
+    // Half a request line, then nothing: the server hangs up.
+    let mut conn = tokio::net::TcpStream::connect(addr).await.unwrap();
+    tokio::io::AsyncWriteExt::write_all(&mut conn, b"GET / HT").await.unwrap();
+    let mut buf = Vec::new();
+    let read = tokio::time::timeout(Duration::from_secs(10), conn.read_to_end(&mut buf)).await;
+    assert!(read.is_ok(), "the connection was still open after 10 s");
+    s.go.notify_one();
+}

@@ -23,7 +23,7 @@
 //! the update as a gradient); an *idempotent* one is re-run by itself after
 //! a crash interrupted it, where others wait for an operator.
 //!
-//! All of them share one driver ([`driver`]); [`BuildCache`] and
+//! All of them share one driver (`cache/driver.rs`); [`BuildCache`] and
 //! [`OutputCache`] only adapt their traits to it.
 
 mod build;
