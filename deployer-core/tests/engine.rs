@@ -52,7 +52,10 @@ async fn a_closure_stage_is_a_job_and_starts_in_the_step_that_asks_for_it() {
     // Each run left a history row and a log.
     let history = ctx.store.history(Default::default()).await.unwrap();
     assert_eq!(history.rows.len(), 2);
-    assert!(history.rows.iter().all(|r| r.op == "double" && r.description == "double"));
+    let mut described: Vec<&str> = history.rows.iter().map(|r| r.description.as_str()).collect();
+    described.sort();
+    assert_eq!(described, ["double 1", "double 20"], "each row says what the job did");
+    assert!(history.rows.iter().all(|r| r.op == "double"));
     let (log, _) = ctx.jobs.read_log(&job_id, 0, 1 << 20).unwrap();
     assert!(String::from_utf8(log).unwrap().contains("doubling 20"));
 }

@@ -38,8 +38,15 @@ where
     fn id(&self) -> &str {
         &self.id
     }
-    fn describe(&self, _: &A, _: &()) -> Option<String> {
-        None
+    fn describe(&self, key: &A, _: &()) -> Option<String> {
+        // The label and the input, short: "build 4f2a9c1…".
+        let input = serde_json::to_string(key).ok()?;
+        let input = input.strip_prefix('"').and_then(|s| s.strip_suffix('"')).unwrap_or(&input);
+        let mut short: String = input.chars().take(60).collect();
+        if short.len() < input.len() {
+            short.push('…');
+        }
+        Some(format!("{} {short}", self.id))
     }
     fn level(&self, _: &A) -> Level {
         self.level
