@@ -651,3 +651,45 @@ async fn a_job_queued_for_a_full_pool_shows_ready_then_running() {
     record(&mut watch_b);
     assert_eq!(*seen.lock().unwrap(), [Output::Active(ActiveState::Ready), running(), ok("B".to_string())]);
 }
+
+/// Fails while the test says so; retried by itself after a minute.
+struct Flaky {
+    control: Control,
+}
+
+#[async_trait]
+impl Builder for Flaky {
+    const ID: &'static str = "flaky";
+    type Key = String;
+    type Value = String;
+    fn describe(&self, key: &String) -> Option<String> {
+        Some(format!("fetch {key}"))
+    }
+    fn retry_failures_after(&self) -> Option<Duration> {
+        Some(Duration::from_secs(60))
+    }
+    async fn build(&self, job: &Job, key: &String) -> Result<String, Error> {
+        self.control.run(job, format!("fetch {key}")).await
+    }
+}
+
+#[tokio::test]
+async fn a_builder_may_retry_its_failures_after_a_while() {
+    let (ctx, clock) = context("retry-failures");
+    let control = Control::default();
+    let cache = BuildCache::new(&ctx, Flaky { control: control.clone() });
+    let engine = Engine::new(cache.get("fetch", "repo".to_string()));
+    engine.step();
+    control.complete(&ctx.jobs, "fetch repo", Err("remote unreachable")).await;
+    next(&engine).await;
+    assert_eq!(engine.output().err().unwrap().message(), "remote unreachable");
+    assert!(ctx.jobs.active().is_empty(), "nothing runs before the retry time");
+    clock.advance(Duration::from_secs(60));
+    next(&engine).await;
+    // The failure stays shown while the retry runs.
+    assert_eq!(engine.output().err().unwrap().message(), "remote unreachable");
+    assert_eq!(update(&engine), Some(ActiveState::Running));
+    control.complete(&ctx.jobs, "fetch repo", Ok("fetched")).await;
+    next(&engine).await;
+    assert_eq!(engine.output(), ok("fetched".to_string()));
+}

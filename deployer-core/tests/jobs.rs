@@ -327,3 +327,21 @@ AAAAAAtzc2gtZWQyNTUxOQAAACDh1k3Q0t5yJ0X9Y3ab8cd0eG2Q0Lr7KQmq9E0n0mP6lA
     }
     assert!(log.contains("[redacted]"), "{log}");
 }
+
+#[tokio::test]
+async fn a_process_output_can_be_streamed_and_its_status_checked() {
+    use tokio::io::AsyncReadExt;
+    let jobs = jobs("stream-output", Config::new(None));
+    let job = jobs.create("archive", "archive").unwrap();
+    job.start(Level::Harmless, None, None).await.unwrap();
+    let mut out = job.stream_output(Command::new("sh").args(["-c", "printf 'tar bytes'; echo warning >&2"])).unwrap();
+    let mut bytes = Vec::new();
+    out.read_to_end(&mut bytes).await.unwrap();
+    out.finish().await.unwrap();
+    assert_eq!(bytes, b"tar bytes");
+    assert!(log_of(&jobs, job.id()).contains("warning"), "stderr is logged");
+    let mut failing = job.stream_output(Command::new("sh").args(["-c", "exit 5"])).unwrap();
+    failing.read_to_end(&mut Vec::new()).await.unwrap();
+    let err = failing.finish().await.unwrap_err();
+    assert_eq!(err.kind(), ErrorKind::Exit { code: Some(5), signal: None });
+}

@@ -38,6 +38,9 @@ impl<B: Builder> Operation for Build<B> {
     fn idempotent(&self) -> bool {
         true // a build may always run again
     }
+    fn retry_failures_after(&self) -> Option<Duration> {
+        self.0.retry_failures_after()
+    }
     fn pool(&self) -> Option<Pool> {
         self.0.pool()
     }

@@ -56,6 +56,10 @@ pub(crate) trait Operation: Send + Sync + 'static {
     fn latched(&self) -> bool;
     /// Whether an interrupted run may simply be run again.
     fn idempotent(&self) -> bool;
+    /// After how long a failure is retried by itself (else it is sticky).
+    fn retry_failures_after(&self) -> Option<Duration> {
+        None
+    }
     /// The pool runs wait for.
     fn pool(&self) -> Option<Pool>;
     /// The time limit of a run.
@@ -325,11 +329,17 @@ impl<O: Operation> Instance<O> {
 
     /// When the current outcome expires: the earliest schedule wins; only
     /// successes expire.
-    fn expires_at(st: &State<O>) -> Option<i64> {
-        let valid_for = st.schedules.iter().flatten().min()?;
+    /// (A failure expires only for operations that retry failures.)
+    fn expires_at(cache: &Cache<O>, st: &State<O>) -> Option<i64> {
         match &st.current {
-            Some(Done { result: Ok(_), finished, .. }) => Some(finished + valid_for.as_millis() as i64),
-            _ => None,
+            Some(Done { result: Ok(_), finished, .. }) => {
+                let valid_for = st.schedules.iter().flatten().min()?;
+                Some(finished + valid_for.as_millis() as i64)
+            }
+            Some(Done { result: Err(_), finished, .. }) => {
+                cache.op.retry_failures_after().map(|after| finished + after.as_millis() as i64)
+            }
+            None => None,
         }
     }
 
@@ -340,7 +350,7 @@ impl<O: Operation> Instance<O> {
             None => Some(Reason::New),
             Some(done) if done.value_digest != desired.digest => Some(Reason::New),
             Some(_) if st.rebuild => Some(Reason::Rebuild),
-            Some(_) => Instance::expires_at(st).filter(|t| cache.ctx.clock().now_ms() >= *t).map(|_| Reason::Expired),
+            Some(_) => Instance::expires_at(cache, st).filter(|t| cache.ctx.clock().now_ms() >= *t).map(|_| Reason::Expired),
         }
     }
 
@@ -530,7 +540,7 @@ impl<O: Operation> Instance<O> {
                         let slot = run.slot.take();
                         Ok((run.job.clone(), run.value.clone(), run.value_digest.clone(), run.priority, slot))
                     }
-                    None => Err(Instance::expires_at(&st)),
+                    None => Err(Instance::expires_at(&cache, &st)),
                 }
             };
             match next {

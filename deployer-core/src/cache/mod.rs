@@ -148,6 +148,13 @@ pub trait Builder: Send + Sync + 'static {
         false
     }
 
+    /// After how long a failed build is tried again by itself. `None` (the
+    /// default): failures are sticky until a rebuild is asked for or the key
+    /// changes. Set it for failures that pass (a remote that was down).
+    fn retry_failures_after(&self) -> Option<Duration> {
+        None
+    }
+
     /// The pool builds wait for, if any.
     fn pool(&self) -> Option<Pool> {
         None

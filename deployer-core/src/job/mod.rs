@@ -24,6 +24,7 @@ use serde::Serialize;
 use tokio::sync::{watch, Notify};
 
 pub use pool::{Pool, PoolGuard, Priority};
+pub use process::OutputStream;
 
 use crate::clock::Clock;
 use crate::config::{Config, Level};

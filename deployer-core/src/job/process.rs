@@ -174,6 +174,19 @@ impl Job {
         self.supervise(vec![spawned], output).await
     }
 
+    /// Starts `cmd` and hands its standard output over as a stream (a tar
+    /// build context for an API, say); its standard error goes to the log.
+    /// Read the stream to its end, then call [`OutputStream::finish`] for the
+    /// exit status. Dropping the stream kills the process.
+    pub fn stream_output(&self, cmd: &mut Command) -> Result<OutputStream, Error> {
+        cmd.stdin(Stdio::null()).stdout(Stdio::piped()).stderr(Stdio::piped());
+        let mut spawned = self.spawn(cmd)?;
+        let stdout = spawned.child.stdout.take().expect("stdout is piped");
+        let stderr = spawned.child.stderr.take().expect("stderr is piped");
+        let errors = tokio::spawn(pump(self.clone(), stderr, false));
+        Ok(OutputStream { child: spawned.child, stdout, what: spawned.what, job: self.clone(), errors })
+    }
+
     /// Starts `cmd` after logging it, then drops the command's copies of the
     /// pipe ends (so that reading sees the end of the output).
     fn spawn(&self, cmd: &mut Command) -> Result<Spawned, Error> {
@@ -273,6 +286,50 @@ impl Job {
             return Err(error);
         }
         Ok(captured)
+    }
+}
+
+/// A running process's standard output, from [`Job::stream_output`].
+pub struct OutputStream {
+    child: Child,
+    stdout: tokio::process::ChildStdout,
+    what: String,
+    job: Job,
+    errors: tokio::task::JoinHandle<String>,
+}
+
+impl AsyncRead for OutputStream {
+    fn poll_read(
+        mut self: std::pin::Pin<&mut Self>,
+        cx: &mut std::task::Context<'_>,
+        buf: &mut tokio::io::ReadBuf<'_>,
+    ) -> std::task::Poll<io::Result<()>> {
+        std::pin::Pin::new(&mut self.stdout).poll_read(cx, buf)
+    }
+}
+
+impl OutputStream {
+    /// Waits for the process to exit: `Ok` if it succeeded, else its exit
+    /// status (or "Cancelled" if the job was cancelled; the process is then
+    /// killed).
+    pub async fn finish(self) -> Result<(), Error> {
+        let OutputStream { mut child, stdout, what, job, errors } = self;
+        drop(stdout);
+        let status = tokio::select! {
+            status = child.wait() => status.map_err(|e| Error::from(e).context(format!("waiting for {what}")))?,
+            _ = job.cancelled() => {
+                let _ = child.start_kill();
+                let _ = child.wait().await;
+                return Err(job.cancellation_error().expect("cancelled"));
+            }
+        };
+        let _ = errors.await;
+        if status.success() {
+            return Ok(());
+        }
+        let error = exit_error(&what, status);
+        job.log(error.message());
+        Err(error)
     }
 }
 
