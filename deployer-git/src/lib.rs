@@ -1,11 +1,145 @@
-//! deployer-git: git stages: mirrors and clones of repositories, branch heads as monitors, checkouts for builds.
+//! Git sources for the deployer: commits, mirrors, checkouts and branch
+//! heads.
 //!
-//! This crate is a placeholder until its issue lands: it depends only on
-//! `deployer-core` and adds nodes to a pipeline through the core's extension
-//! points ([`deployer_core::Current::primitive`], monitors, caches).
+//! - Values: [`CommitId`] (a remote, a ref and a hash, checked so that
+//!   nothing reaches git that it could take for an option) and [`Commit`] (a
+//!   commit fetched into a local mirror, with its submodules).
+//! - Heads are [`Monitor`]s: [`local_branch`] watches a repository on this
+//!   machine with filesystem notifications (including `packed-refs`-only
+//!   updates); [`Git::remote_branch`] polls `git ls-remote`, and a webhook
+//!   handler calls `refresh()` on it.
+//! - [`Git::fetch`] is a cached operation (a job per commit, labelled per
+//!   use) that fetches a commit into the remote's mirror — a bare
+//!   repository under the state directory, one lock per remote — pins it
+//!   against garbage collection, and fetches its submodules into their own
+//!   mirrors. Tokens for HTTPS remotes ([`Git::token`]) reach git only
+//!   through its environment and never appear in a log.
+//! - [`Git::checkout`] materialises a fetched commit in a temporary
+//!   directory; [`Git::tar_context`] streams it as a tar build context.
 //!
+//! Git runs as the `git` command, through the job's process helpers, so its
+//! output is in the job's log (ARCHITECTURE.md says why the CLI).
+//!
+//! ```no_run
+//! use std::time::Duration;
+//! use deployer_core::{Config, Context, Engine};
+//! use deployer_git::{Git, Remote};
+//!
+//! # async fn demo() -> Result<(), Box<dyn std::error::Error>> {
+//! let ctx = Context::open("/var/lib/deployer".as_ref(), Config::default())?;
+//! let git = Git::new(&ctx);
+//! let repo = Remote::new("https://github.com/ocurrent/ocurrent.git")?;
+//! let head = git.remote_branch(&repo, "master", Duration::from_secs(600))?;
+//! let commit = git.fetch("fetch ocurrent", &head.current());
+//! let engine = Engine::new(commit);
+//! engine.run().await;
+//! # Ok(()) }
 //! ```
-//! // Plugins build on the core's `Current`; nothing else is needed to depend on one.
-//! let stage = deployer_core::Current::constant("nothing yet");
-//! let _ = stage;
-//! ```
+
+mod checkout;
+mod commit;
+mod head;
+mod mirror;
+
+use std::sync::Arc;
+use std::time::Duration;
+
+use async_trait::async_trait;
+use deployer_core::cache::{BuildCache, Builder};
+use deployer_core::{Context, Current, Error, Job, Level, Monitor, Secret};
+
+pub use checkout::{Checkout, TarContext};
+pub use commit::{Commit, CommitId, GitError, Hash, RefName, Remote};
+pub use head::local_branch;
+
+use mirror::Mirrors;
+
+/// How long a failed fetch (an unreachable remote, a commit not there yet)
+/// waits before it is tried again.
+pub const RETRY_FAILED_FETCH: Duration = Duration::from_secs(60);
+
+/// Fetches commits into mirrors (the builder behind [`Git::fetch`]).
+struct Fetch {
+    mirrors: Arc<Mirrors>,
+}
+
+#[async_trait]
+impl Builder for Fetch {
+    const ID: &'static str = "git-fetch";
+    type Key = CommitId;
+    type Value = Commit;
+
+    fn describe(&self, id: &CommitId) -> Option<String> {
+        Some(format!("fetch {id}"))
+    }
+    fn level(&self, id: &CommitId) -> Level {
+        if id.repo.is_local() {
+            Level::Harmless
+        } else {
+            Level::MostlyHarmless
+        }
+    }
+    fn retry_failures_after(&self) -> Option<Duration> {
+        Some(RETRY_FAILED_FETCH)
+    }
+    async fn build(&self, job: &Job, id: &CommitId) -> Result<Commit, Error> {
+        self.mirrors.fetch(job, id).await
+    }
+}
+
+/// Git for a deployer: the mirrors under a context's state directory, and
+/// the fetch cache. Cloning gives another handle on the same mirrors.
+#[derive(Clone)]
+pub struct Git {
+    mirrors: Arc<Mirrors>,
+    fetches: BuildCache<Fetch>,
+}
+
+impl Git {
+    /// Git with mirrors under `ctx`'s state directory (`git/`), fetch
+    /// outcomes in its store, and jobs in its job registry.
+    pub fn new(ctx: &Context) -> Git {
+        let mirrors = Arc::new(Mirrors::new(ctx));
+        Git { fetches: BuildCache::new(ctx, Fetch { mirrors: mirrors.clone() }), mirrors }
+    }
+
+    /// Uses `token` (a GitHub token, say) for HTTPS remotes on `host`. It is
+    /// passed to git in its environment as an `Authorization` header: never
+    /// written to disk, put in a URL, or logged.
+    pub fn token(&self, host: &str, token: Secret<String>) {
+        self.mirrors.set_token(host, token);
+    }
+
+    /// A stage labelled `label` that fetches each commit of `id` (with its
+    /// submodules) into the mirror of its remote. A failed fetch is tried
+    /// again after [`RETRY_FAILED_FETCH`].
+    pub fn fetch(&self, label: &str, id: &Current<CommitId>) -> Current<Commit> {
+        self.fetches.get(label, id)
+    }
+
+    /// The head of `branch` on `remote`, read with `git ls-remote` every
+    /// `every`, and at once when [`Monitor::refresh`] is called (by a webhook
+    /// handler). A bad branch name is refused here.
+    pub fn remote_branch(&self, remote: &Remote, branch: &str, every: Duration) -> Result<Monitor<CommitId>, GitError> {
+        let gref = RefName::new(branch)?;
+        Ok(head::remote_branch(self.mirrors.clone(), remote.clone(), gref, every))
+    }
+
+    /// `commit`'s files (and its submodules') in a temporary directory,
+    /// removed when the [`Checkout`] is dropped. The work is logged to `job`.
+    pub async fn checkout(&self, job: &Job, commit: &Commit) -> Result<Checkout, Error> {
+        self.mirrors.checkout(job, commit).await
+    }
+
+    /// `commit`'s files as a tar stream, for a Docker build context:
+    /// straight from the mirror (`git archive`), or, with submodules, from a
+    /// temporary checkout.
+    pub async fn tar_context(&self, job: &Job, commit: &Commit) -> Result<TarContext, Error> {
+        self.mirrors.tar_context(job, commit).await
+    }
+
+    /// Where the mirror of `remote` is (whether or not it exists yet).
+    pub fn mirror_path(&self, remote: &Remote) -> std::path::PathBuf {
+        self.mirrors.path(remote)
+    }
+}

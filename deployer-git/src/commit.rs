@@ -1,0 +1,372 @@
+//! Values a pipeline passes around: remotes, ref names, commit ids, and
+//! fetched commits. Each is checked when made, so that nothing a command
+//! line could mistake for an option or a shell construct reaches git.
+
+use std::fmt;
+use std::path::{Path, PathBuf};
+
+use serde::{Deserialize, Serialize};
+
+/// Why a remote, ref or hash was refused.
+#[derive(Clone, Debug, PartialEq, Eq)]
+#[non_exhaustive]
+pub enum GitError {
+    /// Not a repository address this crate accepts.
+    BadRemote {
+        /// The address given.
+        remote: String,
+        /// What is wrong with it.
+        why: &'static str,
+    },
+    /// Not a valid ref name.
+    BadRef {
+        /// The name given.
+        name: String,
+        /// What is wrong with it.
+        why: &'static str,
+    },
+    /// Not a full commit hash.
+    BadHash {
+        /// The hash given.
+        hash: String,
+    },
+}
+
+impl fmt::Display for GitError {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        match self {
+            GitError::BadRemote { remote, why } => write!(f, "refusing the git remote {remote:?}: {why}"),
+            GitError::BadRef { name, why } => write!(f, "refusing the git ref {name:?}: {why}"),
+            GitError::BadHash { hash } => {
+                write!(f, "refusing the commit hash {hash:?}: expected 40 (or 64) hexadecimal digits")
+            }
+        }
+    }
+}
+
+impl std::error::Error for GitError {}
+
+impl From<GitError> for deployer_core::Error {
+    fn from(e: GitError) -> deployer_core::Error {
+        deployer_core::Error::msg(e.to_string())
+    }
+}
+
+/// Characters a shell or git's option parser could act on.
+fn unsafe_char(c: char) -> bool {
+    c.is_control()
+        || c.is_whitespace()
+        || matches!(c, ';' | '&' | '|' | '`' | '$' | '<' | '>' | '(' | ')' | '{' | '}' | '\'' | '"' | '\\' | '*' | '?')
+}
+
+/// A repository's address: `https://`, `http://`, `git://`, `ssh://` or
+/// `file://` URL, or an absolute local path.
+#[derive(Clone, Debug, PartialEq, Eq, Hash, PartialOrd, Ord, Serialize, Deserialize)]
+#[serde(try_from = "String", into = "String")]
+pub struct Remote(String);
+
+impl Remote {
+    /// Checks `url`: a known scheme or an absolute path, with no whitespace,
+    /// control or shell characters, and not starting with `-`.
+    pub fn new(url: &str) -> Result<Remote, GitError> {
+        let bad = |why| Err(GitError::BadRemote { remote: url.to_owned(), why });
+        if url.is_empty() {
+            return bad("it is empty");
+        }
+        if url.starts_with('-') {
+            return bad("it starts with '-' (git would read an option)");
+        }
+        if url.chars().any(unsafe_char) {
+            return bad("it contains whitespace, a control character or a shell character");
+        }
+        let known = ["https://", "http://", "git://", "ssh://", "file://"].iter().any(|s| url.starts_with(s));
+        if !known && !url.starts_with('/') {
+            return bad("expected an https://, http://, git://, ssh:// or file:// URL, or an absolute path");
+        }
+        if known && url.split_once("://").is_some_and(|(_, rest)| rest.is_empty() || rest.starts_with('-')) {
+            return bad("the URL has no host or path");
+        }
+        Ok(Remote(url.trim_end_matches('/').to_owned()))
+    }
+
+    /// The local repository at `path` (which must be absolute).
+    pub fn local(path: &Path) -> Result<Remote, GitError> {
+        Remote::new(&path.to_string_lossy())
+    }
+
+    /// The address.
+    pub fn as_str(&self) -> &str {
+        &self.0
+    }
+
+    /// Whether the repository is on this machine (a path or `file://`).
+    pub fn is_local(&self) -> bool {
+        self.0.starts_with('/') || self.0.starts_with("file://")
+    }
+
+    /// The host of a network URL (`github.com`), if it has one.
+    pub fn host(&self) -> Option<&str> {
+        let rest = self.0.split_once("://")?.1;
+        let authority = rest.split('/').next()?;
+        let host = authority.rsplit('@').next()?;
+        Some(host.split(':').next().unwrap_or(host)).filter(|h| !h.is_empty())
+    }
+
+    /// A short name for labels: the last path component, without `.git`.
+    pub fn short_name(&self) -> &str {
+        let last = self.0.rsplit('/').next().unwrap_or(&self.0);
+        last.strip_suffix(".git").unwrap_or(last)
+    }
+
+    /// `relative` (a submodule's `../other.git`) resolved against this
+    /// repository's address; an absolute address is returned as it is.
+    pub fn join(&self, relative: &str) -> Result<Remote, GitError> {
+        if !(relative.starts_with("./") || relative.starts_with("../")) {
+            return Remote::new(relative);
+        }
+        let mut base: Vec<&str> = self.0.split('/').collect();
+        for part in relative.split('/') {
+            match part {
+                "." | "" => {}
+                ".." => {
+                    base.pop();
+                }
+                p => base.push(p),
+            }
+        }
+        Remote::new(&base.join("/"))
+    }
+}
+
+impl TryFrom<String> for Remote {
+    type Error = GitError;
+    fn try_from(s: String) -> Result<Remote, GitError> {
+        Remote::new(&s)
+    }
+}
+
+impl From<Remote> for String {
+    fn from(r: Remote) -> String {
+        r.0
+    }
+}
+
+impl fmt::Display for Remote {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.write_str(&self.0)
+    }
+}
+
+/// A ref: a branch name (`main`) or a full ref (`refs/pull/12/head`),
+/// checked with git's rules (`git check-ref-format`) and this crate's
+/// (no shell characters, no leading `-`).
+#[derive(Clone, Debug, PartialEq, Eq, Hash, PartialOrd, Ord, Serialize, Deserialize)]
+#[serde(try_from = "String", into = "String")]
+pub struct RefName(String);
+
+impl RefName {
+    /// Checks `name`.
+    pub fn new(name: &str) -> Result<RefName, GitError> {
+        let bad = |why| Err(GitError::BadRef { name: name.to_owned(), why });
+        if name.is_empty() {
+            return bad("it is empty");
+        }
+        if name.starts_with('-') {
+            return bad("it starts with '-' (git would read an option)");
+        }
+        if name.chars().any(|c| unsafe_char(c) || matches!(c, '~' | '^' | ':' | '[')) {
+            return bad("it contains whitespace, a control character, a shell character or one of ~ ^ : [");
+        }
+        if name.starts_with('/') || name.ends_with('/') || name.contains("//") {
+            return bad("it has an empty component");
+        }
+        if name.contains("..") || name.contains("@{") || name == "@" {
+            return bad("it contains '..' or '@{'");
+        }
+        if name.split('/').any(|c| c.starts_with('.') || c.ends_with(".lock")) || name.ends_with('.') {
+            return bad("a component starts with '.' or ends with '.lock'");
+        }
+        Ok(RefName(name.to_owned()))
+    }
+
+    /// The full ref: `main` is `refs/heads/main`; `refs/…` and `HEAD` stay.
+    pub fn full(&self) -> String {
+        if self.0.starts_with("refs/") || self.0 == "HEAD" {
+            self.0.clone()
+        } else {
+            format!("refs/heads/{}", self.0)
+        }
+    }
+
+    /// The name as given.
+    pub fn as_str(&self) -> &str {
+        &self.0
+    }
+}
+
+impl TryFrom<String> for RefName {
+    type Error = GitError;
+    fn try_from(s: String) -> Result<RefName, GitError> {
+        RefName::new(&s)
+    }
+}
+
+impl From<RefName> for String {
+    fn from(r: RefName) -> String {
+        r.0
+    }
+}
+
+impl fmt::Display for RefName {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.write_str(&self.0)
+    }
+}
+
+/// A full commit hash (40 hex digits for SHA-1, 64 for SHA-256), lower case.
+#[derive(Clone, Debug, PartialEq, Eq, Hash, PartialOrd, Ord, Serialize, Deserialize)]
+#[serde(try_from = "String", into = "String")]
+pub struct Hash(String);
+
+impl Hash {
+    /// Checks `hash`.
+    pub fn new(hash: &str) -> Result<Hash, GitError> {
+        let hash = hash.trim();
+        if (hash.len() == 40 || hash.len() == 64) && hash.bytes().all(|b| b.is_ascii_hexdigit()) {
+            Ok(Hash(hash.to_ascii_lowercase()))
+        } else {
+            Err(GitError::BadHash { hash: hash.to_owned() })
+        }
+    }
+
+    /// The hash.
+    pub fn as_str(&self) -> &str {
+        &self.0
+    }
+
+    /// The first seven digits.
+    pub fn short(&self) -> &str {
+        &self.0[..7]
+    }
+}
+
+impl TryFrom<String> for Hash {
+    type Error = GitError;
+    fn try_from(s: String) -> Result<Hash, GitError> {
+        Hash::new(&s)
+    }
+}
+
+impl From<Hash> for String {
+    fn from(h: Hash) -> String {
+        h.0
+    }
+}
+
+impl fmt::Display for Hash {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.write_str(&self.0)
+    }
+}
+
+/// Which commit: where it is, the ref it was found on, and its hash.
+///
+/// ```
+/// use deployer_git::CommitId;
+///
+/// let id = CommitId::new("https://github.com/ocurrent/ocurrent.git", "master", "4f2a9c1e0d5b7a8c9f1e2d3c4b5a69788796a5b4")?;
+/// assert_eq!(id.to_string(), "ocurrent#4f2a9c1");
+/// assert!(CommitId::new("https://github.com/x/y", "--upload-pack=evil", "4f2a9c1e0d5b7a8c9f1e2d3c4b5a69788796a5b4").is_err());
+/// # Ok::<(), deployer_git::GitError>(())
+/// ```
+#[derive(Clone, Debug, PartialEq, Eq, Hash, PartialOrd, Ord, Serialize, Deserialize)]
+pub struct CommitId {
+    /// The repository.
+    pub repo: Remote,
+    /// The ref the commit was found on (fetched if the commit is not there yet).
+    pub gref: RefName,
+    /// The commit.
+    pub hash: Hash,
+}
+
+impl CommitId {
+    /// Checks and joins the parts.
+    pub fn new(repo: &str, gref: &str, hash: &str) -> Result<CommitId, GitError> {
+        Ok(CommitId { repo: Remote::new(repo)?, gref: RefName::new(gref)?, hash: Hash::new(hash)? })
+    }
+}
+
+impl fmt::Display for CommitId {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        write!(f, "{}#{}", self.repo.short_name(), self.hash.short())
+    }
+}
+
+/// A commit fetched into a local mirror, with its submodules' commits:
+/// what checkouts are made from. Two commits are equal when their hashes
+/// are.
+#[derive(Clone, Debug, Serialize, Deserialize)]
+pub struct Commit {
+    /// Which commit.
+    pub id: CommitId,
+    /// The mirror (a bare repository) holding it.
+    pub mirror: PathBuf,
+    /// Its submodules, by path, each fetched into its own mirror.
+    pub submodules: Vec<(String, Commit)>,
+}
+
+impl PartialEq for Commit {
+    fn eq(&self, other: &Commit) -> bool {
+        self.id.hash == other.id.hash
+    }
+}
+
+impl Eq for Commit {}
+
+impl fmt::Display for Commit {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        self.id.fmt(f)
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn remotes_are_checked_before_any_command_runs() {
+        for ok in
+            ["https://github.com/o/r.git", "git://127.0.0.1:9418/r", "file:///srv/r", "/srv/repo", "ssh://git@h/r"]
+        {
+            assert!(Remote::new(ok).is_ok(), "{ok}");
+        }
+        for bad in ["-uevil", "https://x/r;rm -rf /", "r", "https://x/$(id)", "ftp://x/r", "https://", "/a b", ""] {
+            let e = Remote::new(bad).unwrap_err();
+            assert!(e.to_string().contains(&format!("{bad:?}")), "{e}");
+        }
+        let r = Remote::new("https://token@github.com:443/o/app.git").unwrap();
+        assert_eq!((r.host(), r.short_name()), (Some("github.com"), "app"));
+        assert_eq!(r.join("../lib.git").unwrap().as_str(), "https://token@github.com:443/o/lib.git");
+    }
+
+    #[test]
+    fn refs_follow_gits_rules() {
+        for ok in ["main", "live-engine", "refs/pull/12/head", "feature/x.y", "HEAD"] {
+            assert!(RefName::new(ok).is_ok(), "{ok}");
+        }
+        for bad in
+            ["-f", "a..b", "x.lock", "a b", "a;b", "/x", "x/", "a//b", ".hidden", "a~1", "a^", "a:b", "@{1}", "$(id)"]
+        {
+            assert!(RefName::new(bad).is_err(), "{bad}");
+        }
+        assert_eq!(RefName::new("main").unwrap().full(), "refs/heads/main");
+        assert_eq!(RefName::new("refs/pull/1/head").unwrap().full(), "refs/pull/1/head");
+    }
+
+    #[test]
+    fn hashes_are_full_and_lower_case() {
+        assert!(Hash::new("4F2A9C1E0D5B7A8C9F1E2D3C4B5A69788796A5B4").is_ok());
+        assert!(Hash::new("4f2a9c1").is_err());
+        assert!(Hash::new("zz2a9c1e0d5b7a8c9f1e2d3c4b5a69788796a5b4").is_err());
+    }
+}
