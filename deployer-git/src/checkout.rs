@@ -7,11 +7,13 @@ use std::task::{Context as TaskContext, Poll};
 
 use deployer_core::job::OutputStream;
 use deployer_core::{Error, Job, ResultExt};
-use tokio::io::{AsyncRead, ReadBuf};
+use tokio::io::{AsyncRead, AsyncWriteExt, BufReader, DuplexStream, ReadBuf};
 use tokio::process::Command;
+use tokio::task::JoinHandle;
 
 use crate::commit::Commit;
 use crate::mirror::Mirrors;
+use crate::tar;
 
 /// A commit's files in a temporary directory, removed when dropped.
 #[derive(Debug)]
@@ -36,10 +38,19 @@ impl Drop for Checkout {
 
 /// A commit as a tar stream (a Docker build context). Read it to the end,
 /// then [`finish`](TarContext::finish) it for the status of the processes
-/// that made it. A checkout it was made from is removed when it is dropped.
+/// that made it: a stream cut short by a failure ends early, and only
+/// `finish` tells. Dropping it stops them.
 pub struct TarContext {
-    stream: OutputStream,
-    _checkout: Option<Checkout>,
+    source: Source,
+}
+
+enum Source {
+    /// One `git archive`, read directly.
+    Archive(Box<OutputStream>),
+    /// The archives of a commit and its submodules, joined by a task.
+    Joined { read: DuplexStream, task: JoinHandle<Result<(), Error>> },
+    /// Finished.
+    Done,
 }
 
 impl AsyncRead for TarContext {
@@ -48,14 +59,33 @@ impl AsyncRead for TarContext {
         cx: &mut TaskContext<'_>,
         buf: &mut ReadBuf<'_>,
     ) -> Poll<std::io::Result<()>> {
-        Pin::new(&mut self.stream).poll_read(cx, buf)
+        match &mut self.source {
+            Source::Archive(stream) => Pin::new(stream).poll_read(cx, buf),
+            Source::Joined { read, .. } => Pin::new(read).poll_read(cx, buf),
+            Source::Done => Poll::Ready(Ok(())),
+        }
     }
 }
 
 impl TarContext {
-    /// Waits for the archiver: `Ok` if the whole context was produced.
-    pub async fn finish(self) -> Result<(), Error> {
-        self.stream.finish().await
+    /// Waits for the archivers: `Ok` if the whole context was produced.
+    pub async fn finish(mut self) -> Result<(), Error> {
+        match std::mem::replace(&mut self.source, Source::Done) {
+            Source::Archive(stream) => stream.finish().await,
+            Source::Joined { task, .. } => match task.await {
+                Ok(result) => result,
+                Err(e) => Err(Error::msg(format!("joining the archives failed: {e}"))),
+            },
+            Source::Done => Ok(()),
+        }
+    }
+}
+
+impl Drop for TarContext {
+    fn drop(&mut self) {
+        if let Source::Joined { task, .. } = &self.source {
+            task.abort(); // and with it the archivers
+        }
     }
 }
 
@@ -82,8 +112,7 @@ fn extract<'a>(
     dir: &'a Path,
 ) -> Pin<Box<dyn std::future::Future<Output = Result<(), Error>> + Send + 'a>> {
     Box::pin(async move {
-        let mut archive = mirrors.git(None);
-        archive.arg("-C").arg(&commit.mirror).args(["archive", "--format=tar", commit.id.hash.as_str()]);
+        let mut archive = mirrors.archive(commit, "");
         let mut untar = Command::new("tar");
         untar.arg("-x").arg("-C").arg(dir);
         job.exec_pipe(&mut archive, &mut untar).await.map_err(|e| {
@@ -109,12 +138,47 @@ impl Mirrors {
     pub(crate) async fn tar_context(&self, job: &Job, commit: &Commit) -> Result<TarContext, Error> {
         if commit.submodules.is_empty() {
             // Straight from the mirror.
-            let mut archive = self.git(None);
-            archive.arg("-C").arg(&commit.mirror).args(["archive", "--format=tar", commit.id.hash.as_str()]);
-            return Ok(TarContext { stream: job.stream_output(&mut archive)?, _checkout: None });
+            let stream = job.stream_output(&mut self.archive(commit, ""))?;
+            return Ok(TarContext { source: Source::Archive(Box::new(stream)) });
         }
-        let checkout = self.checkout(job, commit).await?;
-        let stream = job.stream_output(Command::new("tar").arg("-c").arg("-C").arg(checkout.path()).arg("."))?;
-        Ok(TarContext { stream, _checkout: Some(checkout) })
+        // The commit's archive, then each submodule's under its path, as
+        // one tar stream: nothing is written to disk.
+        let mut archives = Vec::new();
+        self.archives(commit, "", &mut archives);
+        let (mut write, read) = tokio::io::duplex(256 << 10);
+        let job = job.clone();
+        let task = tokio::spawn(async move {
+            for (mut archive, what) in archives {
+                let mut stream = BufReader::with_capacity(128 << 10, job.stream_output(&mut archive)?);
+                tar::copy_entries(&mut stream, &mut write)
+                    .await
+                    .map_err(|e| Error::from(e).context(format!("adding {what} to the build context")))?;
+                stream.into_inner().finish().await?;
+            }
+            write.write_all(&tar::END).await.context("ending the build context")?;
+            write.shutdown().await.context("ending the build context")
+        });
+        Ok(TarContext { source: Source::Joined { read, task } })
+    }
+
+    /// `git archive` of `commit`, its paths under `prefix`.
+    fn archive(&self, commit: &Commit, prefix: &str) -> Command {
+        let mut archive = self.git(None);
+        archive.arg("-C").arg(&commit.mirror).args(["archive", "--format=tar"]);
+        if !prefix.is_empty() {
+            archive.arg(format!("--prefix={prefix}/"));
+        }
+        archive.arg(commit.id.hash.as_str());
+        archive
+    }
+
+    /// The archives of `commit` and its submodules (depth first), each
+    /// with what it is, for errors.
+    fn archives(&self, commit: &Commit, prefix: &str, out: &mut Vec<(Command, String)>) {
+        out.push((self.archive(commit, prefix), commit.id.to_string()));
+        for (path, sub) in &commit.submodules {
+            let prefix = if prefix.is_empty() { path.clone() } else { format!("{prefix}/{path}") };
+            self.archives(sub, &prefix, out);
+        }
     }
 }

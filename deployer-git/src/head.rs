@@ -6,7 +6,7 @@ use std::path::{Path, PathBuf};
 use std::sync::Arc;
 use std::time::Duration;
 
-use deployer_core::monitor::{BoxFuture, Refresh, Unwatch};
+use deployer_core::monitor::{BoxFuture, Unwatch};
 use deployer_core::{Error, Monitor, ResultExt};
 use notify::{RecursiveMode, Watcher};
 use tokio::process::Command;
@@ -47,12 +47,21 @@ async fn git_dir(repo: &Path) -> Result<PathBuf, Error> {
 }
 
 /// Watches `git_dir` for ref changes: the directory itself (`packed-refs`,
-/// `HEAD`) and `refs/` below it. Any change asks for a read; reads of an
-/// unchanged head change nothing.
-fn watch_refs(git_dir: &Path, refresh: Refresh) -> Result<notify::RecommendedWatcher, Error> {
-    let mut watcher = notify::recommended_watcher(move |event: notify::Result<notify::Event>| {
-        if event.is_ok() {
-            refresh.refresh();
+/// `HEAD`) and `refs/` below it. Each change calls `changed` (and a read of
+/// an unchanged head changes nothing). Accesses are not changes: reading the
+/// head opens these files, and counting that would make every read ask for
+/// another.
+fn watch_refs(
+    git_dir: &Path,
+    changed: impl Fn(&notify::Event) + Send + 'static,
+) -> Result<notify::RecommendedWatcher, Error> {
+    let mut watcher = notify::recommended_watcher(move |event: notify::Result<notify::Event>| match event {
+        Ok(event) if event.kind.is_access() => {}
+        Ok(event) => changed(&event),
+        // The queue overflowed or the watch broke: look again to be safe.
+        Err(e) => {
+            tracing::warn!("watching refs: {e}");
+            changed(&notify::Event::new(notify::EventKind::Other))
         }
     })
     .map_err(|e| Error::msg(format!("watching {}: {e}", git_dir.display())))?;
@@ -88,7 +97,7 @@ pub fn local_branch(repo: &Path, branch: &str) -> Result<Monitor<CommitId>, GitE
             let repo = watch_repo.clone();
             Box::pin(async move {
                 let dir = git_dir(&repo).await?;
-                Ok(Unwatch::on_drop(watch_refs(&dir, refresh)?))
+                Ok(Unwatch::on_drop(watch_refs(&dir, move |_| refresh.refresh())?))
             })
         },
     ))
@@ -131,4 +140,57 @@ pub(crate) fn remote_branch(
 ) -> Monitor<CommitId> {
     let name = format!("{} {}", remote.short_name(), gref);
     Monitor::poll(&name, every, move || async move { mirrors.ls_remote(&remote, &gref).await })
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use std::sync::Mutex;
+
+    fn git(dir: &Path, args: &[&str]) -> String {
+        let out = std::process::Command::new("git")
+            .arg("-C")
+            .arg(dir)
+            .args(["-c", "user.name=t", "-c", "user.email=t@localhost"])
+            .args(args)
+            .output()
+            .expect("git runs");
+        assert!(out.status.success(), "git {args:?}: {}", String::from_utf8_lossy(&out.stderr));
+        String::from_utf8_lossy(&out.stdout).trim().to_owned()
+    }
+
+    /// Reading the head must not count as a change (or each read would ask
+    /// for the next, forever): only the marker written after many reads is
+    /// reported, and it is the first event.
+    #[tokio::test]
+    async fn reads_are_not_changes() {
+        let tmp = std::env::temp_dir().join(format!("deployer-git-reads-{}", std::process::id()));
+        let _ = std::fs::remove_dir_all(&tmp);
+        std::fs::create_dir_all(&tmp).unwrap();
+        git(&tmp, &["init", "-q", "-b", "live"]);
+        git(&tmp, &["commit", "-q", "--allow-empty", "-m", "one"]);
+        git(&tmp, &["pack-refs", "--all"]);
+        let dir = git_dir(&tmp).await.unwrap();
+        let (tx, mut rx) = tokio::sync::mpsc::unbounded_channel();
+        let seen = Arc::new(Mutex::new(Vec::new()));
+        let _watcher = watch_refs(&dir, {
+            let seen = seen.clone();
+            move |event| {
+                seen.lock().unwrap().push(event.paths.clone());
+                let _ = tx.send(());
+            }
+        })
+        .unwrap();
+        let remote = Remote::local(&tmp).unwrap();
+        let gref = RefName::new("live").unwrap();
+        for _ in 0..20 {
+            read_local(&tmp, &remote, &gref).await.unwrap();
+        }
+        let marker = dir.join("refs").join("marker");
+        std::fs::write(&marker, "x").unwrap();
+        tokio::time::timeout(Duration::from_secs(10), rx.recv()).await.expect("the marker is seen").unwrap();
+        let first = seen.lock().unwrap()[0].clone();
+        assert_eq!(first, vec![marker], "reads were reported as changes: {:?}", seen.lock().unwrap());
+        std::fs::remove_dir_all(&tmp).unwrap();
+    }
 }

@@ -40,6 +40,7 @@ mod checkout;
 mod commit;
 mod head;
 mod mirror;
+mod tar;
 
 use std::sync::Arc;
 use std::time::Duration;
@@ -132,8 +133,8 @@ impl Git {
     }
 
     /// `commit`'s files as a tar stream, for a Docker build context:
-    /// straight from the mirror (`git archive`), or, with submodules, from a
-    /// temporary checkout.
+    /// `git archive` straight from the mirror, joined with the archives of
+    /// its submodules under their paths. Nothing is written to disk.
     pub async fn tar_context(&self, job: &Job, commit: &Commit) -> Result<TarContext, Error> {
         self.mirrors.tar_context(job, commit).await
     }

@@ -208,8 +208,12 @@ async fn a_remote_branch_over_git_daemon_sees_pushes_on_refresh() {
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn submodules_are_fetched_checked_out_and_in_the_tar_context() {
     let dir = work("submodules");
+    let util = repo(&dir.join("util"));
+    commit(&util, "util.txt", "utility");
     let lib = repo(&dir.join("lib"));
     commit(&lib, "lib.txt", "library v1");
+    git(&lib, &["submodule", "add", "-q", util.to_str().unwrap(), "deps/util"]);
+    git(&lib, &["commit", "-q", "-m", "add util"]);
     let app = repo(&dir.join("app"));
     commit(&app, "main.txt", "app");
     git(&app, &["submodule", "add", "-q", lib.to_str().unwrap(), "vendor/lib"]);
@@ -226,14 +230,54 @@ async fn submodules_are_fetched_checked_out_and_in_the_tar_context() {
     let co = git_.checkout(&j, &c).await.unwrap();
     assert_eq!(std::fs::read_to_string(co.path().join("vendor/lib/lib.txt")).unwrap(), "library v1");
     assert_eq!(std::fs::read_to_string(co.path().join("main.txt")).unwrap(), "app");
-    // The build context has the submodule's files too.
+    assert_eq!(std::fs::read_to_string(co.path().join("vendor/lib/deps/util/util.txt")).unwrap(), "utility");
+    // The build context has the submodules' files too, under their paths,
+    // as one archive (tar stops at the first end marker, so a joined
+    // stream with one left inside would lose the submodules).
     let mut tar = git_.tar_context(&j, &c).await.unwrap();
     let mut bytes = Vec::new();
     tokio::io::AsyncReadExt::read_to_end(&mut tar, &mut bytes).await.unwrap();
     tar.finish().await.unwrap();
     let listing = tar_names(&bytes);
-    assert!(listing.iter().any(|n| n.ends_with("vendor/lib/lib.txt")), "{listing:?}");
-    assert!(listing.iter().any(|n| n.ends_with("main.txt")), "{listing:?}");
+    for file in ["main.txt", "vendor/lib/lib.txt", "vendor/lib/deps/util/util.txt"] {
+        assert!(listing.iter().any(|n| n == file), "{file} is missing from {listing:?}");
+    }
+    assert_eq!(tar_file(&bytes, "vendor/lib/deps/util/util.txt"), "utility");
+    // The same files as the checkout.
+    let mut in_checkout = files_below(co.path(), co.path());
+    let mut in_context: Vec<String> = listing.into_iter().filter(|n| !n.ends_with('/')).collect();
+    in_checkout.sort();
+    in_context.sort();
+    assert_eq!(in_context, in_checkout);
+}
+
+/// The files below `dir`, relative to `root`.
+fn files_below(root: &Path, dir: &Path) -> Vec<String> {
+    let mut out = Vec::new();
+    for entry in std::fs::read_dir(dir).unwrap() {
+        let path = entry.unwrap().path();
+        if path.is_dir() {
+            out.extend(files_below(root, &path));
+        } else {
+            out.push(path.strip_prefix(root).unwrap().to_string_lossy().into_owned());
+        }
+    }
+    out
+}
+
+/// One file of a tar archive.
+fn tar_file(bytes: &[u8], name: &str) -> String {
+    let mut child = Command::new("tar")
+        .args(["-xO", "-f", "-", name])
+        .stdin(Stdio::piped())
+        .stdout(Stdio::piped())
+        .spawn()
+        .expect("tar runs");
+    use std::io::Write;
+    child.stdin.take().unwrap().write_all(bytes).unwrap();
+    let out = child.wait_with_output().unwrap();
+    assert!(out.status.success(), "tar found no {name}");
+    String::from_utf8_lossy(&out.stdout).into_owned()
 }
 
 /// The names in a tar archive.

@@ -350,7 +350,9 @@ impl<O: Operation> Instance<O> {
             None => Some(Reason::New),
             Some(done) if done.value_digest != desired.digest => Some(Reason::New),
             Some(_) if st.rebuild => Some(Reason::Rebuild),
-            Some(_) => Instance::expires_at(cache, st).filter(|t| cache.ctx.clock().now_ms() >= *t).map(|_| Reason::Expired),
+            Some(_) => {
+                Instance::expires_at(cache, st).filter(|t| cache.ctx.clock().now_ms() >= *t).map(|_| Reason::Expired)
+            }
         }
     }
 

@@ -13,8 +13,9 @@ use std::time::Duration;
 
 use async_trait::async_trait;
 use deployer_core::{
-    Config, Context, Current, Engine, Error, Expanded, Job, Level, Monitor, Output, OutputCache, Publisher, ResultExt,
+    Config, Context, Current, Engine, Error, Expanded, Job, Level, Output, OutputCache, Publisher, ResultExt,
 };
+use deployer_git::{local_branch, Commit, Git};
 use deployer_web::Site;
 use tokio::process::Command;
 
@@ -68,21 +69,22 @@ impl Publisher for DeployToDir {
     }
 }
 
-fn pipeline(ctx: &Context, repo: &Path, out: &Path) -> Current<String> {
-    // The head of `live`, read every 200 ms while the pipeline uses it.
-    let repo = repo.to_owned();
-    let head = Monitor::poll("live head", Duration::from_millis(200), {
-        let repo = repo.clone();
-        move || async move { git(&repo, &["rev-parse", "live"]).await }
-    })
-    .current();
+fn pipeline(ctx: &Context, repo: &Path, out: &Path) -> Result<Current<String>, Error> {
+    // The head of `live`, seen as soon as the branch moves (filesystem
+    // notifications on the repository), fetched into a mirror.
+    let git = Git::new(ctx);
+    let head = local_branch(repo, "live")?.current();
+    let commit = git.fetch("fetch live", &head);
     let out = out.to_owned();
-    let build = head.run(ctx, "build", Level::Average, {
+    let build = commit.run(ctx, "build", Level::Average, {
         let out = out.clone();
-        move |job, commit: String| async move {
-            let artefact = out.join(format!("build-{}.tar", &commit[..12]));
-            job.exec(Command::new("git").arg("-C").arg(&repo).args(["archive", "-o"]).arg(&artefact).arg(&commit))
-                .await?;
+        move |job, commit: Commit| async move {
+            let artefact = out.join(format!("build-{}.tar", commit.id.hash.short()));
+            let mut context = git.tar_context(&job, &commit).await?;
+            let mut file =
+                tokio::fs::File::create(&artefact).await.context(format!("creating {}", artefact.display()))?;
+            tokio::io::copy(&mut context, &mut file).await.context(format!("writing {}", artefact.display()))?;
+            context.finish().await?;
             Ok(artefact.to_string_lossy().into_owned())
         }
     });
@@ -96,7 +98,7 @@ fn pipeline(ctx: &Context, repo: &Path, out: &Path) -> Current<String> {
         })
         .ignore_value();
     let deploys = OutputCache::new(ctx, DeployToDir { out });
-    deploys.set("deploy live", "live".to_string(), build.gate(&tests))
+    Ok(deploys.set("deploy live", "live".to_string(), build.gate(&tests)))
 }
 
 /// Commits `version` and moves `live` to it; returns the short hash.
@@ -105,7 +107,7 @@ async fn commit(repo: &Path, version: &str) -> Result<String, Error> {
     git(repo, &["add", "VERSION"]).await?;
     git(repo, &["-c", "user.name=demo", "-c", "user.email=demo@localhost", "commit", "-qm", version]).await?;
     git(repo, &["branch", "-f", "live", "HEAD"]).await?;
-    Ok(git(repo, &["rev-parse", "HEAD"]).await?[..12].to_owned())
+    git(repo, &["rev-parse", "--short=7", "HEAD"]).await
 }
 
 /// Whether the deploy stage shows the build of `hash` as live.
@@ -151,7 +153,7 @@ async fn main() -> Result<(), Box<dyn std::error::Error>> {
     let v1 = commit(&repo, "v1").await?;
 
     let ctx = Context::open(&dir.join("state"), Config::new(None))?;
-    let engine = Engine::new(pipeline(&ctx, &repo, &out));
+    let engine = Engine::new(pipeline(&ctx, &repo, &out)?);
     println!("The pipeline before it runs:\n{}", engine.diagram(&Expanded::none()).summary());
 
     // The web UI, on 127.0.0.1:8080 (or any free port if that is taken).
