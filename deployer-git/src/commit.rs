@@ -59,8 +59,10 @@ fn unsafe_char(c: char) -> bool {
         || matches!(c, ';' | '&' | '|' | '`' | '$' | '<' | '>' | '(' | ')' | '{' | '}' | '\'' | '"' | '\\' | '*' | '?')
 }
 
-/// A repository's address: `https://`, `http://`, `git://`, `ssh://` or
-/// `file://` URL, or an absolute local path.
+/// A repository's address: an `https://`, `http://`, `git://`, `ssh://` or
+/// `file://` URL, an scp-like `[user@]host:path`, or an absolute local path.
+/// HTTP(S) URLs may not carry credentials: give a token to
+/// [`Git::token`](crate::Git::token) instead, which keeps it out of logs.
 #[derive(Clone, Debug, PartialEq, Eq, Hash, PartialOrd, Ord, Serialize, Deserialize)]
 #[serde(try_from = "String", into = "String")]
 pub struct Remote(String);
@@ -69,7 +71,7 @@ impl Remote {
     /// Checks `url`: a known scheme or an absolute path, with no whitespace,
     /// control or shell characters, and not starting with `-`.
     pub fn new(url: &str) -> Result<Remote, GitError> {
-        let bad = |why| Err(GitError::BadRemote { remote: url.to_owned(), why });
+        let bad = |why| Err(GitError::BadRemote { remote: without_credentials(url), why });
         if url.is_empty() {
             return bad("it is empty");
         }
@@ -80,11 +82,16 @@ impl Remote {
             return bad("it contains whitespace, a control character or a shell character");
         }
         let known = ["https://", "http://", "git://", "ssh://", "file://"].iter().any(|s| url.starts_with(s));
-        if !known && !url.starts_with('/') {
-            return bad("expected an https://, http://, git://, ssh:// or file:// URL, or an absolute path");
+        if !known && !url.starts_with('/') && scp_like(url).is_none() {
+            return bad(
+                "expected an https://, http://, git://, ssh:// or file:// URL, user@host:path, or an absolute path",
+            );
         }
         if known && url.split_once("://").is_some_and(|(_, rest)| rest.is_empty() || rest.starts_with('-')) {
             return bad("the URL has no host or path");
+        }
+        if url.starts_with("http") && url.split_once("://").is_some_and(|(_, rest)| authority(rest).contains('@')) {
+            return bad("it has credentials in it (give a token to Git::token, which keeps it out of logs)");
         }
         Ok(Remote(url.trim_end_matches('/').to_owned()))
     }
@@ -104,11 +111,13 @@ impl Remote {
         self.0.starts_with('/') || self.0.starts_with("file://")
     }
 
-    /// The host of a network URL (`github.com`), if it has one.
+    /// The host of a network address (`github.com`), if it has one.
     pub fn host(&self) -> Option<&str> {
+        if let Some((host, _)) = scp_like(&self.0) {
+            return Some(host);
+        }
         let rest = self.0.split_once("://")?.1;
-        let authority = rest.split('/').next()?;
-        let host = authority.rsplit('@').next()?;
+        let host = authority(rest).rsplit('@').next()?;
         Some(host.split(':').next().unwrap_or(host)).filter(|h| !h.is_empty())
     }
 
@@ -136,6 +145,36 @@ impl Remote {
         }
         Remote::new(&base.join("/"))
     }
+}
+
+/// The authority part (`user@host:port`) of what follows a URL's `://`.
+fn authority(rest: &str) -> &str {
+    rest.split('/').next().unwrap_or(rest)
+}
+
+/// `url` with the user part of a URL's authority (which may be a token)
+/// replaced by `***`, for error messages.
+fn without_credentials(url: &str) -> String {
+    let Some((scheme, rest)) = url.split_once("://") else { return url.to_owned() };
+    let auth = authority(rest);
+    match auth.rsplit_once('@') {
+        Some((_, host)) => format!("{scheme}://***@{host}{}", &rest[auth.len()..]),
+        None => url.to_owned(),
+    }
+}
+
+/// The host and path of an scp-like address (`git@github.com:o/r.git`): a
+/// colon before any slash, as git decides.
+fn scp_like(url: &str) -> Option<(&str, &str)> {
+    if url.contains("://") || url.starts_with('/') {
+        return None;
+    }
+    let (before, path) = url.split_once(':')?;
+    if before.contains('/') || path.is_empty() || path.starts_with('-') {
+        return None;
+    }
+    let host = before.rsplit('@').next()?;
+    (!host.is_empty() && !host.starts_with('-')).then_some((host, path))
 }
 
 impl TryFrom<String> for Remote {
@@ -335,18 +374,45 @@ mod tests {
 
     #[test]
     fn remotes_are_checked_before_any_command_runs() {
-        for ok in
-            ["https://github.com/o/r.git", "git://127.0.0.1:9418/r", "file:///srv/r", "/srv/repo", "ssh://git@h/r"]
-        {
+        for ok in [
+            "https://github.com/o/r.git",
+            "git://127.0.0.1:9418/r",
+            "file:///srv/r",
+            "/srv/repo",
+            "ssh://git@h/r",
+            "git@github.com:o/r.git",
+            "host:r",
+        ] {
             assert!(Remote::new(ok).is_ok(), "{ok}");
         }
-        for bad in ["-uevil", "https://x/r;rm -rf /", "r", "https://x/$(id)", "ftp://x/r", "https://", "/a b", ""] {
+        for bad in [
+            "-uevil",
+            "https://x/r;rm -rf /",
+            "r",
+            "https://x/$(id)",
+            "ftp://x/r",
+            "https://",
+            "/a b",
+            "",
+            "h:-oProxyCommand=x",
+            "-h:r",
+            "a/b:c",
+        ] {
             let e = Remote::new(bad).unwrap_err();
             assert!(e.to_string().contains(&format!("{bad:?}")), "{e}");
         }
-        let r = Remote::new("https://token@github.com:443/o/app.git").unwrap();
+        for with_token in ["https://x-access-token:ghs_abc@github.com/o/r.git", "https://ghs_abc@github.com/o/$(r)"] {
+            let e = Remote::new(with_token).unwrap_err().to_string();
+            assert!(!e.contains("ghs_abc") && e.contains("***@github.com/o/"), "the token is in {e}");
+        }
+        let e = Remote::new("https://ghs_abc@github.com/o/r.git").unwrap_err().to_string();
+        assert!(e.contains("credentials") && e.contains("Git::token"), "{e}");
+        let r = Remote::new("https://github.com:443/o/app.git").unwrap();
         assert_eq!((r.host(), r.short_name()), (Some("github.com"), "app"));
-        assert_eq!(r.join("../lib.git").unwrap().as_str(), "https://token@github.com:443/o/lib.git");
+        assert_eq!(r.join("../lib.git").unwrap().as_str(), "https://github.com:443/o/lib.git");
+        let r = Remote::new("git@github.com:o/app.git").unwrap();
+        assert_eq!((r.host(), r.short_name(), r.is_local()), (Some("github.com"), "app", false));
+        assert_eq!(r.join("../lib.git").unwrap().as_str(), "git@github.com:o/lib.git");
     }
 
     #[test]
