@@ -693,3 +693,34 @@ async fn a_builder_may_retry_its_failures_after_a_while() {
     next(&engine).await;
     assert_eq!(engine.output(), ok("fetched".to_string()));
 }
+
+#[tokio::test]
+async fn a_scheduled_publish_runs_again_on_its_schedule_after_a_success_or_a_failure() {
+    let (ctx, clock) = context("output-scheduled");
+    let control = Control::default();
+    let cache = OutputCache::new(&ctx, publisher(&control, false, false));
+    let monthly = Schedule::every(Duration::from_secs(30 * 24 * 3600));
+    let engine = Engine::new(cache.set_scheduled("backup", "tarsnap".to_string(), "backup.sh".to_string(), monthly));
+    engine.step();
+    control.complete(&ctx.jobs, "push backup.sh as tarsnap", Ok("backed up")).await;
+    next(&engine).await;
+    assert_eq!(engine.output(), ok("backed up".to_string()));
+    clock.advance(Duration::from_secs(29 * 24 * 3600));
+    engine.step();
+    assert!(ctx.jobs.active().is_empty(), "nothing runs before the month is over");
+    clock.advance(Duration::from_secs(24 * 3600));
+    next(&engine).await;
+    control.complete(&ctx.jobs, "push backup.sh as tarsnap", Err("host unreachable")).await;
+    next(&engine).await;
+    assert_eq!(engine.output().err().unwrap().message(), "host unreachable");
+    // The failure is tried again on the schedule, not before.
+    clock.advance(Duration::from_secs(29 * 24 * 3600));
+    engine.step();
+    assert!(ctx.jobs.active().is_empty(), "a failure waits for its schedule");
+    clock.advance(Duration::from_secs(24 * 3600));
+    next(&engine).await;
+    control.complete(&ctx.jobs, "push backup.sh as tarsnap", Ok("backed up again")).await;
+    next(&engine).await;
+    assert_eq!(engine.output(), ok("backed up again".to_string()));
+    assert_eq!(control.runs("push backup.sh as tarsnap"), 3);
+}

@@ -327,20 +327,16 @@ impl<O: Operation> Instance<O> {
         st.current = Some(Done { value_digest, result, finished: row.finished, job_id: row.job_id });
     }
 
-    /// When the current outcome expires: the earliest schedule wins; only
-    /// successes expire.
-    /// (A failure expires only for operations that retry failures.)
+    /// When the current outcome expires: `finished` plus the earliest
+    /// schedule, as in OCurrent, whether it succeeded or failed (a failed
+    /// scheduled job is tried again on its schedule); a failure also
+    /// expires after the operation's `retry_failures_after`, if sooner.
     fn expires_at(cache: &Cache<O>, st: &State<O>) -> Option<i64> {
-        match &st.current {
-            Some(Done { result: Ok(_), finished, .. }) => {
-                let valid_for = st.schedules.iter().flatten().min()?;
-                Some(finished + valid_for.as_millis() as i64)
-            }
-            Some(Done { result: Err(_), finished, .. }) => {
-                cache.op.retry_failures_after().map(|after| finished + after.as_millis() as i64)
-            }
-            None => None,
-        }
+        let done = st.current.as_ref()?;
+        let scheduled = st.schedules.iter().flatten().min().copied();
+        let retry = if done.result.is_err() { cache.op.retry_failures_after() } else { None };
+        let valid_for = [scheduled, retry].into_iter().flatten().min()?;
+        Some(done.finished + valid_for.as_millis() as i64)
     }
 
     /// Why a run is needed now, if it is.

@@ -78,7 +78,20 @@ impl<P: Publisher> OutputCache<P> {
         key: impl Into<Current<P::Key>>,
         value: impl Into<Current<P::Value>>,
     ) -> Current<P::Outcome> {
-        Cache::stage(&self.cache, label, &key.into(), &value.into(), Schedule::never())
+        self.set_scheduled(label, key, value, Schedule::never())
+    }
+
+    /// [`OutputCache::set`], publishing the same value again when
+    /// `schedule` expires (a monthly backup), or after a failure, on the
+    /// same schedule.
+    pub fn set_scheduled(
+        &self,
+        label: &str,
+        key: impl Into<Current<P::Key>>,
+        value: impl Into<Current<P::Value>>,
+        schedule: Schedule,
+    ) -> Current<P::Outcome> {
+        Cache::stage(&self.cache, label, &key.into(), &value.into(), schedule)
     }
 
     /// Asks for `key`'s value to be published again (after a failure).

@@ -24,7 +24,7 @@ use serde::Serialize;
 use tokio::sync::{watch, Notify};
 
 pub use pool::{Pool, PoolGuard, Priority};
-pub use process::OutputStream;
+pub use process::{LogLines, OutputStream};
 
 use crate::clock::Clock;
 use crate::config::{Config, Level};

@@ -10,7 +10,7 @@ use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 
-use tokio::io::{AsyncBufReadExt, AsyncRead, AsyncReadExt as _, AsyncWriteExt, BufReader};
+use tokio::io::{AsyncRead, AsyncReadExt as _, AsyncWriteExt};
 use tokio::process::{Child, Command};
 
 use super::{human_duration, Job};
@@ -65,31 +65,98 @@ fn writer_stdio(writer: &io::PipeWriter) -> Result<Stdio, Error> {
     Ok(Stdio::from(writer.try_clone().map_err(|e| Error::from(e).context("duplicating a pipe"))?))
 }
 
-/// Reads `stream` line by line, logging each line, and returns what it read
-/// if `capture` (else an empty string).
-async fn pump(job: Job, stream: impl AsyncRead + Unpin, capture: bool) -> String {
-    let mut reader = BufReader::new(stream);
-    let mut captured = String::new();
-    let mut line = Vec::new();
+/// Output arriving in pieces (from a process, a remote command, an API's
+/// stream), logged a line at a time as lines complete: a line longer than
+/// 64 KiB is logged in pieces, and what is left at the end is logged by
+/// [`finish`](LogLines::finish) (or when dropped).
+///
+/// ```
+/// # use deployer_core::{Config, Context};
+/// # let dir = std::env::temp_dir().join(format!("log-lines-doc-{}", std::process::id()));
+/// # let ctx = Context::open(&dir, Config::default()).unwrap();
+/// let job = ctx.jobs.create("demo", "demo").unwrap();
+/// let mut out = job.lines();
+/// out.push(b"hello, ");
+/// out.push(b"world\nand more");
+/// out.finish();
+/// let (log, _) = ctx.jobs.read_log(job.id(), 0, 1 << 20).unwrap();
+/// let log = String::from_utf8(log).unwrap();
+/// assert!(log.contains(": hello, world\n") && log.contains(": and more\n"));
+/// # job.finish();
+/// ```
+pub struct LogLines {
+    job: Job,
+    line: Vec<u8>,
+}
+
+impl LogLines {
+    /// Adds `bytes`, logging every line they complete.
+    pub fn push(&mut self, mut bytes: &[u8]) {
+        while !bytes.is_empty() {
+            let room = MAX_LINE - self.line.len();
+            let end = bytes.iter().take(room).position(|&b| b == b'\n');
+            match end {
+                Some(i) => {
+                    self.line.extend_from_slice(&bytes[..i]);
+                    bytes = &bytes[i + 1..];
+                    self.flush();
+                }
+                None => {
+                    let n = room.min(bytes.len());
+                    self.line.extend_from_slice(&bytes[..n]);
+                    bytes = &bytes[n..];
+                    if self.line.len() == MAX_LINE {
+                        self.flush();
+                    }
+                }
+            }
+        }
+    }
+
+    /// Logs the unfinished last line, if any.
+    pub fn finish(mut self) {
+        if !self.line.is_empty() {
+            self.flush();
+        }
+    }
+
+    fn flush(&mut self) {
+        let text = String::from_utf8_lossy(&self.line);
+        self.job.log(&text);
+        self.line.clear();
+    }
+}
+
+impl Drop for LogLines {
+    fn drop(&mut self) {
+        if !self.line.is_empty() {
+            self.flush();
+        }
+    }
+}
+
+/// Reads `stream`, logging each line, and returns what it read if
+/// `capture` (else an empty string).
+async fn pump(job: Job, mut stream: impl AsyncRead + Unpin, capture: bool) -> String {
+    let mut lines = job.lines();
+    let mut captured = Vec::new();
+    let mut buf = vec![0u8; 16 * 1024];
     loop {
-        line.clear();
-        let n = match (&mut reader).take(MAX_LINE as u64).read_until(b'\n', &mut line).await {
+        let n = match stream.read(&mut buf).await {
+            Ok(0) => break,
             Ok(n) => n,
             Err(e) => {
                 job.log(&format!("(reading the output failed: {e})"));
                 break;
             }
         };
-        if n == 0 {
-            break;
-        }
-        let text = String::from_utf8_lossy(&line);
         if capture {
-            captured.push_str(&text);
+            captured.extend_from_slice(&buf[..n]);
         }
-        job.log(text.strip_suffix('\n').unwrap_or(&text));
+        lines.push(&buf[..n]);
     }
-    captured
+    lines.finish();
+    String::from_utf8_lossy(&captured).into_owned()
 }
 
 /// A started process and what it is, for messages.
@@ -99,6 +166,11 @@ struct Spawned {
 }
 
 impl Job {
+    /// A line splitter logging to this job: see [`LogLines`].
+    pub fn lines(&self) -> LogLines {
+        LogLines { job: self.clone(), line: Vec::new() }
+    }
+
     /// Runs `cmd`, logging "Exec: …" and its output (stdout and stderr, in
     /// the order it wrote them) to the job's log. Fails if it exits with a
     /// non-zero status or a signal ([`ErrorKind::Exit`]), if it cannot be
