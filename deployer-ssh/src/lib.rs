@@ -1,11 +1,155 @@
-//! deployer-ssh: SSH stages: commands run on remote hosts (russh), with their output streamed into the job log.
+//! SSH for the deployer: commands run on hosts on a schedule, and tunnels
+//! to sockets on hosts, over connections made once and reused — with russh,
+//! no `ssh` binary needed.
 //!
-//! This crate is a placeholder until its issue lands: it depends only on
-//! `deployer-core` and adds nodes to a pipeline through the core's extension
-//! points ([`deployer_core::Current::primitive`], monitors, caches).
+//! - [`Host`]: where and as whom (a destination or an `ssh_config` alias),
+//!   with a key file (optionally encrypted, its passphrase a `Secret`) or
+//!   an SSH agent; the server's key checked against a `known_hosts` file
+//!   (plain and hashed entries) or a pinned key. An unknown or changed key
+//!   is refused; learning unknown hosts is only done when asked for.
+//! - [`Ssh::run`]: the stage `ssh <host>: <key>`, a cached operation that
+//!   runs a command when it changes or its schedule expires (a failure is
+//!   tried again on the schedule); output streams into the job's log, exit
+//!   status 0 is success; one run at a time per key; cancelling hangs up.
+//! - [`Ssh::exec`]: one command inside another operation's job (a deploy
+//!   script), the same way.
+//! - [`Ssh::tunnel`]: a local Unix socket (or TCP port) forwarded to a Unix
+//!   socket on the host, such as `/var/run/docker.sock`.
 //!
+//! ```no_run
+//! use std::time::Duration;
+//! use deployer_core::cache::Schedule;
+//! use deployer_core::{Config, Context, Current, Engine};
+//! use deployer_ssh::{Host, Ssh};
+//!
+//! # async fn demo() -> Result<(), Box<dyn std::error::Error>> {
+//! let ctx = Context::open("/var/lib/deployer".as_ref(), Config::default())?;
+//! let ssh = Ssh::new(&ctx);
+//! // watch.ocaml.org's backups: once a month.
+//! let host = Host::from_user_config("watch.ocaml.org")?;
+//! let monthly = Schedule::every(Duration::from_secs(30 * 24 * 3600));
+//! let backup = ssh.run(&host, "tarsnap", Current::constant(vec!["./tarsnap-backup.sh".to_string()]), monthly);
+//! Engine::new(backup).run().await;
+//! # Ok(()) }
 //! ```
-//! // Plugins build on the core's `Current`; nothing else is needed to depend on one.
-//! let stage = deployer_core::Current::constant("nothing yet");
-//! let _ = stage;
-//! ```
+
+mod config;
+mod connection;
+mod error;
+mod exec;
+mod host;
+mod known_hosts;
+mod pattern;
+mod run;
+mod tunnel;
+
+use std::collections::HashMap;
+use std::path::Path;
+use std::sync::{Arc, RwLock};
+use std::time::Duration;
+
+use deployer_core::cache::{OutputCache, Schedule};
+use deployer_core::{Context, Current, Error, Job, Level};
+
+pub use error::SshError;
+pub use exec::command_line;
+pub use host::{Host, Identity};
+pub use known_hosts::HostKeyPolicy;
+pub use run::RunKey;
+pub use tunnel::{LocalEnd, Tunnel};
+
+use connection::Pool;
+use run::SshRun;
+
+/// SSH for a deployer: the connections (one per host, reused), and the
+/// cache of scheduled runs. Cloning gives another handle on the same ones.
+#[derive(Clone)]
+pub struct Ssh {
+    pool: Arc<Pool>,
+    hosts: Arc<RwLock<HashMap<String, Host>>>,
+    runs: OutputCache<SshRun>,
+    options: RunOptions,
+}
+
+/// Options for [`Ssh::with`]: the confirmation level and time limit of
+/// runs, and whether commands get a terminal.
+#[derive(Clone, Copy, Debug)]
+pub struct RunOptions {
+    /// How risky a run is (`AboveAverage` by default, as in OCurrent).
+    pub level: Level,
+    /// A run still going after this long is hung up on (none by default).
+    pub timeout: Option<Duration>,
+    /// Run commands with a pseudo-terminal (on by default), as `ssh -t`
+    /// does: a cancelled or timed-out command then gets SIGHUP when its
+    /// channel closes. Standard error arrives merged with standard output
+    /// (both go to the job's log anyway). Without one, a cancelled command
+    /// is only signalled where the server accepts signal requests, and
+    /// may keep running.
+    pub pty: bool,
+}
+
+impl Default for RunOptions {
+    fn default() -> RunOptions {
+        RunOptions { level: Level::AboveAverage, timeout: None, pty: true }
+    }
+}
+
+impl Ssh {
+    /// SSH with runs at level `AboveAverage` and no time limit, recorded
+    /// in `ctx`'s store.
+    pub fn new(ctx: &Context) -> Ssh {
+        Ssh::with(ctx, RunOptions::default())
+    }
+
+    /// SSH whose runs have these options.
+    pub fn with(ctx: &Context, options: RunOptions) -> Ssh {
+        let pool = Arc::new(Pool::default());
+        let hosts = Arc::new(RwLock::new(HashMap::new()));
+        let publisher = SshRun {
+            pool: pool.clone(),
+            hosts: hosts.clone(),
+            level: options.level,
+            timeout: options.timeout,
+            pty: options.pty,
+        };
+        Ssh { pool, hosts, runs: OutputCache::new(ctx, publisher), options }
+    }
+
+    /// The stage `ssh <host>: <key>`: runs `command` (its arguments, quoted
+    /// for the remote shell) on `host` when it changes, and again when
+    /// `schedule` expires. Runs are keyed by the host's destination and
+    /// `key`: one at a time per key.
+    pub fn run(
+        &self,
+        host: &Host,
+        key: &str,
+        command: impl Into<Current<Vec<String>>>,
+        schedule: Schedule,
+    ) -> Current<()> {
+        let destination = host.destination();
+        self.hosts.write().unwrap_or_else(|e| e.into_inner()).insert(destination.clone(), host.clone());
+        let label = format!("ssh {}: {key}", host.name());
+        self.runs.set_scheduled(&label, RunKey { host: destination, key: key.to_owned() }, command, schedule)
+    }
+
+    /// Runs `args` on `host` as part of `job` (another operation's), the
+    /// way [`Ssh::run`] does: output in the job's log, `Ok` on status 0,
+    /// a hang-up if the job is cancelled.
+    pub async fn exec(&self, job: &Job, host: &Host, args: &[String]) -> Result<(), Error> {
+        exec::exec(&self.pool, job, host, args, self.options.pty).await
+    }
+
+    /// Forwards the Unix socket `local` (created with mode 0600; it must not
+    /// exist) to the Unix socket `remote` on `host`. Fails now if the host
+    /// cannot be reached.
+    pub async fn tunnel(&self, host: &Host, local: &Path, remote: &str) -> Result<Tunnel, SshError> {
+        tunnel::unix(self.pool.clone(), host.clone(), local, remote).await
+    }
+
+    /// Forwards a free port on 127.0.0.1 to the Unix socket `remote` on
+    /// `host`. Any local user can connect to it: prefer [`Ssh::tunnel`]
+    /// for sockets that grant power (Docker's).
+    pub async fn tunnel_tcp(&self, host: &Host, remote: &str) -> Result<Tunnel, SshError> {
+        tunnel::tcp(self.pool.clone(), host.clone(), remote).await
+    }
+}

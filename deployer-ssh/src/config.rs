@@ -1,0 +1,315 @@
+//! `ssh_config` files, read the way OpenSSH reads them for the settings a
+//! deployer needs: the first value found for a keyword wins, `Host` blocks
+//! apply when one of their patterns (with `*`, `?` and `!`) names the
+//! alias, and `Include` reads other files in place. `Match` blocks are
+//! skipped; `ProxyJump` and `ProxyCommand` are refused rather than ignored.
+
+use std::collections::HashMap;
+use std::path::{Path, PathBuf};
+use std::time::Duration;
+
+use crate::error::SshError;
+use crate::host::{home, Host, Identity};
+use crate::known_hosts::HostKeyPolicy;
+use crate::pattern::wildcard;
+
+/// Include depth at which a loop is assumed.
+const MAX_DEPTH: usize = 16;
+
+/// Whether a `Host` line's patterns name `alias`.
+fn host_matches(patterns: &[String], alias: &str) -> bool {
+    let mut matched = false;
+    for p in patterns {
+        if let Some(negated) = p.strip_prefix('!') {
+            if wildcard(negated.as_bytes(), alias.as_bytes()) {
+                return false;
+            }
+        } else if wildcard(p.as_bytes(), alias.as_bytes()) {
+            matched = true;
+        }
+    }
+    matched
+}
+
+/// A line's keyword (lower case) and arguments (quotes removed).
+fn split_line(line: &str) -> Option<(String, Vec<String>)> {
+    let line = line.trim();
+    if line.is_empty() || line.starts_with('#') {
+        return None;
+    }
+    let (keyword, rest) = match line.find(|c: char| c.is_whitespace() || c == '=') {
+        Some(i) => (&line[..i], line[i..].trim_start_matches(|c: char| c.is_whitespace() || c == '=')),
+        None => (line, ""),
+    };
+    let mut args = Vec::new();
+    let mut current = String::new();
+    let (mut quoted, mut any) = (false, false);
+    for c in rest.chars() {
+        match c {
+            '"' => {
+                quoted = !quoted;
+                any = true;
+            }
+            c if c.is_whitespace() && !quoted => {
+                if any {
+                    args.push(std::mem::take(&mut current));
+                    any = false;
+                }
+            }
+            c => {
+                current.push(c);
+                any = true;
+            }
+        }
+    }
+    if any {
+        args.push(current);
+    }
+    Some((keyword.to_ascii_lowercase(), args))
+}
+
+/// What the files say for one alias: each keyword's first value (all
+/// values for `IdentityFile`).
+#[derive(Default)]
+struct Settings {
+    first: HashMap<String, Vec<String>>,
+    identity_files: Vec<String>,
+}
+
+impl Settings {
+    fn read(&mut self, path: &Path, alias: &str, applies_outside: bool, depth: usize) -> Result<(), SshError> {
+        if depth > MAX_DEPTH {
+            return Err(SshError::Config(format!("{}: Include nested too deeply (a loop?)", path.display())));
+        }
+        let text = std::fs::read_to_string(path)
+            .map_err(|e| SshError::Config(format!("cannot read {}: {e}", path.display())))?;
+        let mut applies = applies_outside;
+        for (n, line) in text.lines().enumerate() {
+            let Some((keyword, args)) = split_line(line) else { continue };
+            let at = || format!("{}:{}", path.display(), n + 1);
+            match keyword.as_str() {
+                "host" => applies = host_matches(&args, alias),
+                "match" => {
+                    tracing::warn!("{}: Match blocks are not supported; skipping this one", at());
+                    applies = false;
+                }
+                "include" if applies => {
+                    for pattern in &args {
+                        for file in include_files(pattern, path)? {
+                            self.read(&file, alias, true, depth + 1)?;
+                        }
+                    }
+                }
+                _ if !applies => {}
+                "identityfile" => self.identity_files.extend(args),
+                "proxyjump" | "proxycommand" if args.first().is_some_and(|a| a != "none") => {
+                    return Err(SshError::Config(format!(
+                        "{}: {} is not supported (reach {alias} directly, or through a tunnel)",
+                        at(),
+                        if keyword == "proxyjump" { "ProxyJump" } else { "ProxyCommand" }
+                    )));
+                }
+                _ => {
+                    if args.is_empty() {
+                        return Err(SshError::Config(format!("{}: {keyword} needs a value", at())));
+                    }
+                    self.first.entry(keyword).or_insert(args);
+                }
+            }
+        }
+        Ok(())
+    }
+
+    fn get(&self, keyword: &str) -> Option<&str> {
+        self.first.get(keyword).and_then(|v| v.first()).map(String::as_str)
+    }
+}
+
+/// The files an `Include` argument names: `~/` expanded, a relative path
+/// taken from the including file's directory, `*` and `?` in the last
+/// component matched against its directory, sorted.
+fn include_files(pattern: &str, from: &Path) -> Result<Vec<PathBuf>, SshError> {
+    let expanded = expand_tilde(pattern);
+    let path = if expanded.is_absolute() { expanded } else { from.parent().unwrap_or(Path::new("/")).join(expanded) };
+    let name = path.file_name().map(|n| n.to_string_lossy().into_owned()).unwrap_or_default();
+    if !name.contains(['*', '?']) {
+        return Ok(if path.exists() { vec![path] } else { vec![] });
+    }
+    let dir = path.parent().unwrap_or(Path::new("/"));
+    let mut out: Vec<PathBuf> = match std::fs::read_dir(dir) {
+        Ok(entries) => entries
+            .filter_map(Result::ok)
+            .filter(|e| wildcard(name.as_bytes(), e.file_name().to_string_lossy().as_bytes()))
+            .map(|e| e.path())
+            .collect(),
+        Err(_) => Vec::new(),
+    };
+    out.sort();
+    Ok(out)
+}
+
+fn expand_tilde(path: &str) -> PathBuf {
+    match path.strip_prefix("~/") {
+        Some(rest) => home().unwrap_or_default().join(rest),
+        None => PathBuf::from(path),
+    }
+}
+
+/// `%h`, `%p`, `%r`, `%u`, `%d`, `%%` and a leading `~/` in a path.
+fn expand(value: &str, host: &Host) -> PathBuf {
+    let mut out = String::new();
+    let mut chars = value.chars();
+    while let Some(c) = chars.next() {
+        if c != '%' {
+            out.push(c);
+            continue;
+        }
+        match chars.next() {
+            Some('h') => out.push_str(&host.hostname),
+            Some('p') => out.push_str(&host.port.to_string()),
+            Some('r') => out.push_str(&host.user),
+            Some('u') => out.push_str(&std::env::var("USER").unwrap_or_default()),
+            Some('d') => out.push_str(&home().unwrap_or_default().to_string_lossy()),
+            Some('%') => out.push('%'),
+            Some(other) => {
+                out.push('%');
+                out.push(other);
+            }
+            None => out.push('%'),
+        }
+    }
+    expand_tilde(&out)
+}
+
+fn seconds(keyword: &str, value: &str) -> Result<Duration, SshError> {
+    value
+        .parse::<u64>()
+        .map(Duration::from_secs)
+        .map_err(|_| SshError::Config(format!("{keyword} {value:?} is not a number of seconds")))
+}
+
+/// The host `alias` as the file at `path` describes it.
+pub(crate) fn resolve(alias: &str, path: &Path) -> Result<Host, SshError> {
+    let mut settings = Settings::default();
+    settings.read(path, alias, true, 0)?;
+    let hostname = settings.get("hostname").map(|h| h.replace("%h", alias)).unwrap_or_else(|| alias.to_owned());
+    let mut host = Host::new(&hostname)?;
+    host.name = alias.to_owned();
+    if let Some(user) = settings.get("user") {
+        host = host.user(user);
+        Host::new(&format!("{user}@{}", host.hostname))?; // the same checks as a destination's
+    }
+    if let Some(port) = settings.get("port") {
+        let port = port.parse().ok().filter(|p| *p != 0).ok_or_else(|| {
+            SshError::Config(format!("{}: Port {port:?} is not a port number (host {alias})", path.display()))
+        })?;
+        host = host.port(port);
+    }
+    if !settings.identity_files.is_empty() {
+        let files: Vec<PathBuf> = settings.identity_files.iter().map(|f| expand(f, &host)).collect();
+        let found = files.iter().find(|f| f.exists()).ok_or_else(|| {
+            let names: Vec<String> = files.iter().map(|f| f.display().to_string()).collect();
+            SshError::Config(format!("host {alias}: none of its IdentityFile exists ({})", names.join(", ")))
+        })?;
+        host.identity = Identity::KeyFile { path: found.clone(), passphrase: None };
+    } else {
+        match settings.get("identityagent") {
+            None | Some("none") => {}
+            Some("SSH_AUTH_SOCK") => host.identity = Identity::Agent(None),
+            Some(socket) => host.identity = Identity::Agent(Some(expand(socket, &host))),
+        }
+    }
+    let known = match settings.get("userknownhostsfile") {
+        Some(file) => expand(file, &host),
+        None => home().unwrap_or_default().join(".ssh").join("known_hosts"),
+    };
+    host.host_keys = match settings.get("stricthostkeychecking").map(str::to_ascii_lowercase).as_deref() {
+        // "no" would also accept a changed key in OpenSSH; here it never does.
+        Some("accept-new" | "no" | "off") => HostKeyPolicy::LearnUnknown(known),
+        _ => HostKeyPolicy::KnownHosts(known),
+    };
+    if let Some(t) = settings.get("connecttimeout") {
+        host.connect_timeout = seconds("ConnectTimeout", t)?;
+    }
+    if let Some(t) = settings.get("serveraliveinterval") {
+        let interval = seconds("ServerAliveInterval", t)?;
+        if interval > Duration::ZERO {
+            host.keepalive = interval;
+        }
+    }
+    Ok(host)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn write(dir: &Path, name: &str, text: &str) -> PathBuf {
+        let path = dir.join(name);
+        std::fs::write(&path, text).unwrap();
+        path
+    }
+
+    fn tmp(name: &str) -> PathBuf {
+        let dir = std::env::temp_dir().join(format!("deployer-ssh-config-{name}-{}", std::process::id()));
+        let _ = std::fs::remove_dir_all(&dir);
+        std::fs::create_dir_all(&dir).unwrap();
+        dir
+    }
+
+    #[test]
+    fn the_first_value_wins_and_host_patterns_apply() {
+        let dir = tmp("first");
+        let key = write(&dir, "id_deploy", "not read here");
+        let config = write(
+            &dir,
+            "config",
+            &format!(
+                "# deployer hosts\n\
+                 Host watch !nope\n\
+                 \tHostName 127.0.0.1\n\
+                 \tPort=2222\n\
+                 \tUser deploy\n\
+                 \tIdentityFile {dir}/missing_%h\n\
+                 \tIdentityFile \"{key}\"\n\
+                 \tUserKnownHostsFile {dir}/known_%r\n\
+                 \tStrictHostKeyChecking accept-new\n\
+                 Host *\n\
+                 \tUser someone-else\n\
+                 \tPort 22\n\
+                 \tConnectTimeout 3\n\
+                 Match host x\n\
+                 \tUser matched\n",
+                dir = dir.display(),
+                key = key.display()
+            ),
+        );
+        let h = resolve("watch", &config).unwrap();
+        assert_eq!((h.name(), h.destination().as_str()), ("watch", "deploy@127.0.0.1:2222"));
+        assert!(matches!(&h.identity, Identity::KeyFile { path, .. } if *path == key));
+        assert!(matches!(&h.host_keys, HostKeyPolicy::LearnUnknown(p) if *p == dir.join("known_deploy")));
+        assert_eq!(h.connect_timeout, Duration::from_secs(3));
+        let other = resolve("other.example", &config).unwrap();
+        assert_eq!(other.destination(), "someone-else@other.example:22");
+        assert!(matches!(other.host_keys, HostKeyPolicy::KnownHosts(_)), "strict by default");
+    }
+
+    #[test]
+    fn include_and_refusals() {
+        let dir = tmp("include");
+        std::fs::create_dir_all(dir.join("conf.d")).unwrap();
+        write(&dir.join("conf.d"), "10-box.conf", "Host box\n  HostName 10.0.0.5\n");
+        write(&dir.join("conf.d"), "20-jump.conf", "Host jumpy\n  ProxyJump bastion\n");
+        let config = write(&dir, "config", "Include conf.d/*.conf\nHost box\n  HostName ignored\n");
+        assert_eq!(resolve("box", &config).unwrap().hostname, "10.0.0.5");
+        let e = resolve("jumpy", &config).unwrap_err().to_string();
+        assert!(e.contains("ProxyJump is not supported") && e.contains("20-jump.conf:2"), "{e}");
+        let missing = write(&dir, "missing", "Host m\n  IdentityFile /nonexistent/key\n");
+        let e = resolve("m", &missing).unwrap_err().to_string();
+        assert!(e.contains("none of its IdentityFile exists") && e.contains("/nonexistent/key"), "{e}");
+        let bad = write(&dir, "bad", "Host b\n  Port ssh\n");
+        assert!(resolve("b", &bad).unwrap_err().to_string().contains("not a port number"));
+        let looped = write(&dir, "loop", "Include loop\n");
+        assert!(resolve("x", &looped).unwrap_err().to_string().contains("nested too deeply"));
+    }
+}
