@@ -1,0 +1,322 @@
+//! `docker-build`: an image built from a git commit (its files streamed as
+//! the build context, submodules included) or a directory, on one host or
+//! on whichever host of a pool is free.
+
+use std::collections::BTreeMap;
+use std::path::PathBuf;
+use std::time::Duration;
+
+use async_trait::async_trait;
+use deployer_core::cache::Builder;
+use deployer_core::{Error, Job, Level, Pool, ResultExt};
+use deployer_git::{Commit, Git};
+use futures_util::StreamExt;
+use serde::{Deserialize, Serialize};
+use tokio::io::AsyncRead;
+
+use crate::error::{daemon_message, DockerError};
+use crate::host::{DockerHost, HostPool};
+use crate::Shared;
+
+/// What an image is built from.
+#[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
+pub enum BuildSource {
+    /// A fetched git commit (see `deployer_git::Git::fetch`).
+    Commit(Commit),
+    /// A directory on the deployer's machine (rebuilt when its path
+    /// changes, or on request).
+    Dir(PathBuf),
+}
+
+impl From<Commit> for BuildSource {
+    fn from(c: Commit) -> BuildSource {
+        BuildSource::Commit(c)
+    }
+}
+
+/// How to build.
+#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
+pub struct BuildOptions {
+    /// The Dockerfile's path in the context (`Dockerfile`).
+    pub dockerfile: String,
+    /// `--build-arg`s.
+    pub build_args: BTreeMap<String, String>,
+    /// The stage to build (`--target`), if not the last.
+    pub target: Option<String>,
+    /// Labels for the image.
+    pub labels: BTreeMap<String, String>,
+    /// Pull newer base images first (`--pull`).
+    pub pull: bool,
+    /// The platform to build for (`linux/arm64`), if not the host's.
+    pub platform: Option<String>,
+}
+
+impl Default for BuildOptions {
+    fn default() -> BuildOptions {
+        BuildOptions {
+            dockerfile: "Dockerfile".into(),
+            build_args: BTreeMap::new(),
+            target: None,
+            labels: BTreeMap::new(),
+            pull: false,
+            platform: None,
+        }
+    }
+}
+
+impl BuildOptions {
+    /// The Dockerfile at `path` in the context.
+    pub fn dockerfile(path: &str) -> BuildOptions {
+        BuildOptions { dockerfile: path.into(), ..BuildOptions::default() }
+    }
+}
+
+/// A build's cache key: where, from what, how.
+#[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
+pub struct BuildKey {
+    /// The host's name, or `pool:<arch>`.
+    pub on: String,
+    /// The source.
+    pub source: BuildSource,
+    /// The options.
+    pub options: BuildOptions,
+}
+
+/// Where builds of one cache run.
+#[derive(Clone)]
+pub(crate) enum Target {
+    /// Hosts by name (any registered host).
+    Hosts,
+    /// A pool of hosts for one architecture.
+    Pool(HostPool),
+}
+
+/// The builder behind `Docker::build`.
+pub(crate) struct Build {
+    pub(crate) shared: Shared,
+    pub(crate) git: Git,
+    pub(crate) target: Target,
+    pub(crate) level: Level,
+    pub(crate) timeout: Option<Duration>,
+}
+
+/// Describes a source for labels and logs.
+fn describe_source(source: &BuildSource) -> String {
+    match source {
+        BuildSource::Commit(c) => c.id.to_string(),
+        BuildSource::Dir(d) => d.display().to_string(),
+    }
+}
+
+#[async_trait]
+impl Builder for Build {
+    const ID: &'static str = "docker-build";
+    type Key = BuildKey;
+    type Value = crate::Image;
+
+    fn describe(&self, key: &BuildKey) -> Option<String> {
+        Some(format!("docker build {} ({}) on {}", describe_source(&key.source), key.options.dockerfile, key.on))
+    }
+    fn level(&self, _: &BuildKey) -> Level {
+        self.level
+    }
+    fn auto_cancel(&self) -> bool {
+        true
+    }
+    fn pool(&self) -> Option<Pool> {
+        match &self.target {
+            Target::Hosts => None,
+            Target::Pool(p) => Some(p.pool.clone()),
+        }
+    }
+    fn timeout(&self) -> Option<Duration> {
+        self.timeout
+    }
+    async fn build(&self, job: &Job, key: &BuildKey) -> Result<crate::Image, Error> {
+        match &self.target {
+            Target::Hosts => {
+                let host = self.shared.host(&key.on)?;
+                self.build_on(job, &host, key).await
+            }
+            Target::Pool(pool) => {
+                let (i, host) = pool.take()?;
+                job.log(&format!("Building on {} (from the {} pool)", host.name(), pool.arch()));
+                let result = self.build_on(job, &host, key).await;
+                pool.give_back(i);
+                result
+            }
+        }
+    }
+}
+
+impl Build {
+    async fn context(&self, job: &Job, source: &BuildSource) -> Result<TarReader, Error> {
+        match source {
+            BuildSource::Commit(commit) => Ok(TarReader::Git(Some(self.git.tar_context(job, commit).await?))),
+            BuildSource::Dir(dir) => {
+                if !dir.is_dir() {
+                    return Err(Error::msg(format!("the build directory {} does not exist", dir.display())));
+                }
+                let mut tar = tokio::process::Command::new("tar");
+                tar.arg("-c").arg("-C").arg(dir).arg(".");
+                Ok(TarReader::Tar(Some(Box::new(job.stream_output(&mut tar)?))))
+            }
+        }
+    }
+
+    async fn build_on(&self, job: &Job, host: &DockerHost, key: &BuildKey) -> Result<crate::Image, Error> {
+        let docker = host.client().await?;
+        let options = &key.options;
+        let reader = self.context(job, &key.source).await?;
+        let (reader, finished) = Finishing::new(reader);
+        let body = bollard::body_try_stream(tokio_util::io::ReaderStream::new(reader));
+        let mut builder = bollard::query_parameters::BuildImageOptionsBuilder::new()
+            .dockerfile(&options.dockerfile)
+            .rm(true)
+            .forcerm(true)
+            .buildargs(&options.build_args.clone().into_iter().collect())
+            .labels(&options.labels.clone().into_iter().collect());
+        if let Some(target) = &options.target {
+            builder = builder.target(target);
+        }
+        if options.pull {
+            builder = builder.pull("true");
+        }
+        if let Some(platform) = &options.platform {
+            builder = builder.platform(platform);
+        }
+        let credentials = self.shared.build_credentials().await?;
+        job.log(&format!("Building {} ({}) on {}", describe_source(&key.source), options.dockerfile, host.name()));
+        let mut stream = docker.build_image(builder.build(), Some(credentials), Some(body));
+        let mut lines = job.lines();
+        let mut image = None;
+        let cancelled = job.cancelled();
+        tokio::pin!(cancelled);
+        loop {
+            let item = tokio::select! {
+                item = stream.next() => item,
+                reason = &mut cancelled => {
+                    drop(stream); // closes the request: the daemon stops the build
+                    lines.finish();
+                    return Err(job.cancellation_error().unwrap_or_else(|| Error::msg(reason)));
+                }
+            };
+            let Some(item) = item else { break };
+            let info = item.map_err(|e| build_error(host, &key.options, &daemon_message(&e)))?;
+            if let Some(text) = &info.stream {
+                lines.push(text.as_bytes());
+            }
+            if let Some(status) = &info.status {
+                lines.push(format!("{status}\n").as_bytes());
+            }
+            if let Some(detail) = &info.error_detail {
+                lines.finish();
+                let message = detail.message.clone().unwrap_or_default();
+                return Err(build_error(host, &key.options, &message));
+            }
+            if let Some(id) = info.aux.as_ref().and_then(|aux| aux.id.clone()) {
+                image = Some(id);
+            }
+        }
+        lines.finish();
+        finished.check().await.context("sending the build context")?;
+        let id = image.ok_or_else(|| Error::msg(format!("the build on {} reported no image id", host.name())))?;
+        job.log(&format!("Built {id}"));
+        Ok(crate::Image(id))
+    }
+}
+
+/// A failed build's error, with a hint for a missing Dockerfile.
+fn build_error(host: &DockerHost, options: &BuildOptions, message: &str) -> Error {
+    let message = message.trim();
+    if message.contains("Cannot locate specified Dockerfile")
+        || message.contains("no such file or directory") && message.contains(&options.dockerfile)
+    {
+        return Error::msg(format!(
+            "the build context has no {} (docker build on {}: {message})",
+            options.dockerfile,
+            host.name()
+        ));
+    }
+    Error::from(DockerError::Daemon {
+        host: host.name().to_owned(),
+        what: "docker build".into(),
+        why: message.to_owned(),
+    })
+}
+
+/// A build context being streamed (from git, or `tar` of a directory),
+/// finished the same way: read to the end, then asked whether it was whole.
+enum TarReader {
+    Git(Option<deployer_git::TarContext>),
+    Tar(Option<Box<deployer_core::job::OutputStream>>),
+}
+
+impl AsyncRead for TarReader {
+    fn poll_read(
+        self: std::pin::Pin<&mut Self>,
+        cx: &mut std::task::Context<'_>,
+        buf: &mut tokio::io::ReadBuf<'_>,
+    ) -> std::task::Poll<std::io::Result<()>> {
+        match self.get_mut() {
+            TarReader::Git(Some(t)) => std::pin::Pin::new(t).poll_read(cx, buf),
+            TarReader::Tar(Some(t)) => std::pin::Pin::new(t).poll_read(cx, buf),
+            _ => std::task::Poll::Ready(Ok(())),
+        }
+    }
+}
+
+impl TarReader {
+    async fn finish(self) -> Result<(), Error> {
+        match self {
+            TarReader::Git(Some(t)) => t.finish().await,
+            TarReader::Tar(Some(t)) => t.finish().await,
+            _ => Ok(()),
+        }
+    }
+}
+
+/// Hands the context to the request body and gets it back at its end, so
+/// that the archiver's exit status can be checked after the build.
+struct Finishing {
+    inner: Option<TarReader>,
+    done: Option<tokio::sync::oneshot::Sender<TarReader>>,
+}
+
+/// Where the context comes back.
+struct Finished(tokio::sync::oneshot::Receiver<TarReader>);
+
+impl Finishing {
+    fn new(reader: TarReader) -> (Finishing, Finished) {
+        let (tx, rx) = tokio::sync::oneshot::channel();
+        (Finishing { inner: Some(reader), done: Some(tx) }, Finished(rx))
+    }
+}
+
+impl AsyncRead for Finishing {
+    fn poll_read(
+        mut self: std::pin::Pin<&mut Self>,
+        cx: &mut std::task::Context<'_>,
+        buf: &mut tokio::io::ReadBuf<'_>,
+    ) -> std::task::Poll<std::io::Result<()>> {
+        let Some(inner) = self.inner.as_mut() else { return std::task::Poll::Ready(Ok(())) };
+        let before = buf.filled().len();
+        let poll = std::pin::Pin::new(inner).poll_read(cx, buf);
+        if matches!(poll, std::task::Poll::Ready(Ok(()))) && buf.filled().len() == before {
+            // The end: give the context back for its status.
+            if let (Some(inner), Some(done)) = (self.inner.take(), self.done.take()) {
+                let _ = done.send(inner);
+            }
+        }
+        poll
+    }
+}
+
+impl Finished {
+    /// The archiver's status once the body was read to its end (an error
+    /// if the daemon stopped reading it first).
+    async fn check(self) -> Result<(), Error> {
+        let reader = self.0.await.map_err(|_| Error::msg("the daemon stopped reading the build context"))?;
+        reader.finish().await
+    }
+}

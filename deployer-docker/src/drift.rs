@@ -1,0 +1,120 @@
+//! Drift: what a deployed service runs, read on a schedule and compared
+//! with what was deployed. A difference (an image changed by hand, tasks
+//! that keep failing) is an error on the service's check box; it is
+//! repaired only when someone asks (a rebuild of the deploy job).
+
+use std::time::Duration;
+
+use bollard::models::TaskState;
+use deployer_core::{Error, Monitor};
+
+use crate::error::{daemon_message, is_not_found, DockerError};
+use crate::image::Image;
+use crate::service::Deployed;
+use crate::Shared;
+
+/// What a service runs now.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct LiveService {
+    /// The image its spec names.
+    pub image: Option<String>,
+    /// Tasks running.
+    pub running: usize,
+    /// Tasks wanted (replicas, or the tasks of a global service).
+    pub wanted: usize,
+    /// Whether an update or rollback is in progress.
+    pub updating: bool,
+}
+
+/// Reads `name` on `host`.
+async fn read(shared: &Shared, host: &str, name: &str) -> Result<LiveService, Error> {
+    let docker_host = shared.host(host)?;
+    let docker = docker_host.client().await?;
+    let service = match docker.inspect_service(name, None).await {
+        Ok(s) => s,
+        Err(e) if is_not_found(&e) => return Err(Error::msg(format!("the service {name} no longer exists on {host}"))),
+        Err(e) => {
+            return Err(DockerError::Daemon {
+                host: host.to_owned(),
+                what: format!("inspecting {name}"),
+                why: daemon_message(&e),
+            }
+            .into())
+        }
+    };
+    let spec = service.spec.clone().unwrap_or_default();
+    let image = spec.task_template.as_ref().and_then(|t| t.container_spec.as_ref()).and_then(|c| c.image.clone());
+    let filters = std::collections::HashMap::from([("service", vec![name]), ("desired-state", vec!["running"])]);
+    let options = bollard::query_parameters::ListTasksOptionsBuilder::new().filters(&filters).build();
+    let tasks = docker.list_tasks(Some(options)).await.map_err(|e| DockerError::Daemon {
+        host: host.to_owned(),
+        what: format!("listing the tasks of {name}"),
+        why: daemon_message(&e),
+    })?;
+    let running = tasks.iter().filter(|t| t.status.as_ref().and_then(|s| s.state) == Some(TaskState::RUNNING)).count();
+    let wanted = spec
+        .mode
+        .as_ref()
+        .and_then(|m| m.replicated.as_ref())
+        .and_then(|r| r.replicas)
+        .map_or(tasks.len(), |r| r as usize);
+    use bollard::models::ServiceUpdateStatusStateEnum as S;
+    let updating =
+        matches!(service.update_status.as_ref().and_then(|s| s.state), Some(S::UPDATING | S::ROLLBACK_STARTED));
+    Ok(LiveService { image, running, wanted, updating })
+}
+
+/// A monitor of `name` on `host`, read every `every` (and on refresh).
+pub(crate) fn monitor(shared: Shared, host: &str, name: &str, every: Duration) -> Monitor<LiveService> {
+    let (host, name) = (host.to_owned(), name.to_owned());
+    Monitor::poll(&format!("{name} on {host}: live"), every, move || {
+        let (shared, host, name) = (shared.clone(), host.clone(), name.clone());
+        async move { read(&shared, &host, &name).await }
+    })
+}
+
+/// Whether `live` is what `deployed` left; the difference as an error.
+pub(crate) fn check(deployed: &Deployed, live: &LiveService) -> Result<Deployed, Error> {
+    if live.updating {
+        return Ok(deployed.clone());
+    }
+    let image = &deployed.image;
+    let matches = |s: &str| s == image.as_str() || s.ends_with(&format!("@{}", image.digest()));
+    match &live.image {
+        Some(running) if !matches(running) => Err(Error::msg(format!(
+            "drift: {} runs {running}, but {} was deployed (changed by hand?); rebuild the deploy to restore it",
+            deployed.name, image
+        ))),
+        _ if live.running < live.wanted => Err(Error::msg(format!(
+            "drift: {} has {}/{} tasks running {} (are they failing?)",
+            deployed.name,
+            live.running,
+            live.wanted,
+            Image::short(image)
+        ))),
+        _ => Ok(deployed.clone()),
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn drift_is_an_image_or_a_replica_count() {
+        let d = Deployed { name: "web".into(), image: Image(format!("r/web@sha256:{}", "a".repeat(64))) };
+        let ok = LiveService {
+            image: Some(format!("r/web:live@sha256:{}", "a".repeat(64))),
+            running: 2,
+            wanted: 2,
+            updating: false,
+        };
+        assert_eq!(check(&d, &ok).unwrap(), d);
+        let by_hand = LiveService { image: Some("r/web:debug".into()), ..ok.clone() };
+        assert!(check(&d, &by_hand).unwrap_err().message().contains("runs r/web:debug"));
+        let failing = LiveService { running: 1, ..ok.clone() };
+        assert!(check(&d, &failing).unwrap_err().message().contains("1/2 tasks"));
+        let updating = LiveService { updating: true, ..by_hand };
+        assert!(check(&d, &updating).is_ok(), "an update in progress is not drift");
+    }
+}

@@ -1,0 +1,233 @@
+//! Image references (`registry/repository:tag@digest`) and images (an id or
+//! a repository digest).
+
+use std::fmt;
+
+use serde::{Deserialize, Serialize};
+
+/// The registry of images named without one.
+pub const DOCKER_HUB: &str = "docker.io";
+
+/// Why an image reference was refused.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct BadReference {
+    /// The reference given.
+    pub reference: String,
+    /// What is wrong with it.
+    pub why: &'static str,
+}
+
+impl fmt::Display for BadReference {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        write!(f, "refusing the image reference {:?}: {}", self.reference, self.why)
+    }
+}
+
+impl std::error::Error for BadReference {}
+
+/// A parsed image reference, as Docker reads one: `[registry/]path[:tag][@digest]`.
+/// A first component with a `.` or `:` (or `localhost`) is a registry;
+/// otherwise the registry is Docker Hub, where one-component names live
+/// under `library/`.
+///
+/// ```
+/// use deployer_docker::ImageRef;
+///
+/// let r = ImageRef::parse("127.0.0.1:5000/web/app:live")?;
+/// assert_eq!((r.registry(), r.repository(), r.tag()), ("127.0.0.1:5000", "web/app", Some("live")));
+/// let hub = ImageRef::parse("nginx")?;
+/// assert_eq!((hub.registry(), hub.repository(), hub.tag()), ("docker.io", "library/nginx", None));
+/// # Ok::<(), deployer_docker::BadReference>(())
+/// ```
+#[derive(Clone, Debug, PartialEq, Eq, Hash, Serialize, Deserialize)]
+#[serde(try_from = "String", into = "String")]
+pub struct ImageRef {
+    original: String,
+    registry: String,
+    repository: String,
+    tag: Option<String>,
+    digest: Option<String>,
+}
+
+fn path_component_ok(c: &str) -> bool {
+    // lower-case alphanumerics, separated by '.', '_', '__' or '-'s.
+    !c.is_empty()
+        && c.bytes().all(|b| b.is_ascii_lowercase() || b.is_ascii_digit() || b == b'.' || b == b'_' || b == b'-')
+        && c.bytes().next().is_some_and(|b| b.is_ascii_alphanumeric())
+        && c.bytes().last().is_some_and(|b| b.is_ascii_alphanumeric())
+}
+
+impl ImageRef {
+    /// Parses `reference`.
+    pub fn parse(reference: &str) -> Result<ImageRef, BadReference> {
+        let bad = |why| Err(BadReference { reference: reference.to_owned(), why });
+        if reference.is_empty() || reference.len() > 4096 {
+            return bad("it is empty or too long");
+        }
+        if reference.starts_with('-') || reference.chars().any(|c| c.is_whitespace() || c.is_control()) {
+            return bad("it starts with '-' or contains whitespace");
+        }
+        let (rest, digest) = match reference.split_once('@') {
+            Some((rest, digest)) => {
+                let Some(hex) = digest.strip_prefix("sha256:") else { return bad("the digest is not sha256:…") };
+                if hex.len() != 64 || !hex.bytes().all(|b| b.is_ascii_hexdigit() && !b.is_ascii_uppercase()) {
+                    return bad("the digest is not 64 lower-case hexadecimal digits");
+                }
+                (rest, Some(digest.to_owned()))
+            }
+            None => (reference, None),
+        };
+        // A tag follows the last ':' after the last '/'.
+        let last_slash = rest.rfind('/').map_or(0, |i| i + 1);
+        let (name, tag) = match rest[last_slash..].rfind(':') {
+            Some(i) => (&rest[..last_slash + i], Some(rest[last_slash + i + 1..].to_owned())),
+            None => (rest, None),
+        };
+        if let Some(tag) = &tag {
+            let ok = !tag.is_empty()
+                && tag.len() <= 128
+                && tag.bytes().all(|b| b.is_ascii_alphanumeric() || b == b'_' || b == b'.' || b == b'-')
+                && !tag.starts_with(['.', '-']);
+            if !ok {
+                return bad("the tag is not [A-Za-z0-9_.-]{1,128} (not starting with '.' or '-')");
+            }
+        }
+        let (registry, path) = match name.split_once('/') {
+            Some((first, path)) if first.contains(['.', ':']) || first == "localhost" => (first.to_owned(), path),
+            _ => (DOCKER_HUB.to_owned(), name),
+        };
+        if path.is_empty() || !path.split('/').all(path_component_ok) {
+            return bad("the repository path is not lower-case components separated by '/'");
+        }
+        let repository =
+            if registry == DOCKER_HUB && !path.contains('/') { format!("library/{path}") } else { path.to_owned() };
+        Ok(ImageRef { original: reference.to_owned(), registry, repository, tag, digest })
+    }
+
+    /// The registry (`docker.io`, `127.0.0.1:5000`).
+    pub fn registry(&self) -> &str {
+        &self.registry
+    }
+
+    /// The repository in the registry (`library/nginx`, `web/app`).
+    pub fn repository(&self) -> &str {
+        &self.repository
+    }
+
+    /// The tag, if given.
+    pub fn tag(&self) -> Option<&str> {
+        self.tag.as_deref()
+    }
+
+    /// The digest, if given.
+    pub fn digest(&self) -> Option<&str> {
+        self.digest.as_deref()
+    }
+
+    /// The reference as given.
+    pub fn as_str(&self) -> &str {
+        &self.original
+    }
+
+    /// The name without tag or digest, as given (`127.0.0.1:5000/web/app`,
+    /// `nginx`): what `repo@sha256:…` digests are reported against.
+    pub fn name(&self) -> &str {
+        let end = self.original.find('@').unwrap_or(self.original.len());
+        let base = &self.original[..end];
+        match &self.tag {
+            Some(tag) => &base[..base.len() - tag.len() - 1],
+            None => base,
+        }
+    }
+
+    /// `name@digest`: this image pinned to `digest`.
+    pub fn with_digest(&self, digest: &str) -> String {
+        format!("{}@{digest}", self.name())
+    }
+
+    /// The tag to use: the given one, or `latest`.
+    pub fn tag_or_latest(&self) -> &str {
+        self.tag.as_deref().unwrap_or("latest")
+    }
+}
+
+impl fmt::Display for ImageRef {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.write_str(&self.original)
+    }
+}
+
+impl TryFrom<String> for ImageRef {
+    type Error = BadReference;
+    fn try_from(s: String) -> Result<ImageRef, BadReference> {
+        ImageRef::parse(&s)
+    }
+}
+
+impl From<ImageRef> for String {
+    fn from(r: ImageRef) -> String {
+        r.original
+    }
+}
+
+/// An image: an id (`sha256:…`, on one host) or a repository digest
+/// (`repo@sha256:…`, anywhere the registry is reachable). Equal images have
+/// equal strings.
+#[derive(Clone, Debug, PartialEq, Eq, Hash, PartialOrd, Ord, Serialize, Deserialize)]
+pub struct Image(pub String);
+
+impl Image {
+    /// The image's text.
+    pub fn as_str(&self) -> &str {
+        &self.0
+    }
+
+    /// The `sha256:…` part.
+    pub fn digest(&self) -> &str {
+        self.0.rsplit_once('@').map_or(&self.0, |(_, d)| d)
+    }
+
+    /// A short form for labels: the first 12 hex digits of the digest.
+    pub fn short(&self) -> &str {
+        let d = self.digest();
+        let hex = d.strip_prefix("sha256:").unwrap_or(d);
+        &hex[..hex.len().min(12)]
+    }
+}
+
+impl fmt::Display for Image {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.write_str(&self.0)
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn references_parse_as_docker_reads_them() {
+        let d = format!("sha256:{}", "a".repeat(64));
+        let r = ImageRef::parse(&format!("ocurrent/ocaml-ci-service:live@{d}")).unwrap();
+        assert_eq!(
+            (r.registry(), r.repository(), r.tag(), r.digest()),
+            ("docker.io", "ocurrent/ocaml-ci-service", Some("live"), Some(d.as_str()))
+        );
+        assert_eq!(r.name(), "ocurrent/ocaml-ci-service");
+        let r = ImageRef::parse("localhost/x").unwrap();
+        assert_eq!((r.registry(), r.repository(), r.tag()), ("localhost", "x", None));
+        let r = ImageRef::parse("localhost:5000/a/b").unwrap();
+        assert_eq!((r.registry(), r.repository(), r.name()), ("localhost:5000", "a/b", "localhost:5000/a/b"));
+        assert_eq!(r.with_digest(&d), format!("localhost:5000/a/b@{d}"));
+        for bad in ["", "-x", "UPPER/case", "a b", "x:", "x:-t", "x@sha256:abc", "x@md5:00", "a//b", "x:tag:more"] {
+            assert!(ImageRef::parse(bad).is_err(), "{bad}");
+        }
+    }
+
+    #[test]
+    fn images_show_short() {
+        let i = Image(format!("web@sha256:{}", "0123456789ab".repeat(5) + "cdef"));
+        assert_eq!(i.short(), "0123456789ab");
+        assert!(i.digest().starts_with("sha256:"));
+    }
+}

@@ -1,0 +1,356 @@
+//! deployer-docker against a real Docker Engine in swarm mode and a real
+//! registry on loopback (see `support/docker.rs`), with the real engine,
+//! caches and store.
+
+mod support {
+    pub mod docker;
+}
+
+#[path = "../../deployer-ssh/tests/support/sshd.rs"]
+mod sshd;
+
+use std::path::{Path, PathBuf};
+use std::time::Duration;
+
+use bollard::models::{ServiceSpec, ServiceSpecMode, ServiceSpecModeReplicated, TaskSpec, TaskSpecContainerSpec};
+use deployer_core::cache::Schedule;
+use deployer_core::{Config, Context, Current, Engine, ManualClock, Output, Value, Var};
+use deployer_docker::{BuildOptions, BuildSource, Docker, DockerHost, Endpoint, Image, ServiceOptions};
+use support::docker::{busybox_context, docker_cli, run, served_by, services, SERVE};
+
+/// A directory for one test.
+fn dir(name: &str) -> PathBuf {
+    let d = services().work.join(name);
+    let _ = std::fs::remove_dir_all(&d);
+    std::fs::create_dir_all(&d).unwrap();
+    d
+}
+
+/// Docker with the test daemon as the host `test`, credentials from an
+/// empty config directory.
+fn docker(ctx: &Context, d: &Path) -> (Docker, DockerHost) {
+    let config = d.join("docker-config");
+    std::fs::create_dir_all(&config).unwrap();
+    let docker = Docker::new(ctx).config_dir(&config);
+    let host = docker.unix("test", &services().socket).unwrap();
+    (docker, host)
+}
+
+/// A unique name for this process (tests share one daemon).
+fn unique(name: &str) -> String {
+    format!("{name}-{}", std::process::id())
+}
+
+/// Steps `engine` until `want` holds (`secs` at most).
+async fn settle<T: Value + std::fmt::Debug>(
+    engine: &Engine<T>,
+    what: &str,
+    secs: u64,
+    want: impl Fn(&Output<T>) -> bool,
+) -> Output<T> {
+    engine.step();
+    tokio::time::timeout(Duration::from_secs(secs), async {
+        loop {
+            let out = engine.output();
+            if want(&out) {
+                return out;
+            }
+            engine.next().await;
+        }
+    })
+    .await
+    .unwrap_or_else(|_| panic!("{what}: still {:?} after {secs} s", engine.output()))
+}
+
+fn log(ctx: &Context, job: &str) -> String {
+    String::from_utf8(ctx.jobs.read_log(job, 0, 1 << 20).unwrap().0).unwrap()
+}
+
+/// A spec for a quick-to-update replicated service (1 replica, 1 s stop
+/// grace).
+fn quick_spec() -> ServiceSpec {
+    ServiceSpec {
+        mode: Some(ServiceSpecMode {
+            replicated: Some(ServiceSpecModeReplicated { replicas: Some(1) }),
+            ..Default::default()
+        }),
+        task_template: Some(TaskSpec {
+            container_spec: Some(TaskSpecContainerSpec {
+                stop_grace_period: Some(1_000_000_000),
+                ..Default::default()
+            }),
+            ..Default::default()
+        }),
+        ..Default::default()
+    }
+}
+
+fn quick_options() -> ServiceOptions {
+    ServiceOptions {
+        monitor: Duration::from_secs(2),
+        deadline: Duration::from_secs(90),
+        create: Some(quick_spec()),
+        drift_check: Duration::from_millis(500),
+    }
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn build_push_deploy_then_a_broken_image_is_rolled_back_and_drift_is_seen() {
+    let s = services();
+    let d = dir("deploy");
+    let ctx = Context::open(&d.join("state"), Config::default()).unwrap();
+    let (docker, host) = docker(&ctx, &d);
+    let name = unique("web");
+    let source = Var::new("source", BuildSource::Dir(busybox_context(&d.join("v1"), "v1", SERVE)));
+    let image = docker.build("build web", &host, &source.current(), BuildOptions::default());
+    let tag = format!("{}/{}:live", s.registry, unique("web"));
+    let pushed = docker.push(&host, &tag, &image).unwrap();
+    let deployed = docker.service(&host, &name, &pushed, quick_options());
+    let engine = Engine::new(deployed);
+    // v1: built, pushed, and the service created on it.
+    let out = settle(&engine, "v1 deployed", 120, |o| matches!(o, Output::Ok(_))).await;
+    let Output::Ok(v1) = out else { unreachable!() };
+    assert!(v1.image.as_str().starts_with(&format!("{}/{}@sha256:", s.registry, unique("web"))), "{v1:?}");
+    assert_eq!(served_by(s, &name), "v1");
+    // v2: the service is updated and converges.
+    source.set(BuildSource::Dir(busybox_context(&d.join("v2"), "v2", SERVE)));
+    let out = settle(&engine, "v2 deployed", 120, |o| matches!(o, Output::Ok(d) if d.image != v1.image)).await;
+    let Output::Ok(v2) = out else { unreachable!() };
+    assert_eq!(served_by(s, &name), "v2");
+    // A broken image (exits at once): rolled back, v2 still serving.
+    source.set(BuildSource::Dir(busybox_context(&d.join("v3"), "v3", "echo broken; exit 3")));
+    let out = settle(&engine, "the broken image's failure", 180, |o| o.err().is_some()).await;
+    let message = out.err().unwrap().message().to_owned();
+    assert!(message.contains("rolled back"), "{message}");
+    let spec_image = run(docker_cli(s).args([
+        "service",
+        "inspect",
+        &name,
+        "--format",
+        "{{.Spec.TaskTemplate.ContainerSpec.Image}}",
+    ]));
+    assert!(spec_image.ends_with(v2.image.digest()), "the service is back on v2: {spec_image}");
+    assert_eq!(served_by(s, &name), "v2", "the previous version keeps serving");
+    let history = ctx.store.history(Default::default()).await.unwrap();
+    let failed = history.rows.iter().find(|r| !r.ok && r.op == "docker-service").expect("a failed deploy row");
+    assert!(log(&ctx, &failed.job_id).contains("Rolling"), "{}", log(&ctx, &failed.job_id));
+    // Back to v2's source: the deploy is good again. Then someone changes
+    // the service by hand: drift shows on the service's check.
+    source.set(BuildSource::Dir(d.join("v2")));
+    settle(&engine, "v2 again", 120, |o| matches!(o, Output::Ok(d) if d.image == v2.image)).await;
+    run(docker_cli(s).args(["service", "update", "--detach", "--image", v1.image.as_str(), &name]));
+    let out = settle(&engine, "drift", 120, |o| o.err().is_some_and(|e| e.message().contains("drift"))).await;
+    assert!(out.err().unwrap().message().contains(v1.image.as_str()), "{out:?}");
+    run(docker_cli(s).args(["service", "rm", &name]));
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_pull_asks_the_registry_first_and_pulls_only_a_new_digest() {
+    let s = services();
+    let d = dir("pull");
+    let clock = ManualClock::new(1_764_000_000_000);
+    let ctx = Context::open_with_clock(&d.join("state"), Config::default(), clock.clock()).unwrap();
+    let (docker, host) = docker(&ctx, &d);
+    let tag = format!("{}/{}:weekly", s.registry, unique("pulled"));
+    busybox_context(&d.join("ctx"), "p1", SERVE);
+    run(docker_cli(s).args(["build", "-q", "-t", &tag]).arg(d.join("ctx")));
+    run(docker_cli(s).args(["push", "-q", &tag]));
+    run(docker_cli(s).args(["rmi", &tag]));
+    let weekly = Schedule::every(Duration::from_secs(7 * 86_400));
+    let engine = Engine::new(docker.pull(&host, &tag, weekly).unwrap());
+    let out = settle(&engine, "the first pull", 60, |o| matches!(o, Output::Ok(_))).await;
+    let Output::Ok(first) = out else { unreachable!() };
+    assert!(first.as_str().starts_with(&format!("{}/{}@sha256:", s.registry, unique("pulled"))), "{first:?}");
+    // A week later: the registry has the same digest; nothing is pulled.
+    clock.advance(Duration::from_secs(7 * 86_400));
+    engine.step();
+    let history = tokio::time::timeout(Duration::from_secs(60), async {
+        loop {
+            let history = ctx.store.history(Default::default()).await.unwrap();
+            if history.rows.len() == 2 {
+                return history;
+            }
+            engine.next().await;
+        }
+    })
+    .await
+    .expect("the weekly check ran within 60 s");
+    assert!(log(&ctx, &history.rows[1].job_id).contains(&format!("Pulling {first}")), "the first run pulled");
+    let second = log(&ctx, &history.rows[0].job_id);
+    assert!(second.contains("not pulling") && !second.contains("Pulling"), "{second}");
+    assert_eq!(engine.output(), Output::Ok(first));
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_two_arch_manifest_list_is_pushed_and_read_back() {
+    let s = services();
+    let d = dir("manifest");
+    let ctx = Context::open(&d.join("state"), Config::default()).unwrap();
+    let (docker, host) = docker(&ctx, &d);
+    let repo = format!("{}/{}", s.registry, unique("multi"));
+    let mut images = Vec::new();
+    for arch in ["amd64", "arm64"] {
+        busybox_context(&d.join(arch), arch, SERVE);
+        let tag = format!("{repo}:{arch}");
+        run(docker_cli(s)
+            .args(["build", "-q", "--no-cache", "--platform", &format!("linux/{arch}"), "-t", &tag])
+            .arg(d.join(arch)));
+        run(docker_cli(s).args(["push", "-q", &tag]));
+        let digest = run(docker_cli(s).args(["image", "inspect", &tag, "--format", "{{index .RepoDigests 0}}"]));
+        images.push(Image(digest));
+    }
+    let list = format!("{repo}:live");
+    let pushed = docker.push_manifest(&list, &Current::constant(images.clone())).unwrap();
+    // Read back (by the list's digest, once it is pushed): the arm64 entry.
+    let arm = pushed.bind("pull arm64", {
+        let (docker, host) = (docker.clone(), host.clone());
+        move |list: &Image| docker.pull_arch(&host, list.as_str(), "arm64", Schedule::never()).unwrap()
+    });
+    let engine = Engine::new(pushed.pair(&arm));
+    let out = settle(&engine, "the manifest list", 60, |o| matches!(o, Output::Ok(_))).await;
+    let Output::Ok((list_image, arm_image)) = out else { unreachable!() };
+    assert!(list_image.as_str().starts_with(&format!("{repo}@sha256:")), "{list_image:?}");
+    assert_eq!(arm_image.digest(), images[1].digest(), "the arm64 entry is the arm64 image");
+    // The docker CLI reads it back as a two-platform list.
+    let inspect = run(docker_cli(s).args(["manifest", "inspect", "--insecure", &list]));
+    assert!(
+        inspect.contains("\"architecture\": \"amd64\"") && inspect.contains("\"architecture\": \"arm64\""),
+        "{inspect}"
+    );
+    assert!(inspect.contains(images[0].digest()) && inspect.contains(images[1].digest()), "{inspect}");
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn the_same_flow_through_ssh_and_a_context_folder() {
+    let s = services();
+    let d = dir("ssh");
+    let ctx = Context::open(&d.join("state"), Config::default()).unwrap();
+    let server = sshd::Sshd::start(&d.join("sshd"));
+    let known = server.known_hosts("known_hosts", server.port);
+    // A context folder made by the docker CLI, as ocurrent-deployer's is.
+    let config = d.join("config");
+    let remote = format!("ssh://{}@127.0.0.1:{}", server.user, server.port);
+    let cli = |args: &[&str]| run(std::process::Command::new("docker").arg("--config").arg(&config).args(args));
+    cli(&["context", "create", "remote", "--docker", &format!("host={remote}")]);
+    cli(&["context", "create", "local", "--docker", &format!("host=unix://{}", s.socket.display())]);
+    let docker = Docker::new(&ctx).config_dir(&config);
+    docker.ssh_identity(Some(&server.client_key), Some(&known));
+    let local = docker.context("local").unwrap();
+    assert_eq!(local.endpoint(), &Endpoint::Unix(s.socket.clone()));
+    let via_context = docker.context("remote").unwrap();
+    assert!(
+        matches!(via_context.endpoint(), Endpoint::Ssh { destination, .. } if destination.ends_with(&format!("127.0.0.1:{}", server.port)))
+    );
+    let e = docker.context("nope").unwrap_err().to_string();
+    assert!(e.contains("unknown Docker context \"nope\""), "{e}");
+    // The test daemon's socket is not /var/run/docker.sock: name it.
+    let ssh_host = deployer_ssh::Host::new(&format!("{}@127.0.0.1:{}", server.user, server.port))
+        .unwrap()
+        .key_file(&server.client_key)
+        .known_hosts(&known);
+    let remote_host = docker.ssh("over-ssh", ssh_host, &s.socket.to_string_lossy()).unwrap();
+    let name = unique("ssh-web");
+    let source = Current::constant(BuildSource::Dir(busybox_context(&d.join("v1"), "over ssh", SERVE)));
+    let image = docker.build("build", &remote_host, &source, BuildOptions::default());
+    let pushed = docker.push(&remote_host, &format!("{}/{}:live", s.registry, unique("ssh-web")), &image).unwrap();
+    let deployed = docker.service(&remote_host, &name, &pushed, quick_options());
+    let said = docker.pread(
+        "hello",
+        &local,
+        &image,
+        vec!["/bin/busybox".into(), "echo".into(), "hello from the context".into()],
+    );
+    let engine = Engine::new(deployed.pair(&said));
+    let out = settle(&engine, "the deploy over SSH", 180, |o| matches!(o, Output::Ok(_))).await;
+    let Output::Ok((_, said)) = out else { unreachable!() };
+    assert_eq!(said.trim(), "hello from the context");
+    assert_eq!(served_by(s, &name), "over ssh");
+    assert!(server.log().contains("Accepted publickey"), "the daemon was reached through sshd");
+    run(docker_cli(s).args(["service", "rm", &name]));
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn bad_input_fails_clearly_and_changes_nothing() {
+    let s = services();
+    let d = dir("bad");
+    let ctx = Context::open(&d.join("state"), Config::default()).unwrap();
+    let (docker, host) = docker(&ctx, &d);
+    // No Dockerfile in the context.
+    let empty = d.join("empty");
+    std::fs::create_dir_all(&empty).unwrap();
+    std::fs::write(empty.join("README"), "no Dockerfile here").unwrap();
+    let no_dockerfile =
+        docker.build("build", &host, &Current::constant(BuildSource::Dir(empty)), BuildOptions::default());
+    // A failing build step.
+    let failing = d.join("failing");
+    std::fs::create_dir_all(&failing).unwrap();
+    std::fs::write(failing.join("Dockerfile"), "FROM scratch\nCOPY missing-file /\n").unwrap();
+    let build_fails =
+        docker.build("build 2", &host, &Current::constant(BuildSource::Dir(failing)), BuildOptions::default());
+    // A registry that is down.
+    let closed = std::net::TcpListener::bind("127.0.0.1:0").unwrap().local_addr().unwrap().port();
+    busybox_context(&d.join("ok"), "ok", SERVE);
+    let image =
+        docker.build("build 3", &host, &Current::constant(BuildSource::Dir(d.join("ok"))), BuildOptions::default());
+    let push_down = docker.push(&host, &format!("127.0.0.1:{closed}/x:y"), &image).unwrap();
+    // A service that does not exist (and no spec to create it).
+    let absent = docker.service(
+        &host,
+        &unique("absent"),
+        &Current::constant(Image(format!("{}/x@sha256:{}", s.registry, "0".repeat(64)))),
+        ServiceOptions::default(),
+    );
+    let all = [
+        no_dockerfile.ignore_value().catch(),
+        build_fails.ignore_value().catch(),
+        push_down.ignore_value().catch(),
+        absent.ignore_value().catch(),
+    ];
+    let engine = Engine::new(Current::all(all));
+    let out =
+        settle(&engine, "all four failures", 120, |o| matches!(o, Output::Ok(v) if v.iter().all(|r| r.is_err()))).await;
+    let Output::Ok(results) = out else { unreachable!() };
+    let messages: Vec<String> = results.iter().map(|r| r.as_ref().unwrap_err().message().to_owned()).collect();
+    assert!(messages[0].contains("has no Dockerfile"), "{}", messages[0]);
+    assert!(messages[1].contains("docker build on test") && messages[1].contains("missing-file"), "{}", messages[1]);
+    assert!(messages[2].contains(&format!("127.0.0.1:{closed}")), "{}", messages[2]);
+    assert!(
+        messages[3].contains("there is no service") && messages[3].contains("docker stack deploy"),
+        "{}",
+        messages[3]
+    );
+    // Unknown hosts and references are refused when the pipeline is made.
+    assert!(docker.pull(&host, "Not/A:Valid:Ref", Schedule::never()).is_err());
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn builds_for_an_architecture_share_a_pool_of_hosts() {
+    let s = services();
+    let d = dir("pool");
+    let ctx = Context::open(&d.join("state"), Config::default()).unwrap();
+    let (docker, _) = docker(&ctx, &d);
+    // Two hosts (the same daemon under two names): two builds at once use both.
+    let hosts = vec![docker.unix("builder-1", &s.socket).unwrap(), docker.unix("builder-2", &s.socket).unwrap()];
+    let pool = docker.pool("amd64", hosts);
+    let builds: Vec<Current<Image>> = ["a", "b"]
+        .iter()
+        .map(|v| {
+            let source = Current::constant(BuildSource::Dir(busybox_context(&d.join(v), v, SERVE)));
+            docker.build_on_pool(&format!("build {v}"), &pool, &source, BuildOptions::default())
+        })
+        .collect();
+    let engine = Engine::new(Current::all(builds));
+    settle(&engine, "both builds", 120, |o| matches!(o, Output::Ok(_))).await;
+    let history = ctx.store.history(Default::default()).await.unwrap();
+    let mut used: Vec<String> = history
+        .rows
+        .iter()
+        .map(|r| log(&ctx, &r.job_id))
+        .filter_map(|l| {
+            l.lines()
+                .find_map(|line| line.split("Building on ").nth(1).map(|h| h.split(' ').next().unwrap().to_owned()))
+        })
+        .collect();
+    used.sort();
+    assert_eq!(used, ["builder-1", "builder-2"], "each build took a free host of the pool");
+}
