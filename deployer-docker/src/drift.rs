@@ -22,12 +22,20 @@ pub struct LiveService {
     pub running: usize,
     /// Tasks wanted (replicas, or the tasks of a global service).
     pub wanted: usize,
-    /// Whether an update or rollback is in progress.
+    /// Whether an update or rollback is in progress (ours or anyone's).
     pub updating: bool,
+    /// When this was read (Unix milliseconds).
+    pub read_at: i64,
+}
+
+/// Now, in Unix milliseconds (deploys and readings are compared by it).
+pub(crate) fn now_ms() -> i64 {
+    std::time::SystemTime::now().duration_since(std::time::UNIX_EPOCH).map_or(0, |d| d.as_millis() as i64)
 }
 
 /// Reads `name` on `host`.
 async fn read(shared: &Shared, host: &str, name: &str) -> Result<LiveService, Error> {
+    let read_at = now_ms();
     let docker_host = shared.host(host)?;
     let docker = docker_host.client().await?;
     let service = match docker.inspect_service(name, None).await {
@@ -59,9 +67,9 @@ async fn read(shared: &Shared, host: &str, name: &str) -> Result<LiveService, Er
         .and_then(|r| r.replicas)
         .map_or(tasks.len(), |r| r as usize);
     use bollard::models::ServiceUpdateStatusStateEnum as S;
-    let updating =
-        matches!(service.update_status.as_ref().and_then(|s| s.state), Some(S::UPDATING | S::ROLLBACK_STARTED));
-    Ok(LiveService { image, running, wanted, updating })
+    let updating = shared.deploying(host, name)
+        || matches!(service.update_status.as_ref().and_then(|s| s.state), Some(S::UPDATING | S::ROLLBACK_STARTED));
+    Ok(LiveService { image, running, wanted, updating, read_at })
 }
 
 /// A monitor of `name` on `host`, read every `every` (and on refresh).
@@ -75,7 +83,9 @@ pub(crate) fn monitor(shared: Shared, host: &str, name: &str, every: Duration) -
 
 /// Whether `live` is what `deployed` left; the difference as an error.
 pub(crate) fn check(deployed: &Deployed, live: &LiveService) -> Result<Deployed, Error> {
-    if live.updating {
+    // An update in progress, or a reading from before the deploy (a fresh
+    // one is on its way): nothing to compare yet.
+    if live.updating || live.read_at < deployed.at {
         return Ok(deployed.clone());
     }
     let image = &deployed.image;
@@ -102,19 +112,22 @@ mod tests {
 
     #[test]
     fn drift_is_an_image_or_a_replica_count() {
-        let d = Deployed { name: "web".into(), image: Image(format!("r/web@sha256:{}", "a".repeat(64))) };
+        let d = Deployed { name: "web".into(), image: Image(format!("r/web@sha256:{}", "a".repeat(64))), at: 1000 };
         let ok = LiveService {
             image: Some(format!("r/web:live@sha256:{}", "a".repeat(64))),
             running: 2,
             wanted: 2,
             updating: false,
+            read_at: 2000,
         };
         assert_eq!(check(&d, &ok).unwrap(), d);
         let by_hand = LiveService { image: Some("r/web:debug".into()), ..ok.clone() };
         assert!(check(&d, &by_hand).unwrap_err().message().contains("runs r/web:debug"));
         let failing = LiveService { running: 1, ..ok.clone() };
         assert!(check(&d, &failing).unwrap_err().message().contains("1/2 tasks"));
-        let updating = LiveService { updating: true, ..by_hand };
+        let updating = LiveService { updating: true, ..by_hand.clone() };
         assert!(check(&d, &updating).is_ok(), "an update in progress is not drift");
+        let stale = LiveService { read_at: 500, ..by_hand };
+        assert!(check(&d, &stale).is_ok(), "a reading from before the deploy is not drift");
     }
 }

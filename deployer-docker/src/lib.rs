@@ -83,6 +83,20 @@ struct SharedInner {
     hosts: RwLock<HashMap<String, DockerHost>>,
     http: std::sync::OnceLock<reqwest::Client>,
     monitors: RwLock<HashMap<(String, String), Monitor<LiveService>>>,
+    /// Services a deploy job is working on now.
+    deploying: std::sync::Mutex<std::collections::HashSet<(String, String)>>,
+}
+
+/// Marks a service as being deployed while it lives.
+pub(crate) struct Deploying {
+    shared: Shared,
+    key: (String, String),
+}
+
+impl Drop for Deploying {
+    fn drop(&mut self) {
+        self.shared.inner.deploying.lock().unwrap_or_else(|e| e.into_inner()).remove(&self.key);
+    }
 }
 
 impl Shared {
@@ -149,6 +163,19 @@ impl Shared {
         Ok(registry::Registry::new(http, registry, credentials))
     }
 
+    /// Marks `name` on `host` as being deployed until the guard is dropped:
+    /// its drift check waits meanwhile.
+    pub(crate) fn deploying_guard(&self, host: &str, name: &str) -> Deploying {
+        let key = (host.to_owned(), name.to_owned());
+        self.inner.deploying.lock().unwrap_or_else(|e| e.into_inner()).insert(key.clone());
+        Deploying { shared: self.clone(), key }
+    }
+
+    /// Whether a deploy job is working on `name` on `host`.
+    pub(crate) fn deploying(&self, host: &str, name: &str) -> bool {
+        self.inner.deploying.lock().unwrap_or_else(|e| e.into_inner()).contains(&(host.to_owned(), name.to_owned()))
+    }
+
     /// Reads the live state of `name` on `host` again (after a deploy).
     pub(crate) fn refresh_live(&self, host: &str, name: &str) {
         if let Some(m) =
@@ -209,6 +236,7 @@ impl Docker {
                 hosts: RwLock::default(),
                 http: std::sync::OnceLock::new(),
                 monitors: RwLock::default(),
+                deploying: std::sync::Mutex::default(),
             }),
         };
         let build = |target| build::Build {

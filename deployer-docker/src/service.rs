@@ -65,6 +65,8 @@ pub struct Deployed {
     pub name: String,
     /// The image it runs.
     pub image: Image,
+    /// When the deploy was confirmed (Unix milliseconds).
+    pub at: i64,
 }
 
 /// The publisher behind `Docker::service`.
@@ -351,6 +353,15 @@ impl Publisher for UpdateService {
         true
     }
     async fn publish(&self, job: &Job, key: &ServiceKey, image: &Image) -> Result<Deployed, Error> {
+        let _deploying = self.shared.deploying_guard(&key.host, &key.name);
+        let result = self.deploy(job, key, image).await;
+        self.shared.refresh_live(&key.host, &key.name);
+        result
+    }
+}
+
+impl UpdateService {
+    async fn deploy(&self, job: &Job, key: &ServiceKey, image: &Image) -> Result<Deployed, Error> {
         let options = self.options.read().unwrap_or_else(|e| e.into_inner()).get(key).cloned().unwrap_or_default();
         let host = self.shared.host(&key.host)?;
         let docker = host.client().await?;
@@ -378,7 +389,7 @@ impl Publisher for UpdateService {
                 .await
                 .map_err(daemon(&host, format!("creating the service {name}")))?;
             return match self.watch_update(&options, job, (&docker, &host), name, image, started).await? {
-                Ok(()) => Ok(Deployed { name: name.clone(), image: image.clone() }),
+                Ok(()) => Ok(Deployed { name: name.clone(), image: image.clone(), at: crate::drift::now_ms() }),
                 Err(why) => Err(Error::msg(format!("the new service {name} is not healthy: {why}"))),
             };
         };
@@ -387,7 +398,7 @@ impl Publisher for UpdateService {
         let force = if same_image(&previous, image) {
             if running >= want {
                 job.log(&format!("{name} already runs {image} ({running}/{want} tasks)"));
-                return Ok(Deployed { name: name.clone(), image: image.clone() });
+                return Ok(Deployed { name: name.clone(), image: image.clone(), at: crate::drift::now_ms() });
             }
             // The right image, not running: make the tasks again.
             job.log(&format!("{name} has {image} but {running}/{want} tasks run: forcing an update"));
@@ -398,10 +409,7 @@ impl Publisher for UpdateService {
         };
         send_update(&docker, &host, &service, name, image, force, credentials).await?;
         match self.watch_update(&options, job, (&docker, &host), name, image, started).await {
-            Ok(Ok(())) => {
-                self.shared.refresh_live(&key.host, name);
-                Ok(Deployed { name: name.clone(), image: image.clone() })
-            }
+            Ok(Ok(())) => Ok(Deployed { name: name.clone(), image: image.clone(), at: crate::drift::now_ms() }),
             Ok(Err(why)) => {
                 job.log(&format!("{name} is not healthy on {image}: {why}"));
                 self.roll_back(&options, job, &docker, &host, name, &previous).await?;
