@@ -14,9 +14,9 @@ use std::time::Duration;
 
 use bollard::models::{ServiceSpec, ServiceSpecMode, ServiceSpecModeReplicated, TaskSpec, TaskSpecContainerSpec};
 use deployer_core::cache::Schedule;
-use deployer_core::{Config, Context, Current, Engine, ManualClock, Output, Value, Var};
-use deployer_docker::{BuildOptions, BuildSource, Docker, DockerHost, Endpoint, Image, ServiceOptions};
-use support::docker::{busybox_context, docker_cli, run, served_by, services, SERVE};
+use deployer_core::{Config, Context, Current, Engine, ManualClock, Output, Secret, Value, Var};
+use deployer_docker::{BuildOptions, BuildSource, Credentials, Docker, DockerHost, Endpoint, Image, ServiceOptions};
+use support::docker::{busybox_context, docker_cli, registry_with_password, run, served_by, services, SERVE};
 
 /// A directory for one test.
 fn dir(name: &str) -> PathBuf {
@@ -353,4 +353,53 @@ async fn builds_for_an_architecture_share_a_pool_of_hosts() {
         .collect();
     used.sort();
     assert_eq!(used, ["builder-1", "builder-2"], "each build took a free host of the pool");
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn registry_credentials_from_config_json_and_wrong_ones_fail_without_showing_them() {
+    let d = dir("credentials");
+    let password = "correct-horse-4421";
+    let registry = registry_with_password("alice", password);
+    busybox_context(&d.join("ctx"), "private", SERVE);
+    let source = Current::constant(BuildSource::Dir(d.join("ctx")));
+    // From config.json's "auths", as `docker login` writes it.
+    let config = d.join("with-login");
+    std::fs::create_dir_all(&config).unwrap();
+    use base64::Engine as _;
+    let auth = base64::engine::general_purpose::STANDARD.encode(format!("alice:{password}"));
+    std::fs::write(config.join("config.json"), format!(r#"{{"auths":{{"{registry}":{{"auth":"{auth}"}}}}}}"#)).unwrap();
+    let ctx = Context::open(&d.join("state"), Config::default()).unwrap();
+    let docker = Docker::new(&ctx).config_dir(&config);
+    let host = docker.unix("test", &services().socket).unwrap();
+    let image = docker.build("build", &host, &source, BuildOptions::default());
+    let tag = format!("{registry}/private:live");
+    let pushed = docker.push(&host, &tag, &image).unwrap();
+    let manifest = docker.push_manifest(&format!("{registry}/private:list"), &pushed.map(|i| vec![i.clone()])).unwrap();
+    let engine = Engine::new(manifest);
+    let out = settle(&engine, "the authenticated push and manifest", 120, |o| !matches!(o, Output::Active(_))).await;
+    assert!(matches!(out, Output::Ok(_)), "{out:?}");
+    // Wrong credentials, given as a secret: a clear failure, no password.
+    let ctx2 = Context::open(&d.join("state2"), Config::default()).unwrap();
+    let wrong = Docker::new(&ctx2).config_dir(&d.join("no-config"));
+    wrong.credentials(
+        &registry,
+        Credentials { username: "alice".into(), password: Secret::new("not-the-password".into()) },
+    );
+    let host2 = wrong.unix("test", &services().socket).unwrap();
+    let image2 = wrong.build("build", &host2, &source, BuildOptions::default());
+    let refused = wrong.push(&host2, &format!("{registry}/private:other"), &image2).unwrap();
+    let engine = Engine::new(refused);
+    let out = settle(&engine, "the refused push", 120, |o| o.err().is_some()).await;
+    let message = out.err().unwrap().message().to_owned();
+    assert!(
+        message.contains("pushing")
+            && (message.contains("unauthorized") || message.contains("authentication required")),
+        "{message}"
+    );
+    for c in [&ctx, &ctx2] {
+        for row in c.store.history(Default::default()).await.unwrap().rows {
+            let text = format!("{}{}", log(c, &row.job_id), row.outcome);
+            assert!(!text.contains(password) && !text.contains("not-the-password") && !text.contains(&auth), "{text}");
+        }
+    }
 }

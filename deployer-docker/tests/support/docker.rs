@@ -192,3 +192,36 @@ pub fn served_by(services: &Services, service: &str) -> String {
     let id = ids.lines().next().unwrap_or_else(|| panic!("no running container of {service}"));
     run(docker_cli(services).args(["exec", id, "/bin/busybox", "wget", "-qO-", "http://127.0.0.1:8080/index.html"]))
 }
+
+/// A registry of this process's own that asks for a user name and password
+/// (htpasswd, bcrypt), on a free loopback port; stopped when the process
+/// exits. Returns `127.0.0.1:port`.
+pub fn registry_with_password(user: &str, password: &str) -> String {
+    let s = services();
+    let d = s.work.join(format!("auth-registry-{user}"));
+    std::fs::create_dir_all(&d).unwrap();
+    let htpasswd = run(Command::new("htpasswd").args(["-Bbn", user, password]));
+    std::fs::write(d.join("htpasswd"), format!("{htpasswd}\n")).unwrap();
+    let port = free_port();
+    let config = d.join("registry.yml");
+    std::fs::write(
+        &config,
+        format!(
+            "version: 0.1\nstorage:\n  filesystem:\n    rootdirectory: {}\nhttp:\n  addr: 127.0.0.1:{port}\n\
+             auth:\n  htpasswd:\n    realm: deployer-test\n    path: {}\n",
+            d.join("data").display(),
+            d.join("htpasswd").display()
+        ),
+    )
+    .unwrap();
+    start_for_process_lifetime(
+        "docker-registry",
+        vec!["serve".to_owned(), config.display().to_string()],
+        d.join("registry.log"),
+    );
+    let address = format!("127.0.0.1:{port}");
+    wait_for("the registry with a password", Duration::from_secs(30), || {
+        std::net::TcpStream::connect(&address).is_ok()
+    });
+    address
+}
