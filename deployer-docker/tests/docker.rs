@@ -403,3 +403,36 @@ async fn registry_credentials_from_config_json_and_wrong_ones_fail_without_showi
         }
     }
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_tls_context_with_client_certificates() {
+    let s = services();
+    let d = dir("tls");
+    let ctx = Context::open(&d.join("state"), Config::default()).unwrap();
+    // A context made by the docker CLI with TLS material, as for a remote
+    // daemon reached over TCP.
+    let config = d.join("config");
+    let tls = |f: &str| s.tls.join(f).display().to_string();
+    run(std::process::Command::new("docker").arg("--config").arg(&config).args([
+        "context",
+        "create",
+        "secure",
+        "--docker",
+        &format!("host=tcp://{},ca={},cert={},key={}", s.tcp, tls("ca.pem"), tls("cert.pem"), tls("key.pem")),
+    ]));
+    let docker = Docker::new(&ctx).config_dir(&config);
+    let secure = docker.context("secure").unwrap();
+    assert!(matches!(secure.endpoint(), Endpoint::Tcp { tls: Some(_), .. }), "{:?}", secure.endpoint());
+    let local = docker.unix("local", &s.socket).unwrap();
+    busybox_context(&d.join("ctx"), "tls", SERVE);
+    let image =
+        docker.build("build", &local, &Current::constant(BuildSource::Dir(d.join("ctx"))), BuildOptions::default());
+    let said = docker.pread("over TLS", &secure, &image, vec!["/bin/busybox".into(), "echo".into(), "over TLS".into()]);
+    let engine = Engine::new(said);
+    let out = settle(&engine, "a run over TLS", 60, |o| !matches!(o, Output::Active(_))).await;
+    assert_eq!(out, Output::Ok("over TLS\n".to_owned()));
+    // Without a client certificate the daemon refuses the connection.
+    let plain = docker.host("plain", Endpoint::Tcp { address: s.tcp.clone(), tls: None }).unwrap();
+    let e = plain.client().await.unwrap_err().to_string();
+    assert!(e.contains("cannot reach the Docker daemon of plain"), "{e}");
+}

@@ -3,12 +3,12 @@
 //! images built `FROM scratch` with Debian's `busybox-static`.
 //!
 //! `./scripts/test` starts one dockerd and one registry for the whole run
-//! and names them in `DEPLOYER_TEST_DOCKER` (the socket) and
-//! `DEPLOYER_TEST_REGISTRY` (`127.0.0.1:port`). Without those, the first
-//! test of a process starts its own, which stop when the process exits
-//! (`setpriv --pdeathsig`). Either way, a service that cannot start fails
-//! the tests loudly. (Shared with the Docker benchmark, which includes this
-//! file.)
+//! (`scripts/docker-services`) and names them in the `DEPLOYER_TEST_DOCKER*`
+//! and `DEPLOYER_TEST_REGISTRY` variables. Without those, the first test of
+//! a process runs `scripts/docker-services` itself, which stops when the
+//! process exits (`setpriv --pdeathsig`). Either way, a service that cannot
+//! start fails the tests loudly. (Shared with the Docker benchmark, which
+//! includes this file.)
 
 #![allow(dead_code)]
 
@@ -23,6 +23,10 @@ pub struct Services {
     pub socket: PathBuf,
     /// `127.0.0.1:port` of the registry.
     pub registry: String,
+    /// `127.0.0.1:port` where the daemon speaks TLS (client certificates).
+    pub tcp: String,
+    /// The client's TLS material there (`ca.pem`, `cert.pem`, `key.pem`).
+    pub tls: PathBuf,
     /// A directory for this process's files.
     pub work: PathBuf,
 }
@@ -97,12 +101,19 @@ pub fn services() -> &'static Services {
         let work = base.join(format!("docker-{}", std::process::id()));
         let _ = std::fs::remove_dir_all(&work);
         std::fs::create_dir_all(&work).unwrap();
-        let (socket, registry) =
-            match (std::env::var_os("DEPLOYER_TEST_DOCKER"), std::env::var("DEPLOYER_TEST_REGISTRY")) {
-                (Some(socket), Ok(registry)) => (PathBuf::from(socket), registry),
-                _ => start_own(&work),
-            };
-        let services = Services { socket, registry, work };
+        let var = |name: &str| std::env::var(name).ok().filter(|v| !v.is_empty());
+        let vars =
+            ["DEPLOYER_TEST_DOCKER", "DEPLOYER_TEST_REGISTRY", "DEPLOYER_TEST_DOCKER_TCP", "DEPLOYER_TEST_DOCKER_TLS"];
+        let found: Vec<Option<String>> = vars.iter().map(|v| var(v)).collect();
+        let values: Vec<String> =
+            if found.iter().all(Option::is_some) { found.into_iter().flatten().collect() } else { start_own(&work) };
+        let services = Services {
+            socket: PathBuf::from(&values[0]),
+            registry: values[1].clone(),
+            tcp: values[2].clone(),
+            tls: PathBuf::from(&values[3]),
+            work,
+        };
         wait_for("dockerd", Duration::from_secs(60), || {
             docker_cli(&services)
                 .arg("version")
@@ -121,46 +132,32 @@ pub fn services() -> &'static Services {
     })
 }
 
-/// A dockerd and a registry of this process's own.
-fn start_own(work: &Path) -> (PathBuf, String) {
+/// A dockerd and a registry of this process's own (`scripts/docker-services`):
+/// the values of the four variables, in order.
+fn start_own(work: &Path) -> Vec<String> {
     assert!(
         Path::new("/usr/sbin/dockerd").exists() && Path::new("/usr/bin/docker-registry").exists(),
         "dockerd or docker-registry is missing: install Debian's docker.io and docker-registry (./scripts/test does)"
     );
+    let script = Path::new(env!("CARGO_MANIFEST_DIR")).join("../scripts/docker-services");
     let d = work.join("d");
-    std::fs::create_dir_all(&d).unwrap();
-    let socket = d.join("docker.sock");
-    let arg = |s: &str| s.to_owned();
     start_for_process_lifetime(
-        "dockerd",
-        vec![
-            arg("--data-root"),
-            d.join("data").display().to_string(),
-            arg("--exec-root"),
-            d.join("exec").display().to_string(),
-            arg("-H"),
-            format!("unix://{}", socket.display()),
-            arg("--pidfile"),
-            d.join("docker.pid").display().to_string(),
-        ],
-        d.join("dockerd.log"),
+        &script.to_string_lossy(),
+        vec![d.display().to_string()],
+        work.join("docker-services.log"),
     );
-    let port = free_port();
-    let config = d.join("registry.yml");
-    std::fs::write(
-        &config,
-        format!(
-            "version: 0.1\nstorage:\n  filesystem:\n    rootdirectory: {}\n  delete:\n    enabled: true\nhttp:\n  addr: 127.0.0.1:{port}\n",
-            d.join("registry").display()
-        ),
-    )
-    .unwrap();
-    start_for_process_lifetime(
-        "docker-registry",
-        vec![arg("serve"), config.display().to_string()],
-        d.join("registry.log"),
-    );
-    (socket, format!("127.0.0.1:{port}"))
+    let env = d.join("env");
+    wait_for("scripts/docker-services (see its log)", Duration::from_secs(90), || env.exists());
+    let text = std::fs::read_to_string(&env).unwrap();
+    ["DEPLOYER_TEST_DOCKER", "DEPLOYER_TEST_REGISTRY", "DEPLOYER_TEST_DOCKER_TCP", "DEPLOYER_TEST_DOCKER_TLS"]
+        .iter()
+        .map(|name| {
+            text.lines()
+                .find_map(|l| l.strip_prefix(&format!("{name}=")))
+                .unwrap_or_else(|| panic!("{} has no {name}", env.display()))
+                .to_owned()
+        })
+        .collect()
 }
 
 /// A build context in `dir`: busybox and a Dockerfile whose command is
