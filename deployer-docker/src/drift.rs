@@ -16,6 +16,8 @@ use crate::Shared;
 /// What a service runs now.
 #[derive(Clone, Debug, PartialEq, Eq)]
 pub struct LiveService {
+    /// Whether the service exists.
+    pub exists: bool,
     /// The image its spec names.
     pub image: Option<String>,
     /// Tasks running.
@@ -40,7 +42,9 @@ async fn read(shared: &Shared, host: &str, name: &str) -> Result<LiveService, Er
     let docker = docker_host.client().await?;
     let service = match docker.inspect_service(name, None).await {
         Ok(s) => s,
-        Err(e) if is_not_found(&e) => return Err(Error::msg(format!("the service {name} no longer exists on {host}"))),
+        Err(e) if is_not_found(&e) => {
+            return Ok(LiveService { exists: false, image: None, running: 0, wanted: 0, updating: false, read_at })
+        }
         Err(e) => {
             return Err(DockerError::Daemon {
                 host: host.to_owned(),
@@ -69,7 +73,7 @@ async fn read(shared: &Shared, host: &str, name: &str) -> Result<LiveService, Er
     use bollard::models::ServiceUpdateStatusStateEnum as S;
     let updating = shared.deploying(host, name)
         || matches!(service.update_status.as_ref().and_then(|s| s.state), Some(S::UPDATING | S::ROLLBACK_STARTED));
-    Ok(LiveService { image, running, wanted, updating, read_at })
+    Ok(LiveService { exists: true, image, running, wanted, updating, read_at })
 }
 
 /// A monitor of `name` on `host`, read every `every` (and on refresh).
@@ -87,6 +91,9 @@ pub(crate) fn check(deployed: &Deployed, live: &LiveService) -> Result<Deployed,
     // one is on its way): nothing to compare yet.
     if live.updating || live.read_at < deployed.at {
         return Ok(deployed.clone());
+    }
+    if !live.exists {
+        return Err(Error::msg(format!("drift: the service {} no longer exists (removed by hand?)", deployed.name)));
     }
     let image = &deployed.image;
     let matches = |s: &str| s == image.as_str() || s.ends_with(&format!("@{}", image.digest()));
@@ -114,6 +121,7 @@ mod tests {
     fn drift_is_an_image_or_a_replica_count() {
         let d = Deployed { name: "web".into(), image: Image(format!("r/web@sha256:{}", "a".repeat(64))), at: 1000 };
         let ok = LiveService {
+            exists: true,
             image: Some(format!("r/web:live@sha256:{}", "a".repeat(64))),
             running: 2,
             wanted: 2,
@@ -129,5 +137,9 @@ mod tests {
         assert!(check(&d, &updating).is_ok(), "an update in progress is not drift");
         let stale = LiveService { read_at: 500, ..by_hand };
         assert!(check(&d, &stale).is_ok(), "a reading from before the deploy is not drift");
+        let gone = LiveService { exists: false, ..ok.clone() };
+        assert!(check(&d, &gone).unwrap_err().message().contains("no longer exists"));
+        let not_yet = LiveService { exists: false, read_at: 500, ..ok };
+        assert!(check(&d, &not_yet).is_ok(), "before the first deploy the service may not exist yet");
     }
 }

@@ -3,7 +3,7 @@
 //! - [`tiny_plugin`]: a complete small plugin (a monitor, a builder on a
 //!   pool, a latched publisher with a secret, per-use labels, a web route),
 //!   the one `ARCHITECTURE.md` walks through in "Writing a plugin".
-//! - `src/bin/local_demo.rs`: a fully local deployer (`./scripts/demo`).
+//! - `src/bin/demo.rs`: a fully local deployer to a Docker swarm (`./scripts/demo`).
 //!
 //! ```
 //! // The plugin's stages are ordinary `Current`s.
