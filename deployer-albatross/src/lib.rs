@@ -1,11 +1,20 @@
-//! deployer-albatross: Albatross stages: MirageOS unikernels deployed through albatrossd's wire protocol.
+//! Albatross for the deployer: MirageOS unikernels deployed to an
+//! albatross daemon, over its local socket or its TLS endpoint.
 //!
-//! This crate is a placeholder until its issue lands: it depends only on
-//! `deployer-core` and adds nodes to a pipeline through the core's extension
-//! points ([`deployer_core::Current::primitive`], monitors, caches).
+//! (Work in progress: the wire protocol.)
 //!
 //! ```
-//! // Plugins build on the core's `Current`; nothing else is needed to depend on one.
-//! let stage = deployer_core::Current::constant("nothing yet");
-//! let _ = stage;
+//! use deployer_albatross::message::{Command, Header, Name, Payload, UnikernelCmd, InfoVersion, Wire};
+//!
+//! let info = Wire {
+//!     header: Header::new(Name::unikernel("hello").unwrap()),
+//!     payload: Payload::Command(Command::Unikernel(UnikernelCmd::Info(InfoVersion::V27))),
+//! };
+//! let bytes = info.encode();
+//! assert_eq!(Wire::decode(&bytes).unwrap(), info);
 //! ```
+
+pub mod message;
+mod wire;
+
+pub use wire::DecodeError;
