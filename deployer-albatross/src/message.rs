@@ -295,8 +295,8 @@ pub enum Success {
     Empty,
     /// A message ("created unikernel").
     String(String),
-    /// What runs, by name (from any of the three info replies).
-    UnikernelInfo(Vec<(Name, Info)>),
+    /// What runs, by name, in the reply of one of the three info versions.
+    UnikernelInfo(InfoVersion, Vec<(Name, Info)>),
     /// Another reply this crate does not interpret: its tag and content.
     Other(u8, Vec<u8>),
 }
@@ -534,14 +534,18 @@ fn success_node(s: &Success) -> Node<'_> {
     match s {
         Success::Empty => wire::tagged(0, wire::null()),
         Success::String(m) => wire::tagged(1, wire::utf8(m)),
-        Success::UnikernelInfo(list) => wire::tagged(
-            13,
+        Success::UnikernelInfo(version, list) => wire::tagged(
+            match version {
+                InfoVersion::V27 => 13,
+                InfoVersion::V26 => 11,
+                InfoVersion::V24 => 9,
+            },
             wire::seq(
                 list.iter()
                     .map(|(name, info)| {
                         wire::seq(vec![
                             Node::Prim(wire::UTF8_STRING, Cow::Owned(name.to_string().into_bytes())),
-                            info_node(info),
+                            info_node(*version, info),
                         ])
                     })
                     .collect(),
@@ -551,13 +555,19 @@ fn success_node(s: &Success) -> Node<'_> {
     }
 }
 
-fn info_node(i: &Info) -> Node<'_> {
+fn info_node(version: InfoVersion, i: &Info) -> Node<'_> {
     let mut s = vec![typ_node(i.typ)];
-    if let Some(n) = i.startup {
-        s.push(wire::int(n));
+    if version != InfoVersion::V24 {
+        if let Some(n) = i.startup {
+            s.push(wire::int(n));
+        }
     }
     s.push(fail_node(&i.fail_behaviour));
-    s.push(cpuid_set(&i.cpuids));
+    if version == InfoVersion::V27 {
+        s.push(cpuid_set(&i.cpuids));
+    } else {
+        s.push(wire::int(i.cpuids.iter().next().copied().unwrap_or(0)));
+    }
     s.push(wire::int(i.memory));
     s.push(wire::octets(&i.digest));
     if !i.blocks.is_empty() {
@@ -590,11 +600,13 @@ fn info_node(i: &Info) -> Node<'_> {
     if let Some(t) = &i.started {
         s.push(wire::tagged(3, Node::Prim(wire::GENERALIZED_TIME, Cow::Borrowed(t.as_bytes()))));
     }
-    if let Some(n) = i.cpus {
-        s.push(wire::tagged(4, wire::int(n)));
-    }
-    if let Some(p) = &i.linux_boot_partition {
-        s.push(wire::tagged(5, wire::utf8(p)));
+    if version == InfoVersion::V27 {
+        if let Some(n) = i.cpus {
+            s.push(wire::tagged(4, wire::int(n)));
+        }
+        if let Some(p) = &i.linux_boot_partition {
+            s.push(wire::tagged(5, wire::utf8(p)));
+        }
     }
     wire::seq(s)
 }
@@ -957,7 +969,7 @@ fn decode_success(content: &[u8]) -> Result<Success, DecodeError> {
             pair.finish("a unikernel")?;
             out.push((name, info));
         }
-        return Ok(Success::UnikernelInfo(out));
+        return Ok(Success::UnikernelInfo(version, out));
     }
     match tag {
         t if t == ctx(0) => {
@@ -1035,5 +1047,37 @@ impl Config<'_> {
     /// This config owning its image.
     pub fn into_owned(self) -> Config<'static> {
         owned(self)
+    }
+}
+
+impl Wire<'_> {
+    /// This message owning everything it holds.
+    pub fn into_owned(self) -> Wire<'static> {
+        let payload = match self.payload {
+            Payload::Command(c) => Payload::Command(c.into_owned()),
+            Payload::Success(s) => Payload::Success(s),
+            Payload::Failure(f) => Payload::Failure(f),
+            Payload::Data(t, d) => Payload::Data(t, d),
+        };
+        Wire { header: self.header, payload }
+    }
+}
+
+impl Command<'_> {
+    /// This command owning its image, if it has one.
+    pub fn into_owned(self) -> Command<'static> {
+        match self {
+            Command::Unikernel(u) => Command::Unikernel(match u {
+                UnikernelCmd::Create(v, c) => UnikernelCmd::Create(v, c.into_owned()),
+                UnikernelCmd::ForceCreate(v, c) => UnikernelCmd::ForceCreate(v, c.into_owned()),
+                UnikernelCmd::Destroy => UnikernelCmd::Destroy,
+                UnikernelCmd::Info(v) => UnikernelCmd::Info(v),
+                UnikernelCmd::Get(l) => UnikernelCmd::Get(l),
+                UnikernelCmd::Restart => UnikernelCmd::Restart,
+            }),
+            Command::ConsoleSubscribe(s) => Command::ConsoleSubscribe(s),
+            Command::PolicyInfo => Command::PolicyInfo,
+            Command::PolicyAdd(p) => Command::PolicyAdd(p),
+        }
     }
 }

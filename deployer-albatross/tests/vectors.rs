@@ -130,7 +130,10 @@ fn replies_and_failures() {
         "reply-failure-already-running-hello",
         &reply(Payload::Failure("Unikernel with same name is already running".into())),
     );
-    check("reply-success-unikernel-info-empty", &reply(Payload::Success(Success::UnikernelInfo(vec![]))));
+    check(
+        "reply-success-unikernel-info-empty",
+        &reply(Payload::Success(Success::UnikernelInfo(InfoVersion::V27, vec![]))),
+    );
     let info = Info {
         typ: Typ::Solo5,
         startup: None,
@@ -147,7 +150,10 @@ fn replies_and_failures() {
     };
     check(
         "reply-success-unikernel-info-hello",
-        &reply(Payload::Success(Success::UnikernelInfo(vec![(Name::unikernel("hello").unwrap(), info)]))),
+        &reply(Payload::Success(Success::UnikernelInfo(
+            InfoVersion::V27,
+            vec![(Name::unikernel("hello").unwrap(), info)],
+        ))),
     );
 }
 
