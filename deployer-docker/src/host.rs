@@ -123,7 +123,7 @@ impl DockerHost {
 }
 
 /// 12 hex digits naming `s` (short enough for socket paths).
-fn short_hash(s: &str) -> String {
+pub(crate) fn short_hash(s: &str) -> String {
     use sha2::{Digest, Sha256};
     Sha256::digest(s.as_bytes()).iter().take(6).map(|b| format!("{b:02x}")).collect()
 }

@@ -42,6 +42,7 @@ mod build;
 mod context;
 mod drift;
 mod error;
+mod extract;
 mod host;
 mod image;
 mod images;
@@ -64,6 +65,7 @@ pub use build::{BuildKey, BuildOptions, BuildSource};
 pub use context::{config_dir, context_name, Endpoint, TlsFiles, DEFAULT_SOCKET};
 pub use drift::LiveService;
 pub use error::DockerError;
+pub use extract::ExtractKey;
 pub use host::{DockerHost, HostPool};
 pub use image::{BadReference, Image, ImageRef, DOCKER_HUB};
 pub use images::{PullKey, TagKey};
@@ -205,6 +207,7 @@ pub struct Docker {
     manifests: OutputCache<images::PushManifest>,
     runs: BuildCache<run::Run>,
     preads: BuildCache<run::Run>,
+    extracts: BuildCache<extract::Extract>,
     services: OutputCache<service::UpdateService>,
     service_options: Arc<RwLock<HashMap<ServiceKey, ServiceOptions>>>,
 }
@@ -262,6 +265,10 @@ impl Docker {
             manifests: OutputCache::new(ctx, images::PushManifest { shared: shared.clone() }),
             runs: BuildCache::new(ctx, run::Run { shared: shared.clone(), capture: false }),
             preads: BuildCache::new(ctx, run::Run { shared: shared.clone(), capture: true }),
+            extracts: BuildCache::new(
+                ctx,
+                extract::Extract { shared: shared.clone(), dir: ctx.state_dir().join("docker-files") },
+            ),
             shared,
             git,
             ssh,
@@ -511,6 +518,15 @@ impl Docker {
     /// use [`Docker::service`].
     pub async fn set_service_image(&self, host: &DockerHost, name: &str, image: &Image) -> Result<(), Error> {
         service::set_image(&self.shared, host, name, image).await
+    }
+
+    /// The stage `label`: the file at `path` (absolute) copied out of each
+    /// `image` on `host` (a unikernel built in Docker, say). The value is
+    /// where the copy is, under the state directory.
+    pub fn extract(&self, label: &str, host: &DockerHost, image: &Current<Image>, path: &str) -> Current<PathBuf> {
+        let (h, p) = (host.name().to_owned(), path.to_owned());
+        let key = image.map(move |image| ExtractKey { host: h.clone(), image: image.clone(), path: p.clone() });
+        self.extracts.get(label, key)
     }
 
     /// The stage `docker run`: runs `args` in a container of each `image`

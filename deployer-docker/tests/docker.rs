@@ -436,3 +436,26 @@ async fn a_tls_context_with_client_certificates() {
     let e = plain.client().await.unwrap_err().to_string();
     assert!(e.contains("cannot reach the Docker daemon of plain"), "{e}");
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_file_is_copied_out_of_an_image() {
+    let s = services();
+    let d = dir("extract");
+    let ctx = Context::open(&d.join("state"), Config::default()).unwrap();
+    let (docker, host) = docker(&ctx, &d);
+    busybox_context(&d.join("ctx"), "x", SERVE);
+    let image =
+        docker.build("build", &host, &Current::constant(BuildSource::Dir(d.join("ctx"))), BuildOptions::default());
+    let found = docker.extract("copy busybox", &host, &image, "/bin/busybox");
+    let missing = docker.extract("copy nothing", &host, &image, "/unikernel.hvt");
+    let engine = Engine::new(found.pair(&missing.catch()));
+    let out = settle(&engine, "both copies", 60, |o| !matches!(o, Output::Active(_))).await;
+    let Output::Ok((path, missing)) = out else { panic!("{out:?}") };
+    assert_eq!(std::fs::read(&path).unwrap(), std::fs::read("/bin/busybox").unwrap());
+    let e = missing.unwrap_err().message().to_owned();
+    assert!(e.contains("/unikernel.hvt"), "{e}");
+    // No container of the image is left behind.
+    let Some(Output::Ok(id)) = engine.output_of(&image) else { panic!("the image") };
+    let left = run(docker_cli(s).args(["ps", "-aq", "--filter"]).arg(format!("ancestor={}", id.as_str())));
+    assert!(left.is_empty(), "containers left: {left}");
+}

@@ -66,8 +66,9 @@ fn wait_for(what: &str, timeout: Duration, mut ready: impl FnMut() -> bool) {
     }
 }
 
-/// Starts `cmd` so that it is stopped (SIGTERM) when this process exits:
-/// from a thread that lives as long as the process.
+/// Starts `cmd` so that it is stopped when this process exits: SIGTERM from
+/// `setpriv --pdeathsig` (it is started from a thread that lives as long as
+/// the process), and `DEPLOYER_SERVICES_PARENT` for scripts that watch it.
 fn start_for_process_lifetime(program: &str, args: Vec<String>, log: PathBuf) {
     let (tx, rx) = std::sync::mpsc::channel();
     let program = program.to_owned();
@@ -78,6 +79,7 @@ fn start_for_process_lifetime(program: &str, args: Vec<String>, log: PathBuf) {
             .args(["--pdeathsig", "TERM", "--"])
             .arg(&program)
             .args(&args)
+            .env("DEPLOYER_SERVICES_PARENT", std::process::id().to_string())
             .stdin(Stdio::null())
             .stdout(log.try_clone().expect("a log file"))
             .stderr(log)
