@@ -126,7 +126,9 @@ pub fn services() -> &'static Services {
         });
         let swarm = run(docker_cli(&services).args(["info", "--format", "{{.Swarm.LocalNodeState}}"]));
         if swarm != "active" {
-            run(docker_cli(&services).args(["swarm", "init", "--advertise-addr", "127.0.0.1"]));
+            // On a free port: another daemon's swarm may hold 2377.
+            let listen = format!("127.0.0.1:{}", free_port());
+            run(docker_cli(&services).args(["swarm", "init", "--advertise-addr", "127.0.0.1", "--listen-addr", &listen]));
         }
         let registry = services.registry.clone();
         wait_for("the registry", Duration::from_secs(30), || std::net::TcpStream::connect(&registry).is_ok());

@@ -355,8 +355,10 @@ async fn run(args: Args) -> Result<(), Error> {
     let state = client.info().await.map_err(|e| Error::msg(format!("asking Docker for its state: {e}")))?;
     let active = state.swarm.and_then(|s| s.local_node_state).map(|s| s.to_string()) == Some("active".into());
     if !active {
+        // On a free port: another daemon's swarm may hold 2377.
+        let port = std::net::TcpListener::bind("127.0.0.1:0")?.local_addr()?.port();
         let request = bollard::models::SwarmInitRequest {
-            listen_addr: Some("127.0.0.1:2377".into()),
+            listen_addr: Some(format!("127.0.0.1:{port}")),
             advertise_addr: Some("127.0.0.1".into()),
             ..Default::default()
         };
