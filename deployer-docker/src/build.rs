@@ -16,6 +16,8 @@ use tokio::io::AsyncRead;
 
 use crate::error::{daemon_message, DockerError};
 use crate::host::{DockerHost, HostPool};
+use crate::image::ImageRef;
+use crate::images::TagKey;
 use crate::Shared;
 
 /// What an image is built from.
@@ -80,6 +82,10 @@ pub struct BuildKey {
     pub source: BuildSource,
     /// The options.
     pub options: BuildOptions,
+    /// Where to push the image from the host that built it (a pool's
+    /// build leaves the image on whichever host was free).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub push: Option<ImageRef>,
 }
 
 /// Where builds of one cache run.
@@ -115,10 +121,16 @@ impl Builder for Build {
     type Value = crate::Image;
 
     fn describe(&self, key: &BuildKey) -> Option<String> {
-        Some(format!("docker build {} ({}) on {}", describe_source(&key.source), key.options.dockerfile, key.on))
+        let push = key.push.as_ref().map(|t| format!(", push {t}")).unwrap_or_default();
+        Some(format!("docker build {} ({}) on {}{push}", describe_source(&key.source), key.options.dockerfile, key.on))
     }
-    fn level(&self, _: &BuildKey) -> Level {
-        self.level
+    fn level(&self, key: &BuildKey) -> Level {
+        // Pushing changes a registry: one step up, as OCluster does.
+        if key.push.is_some() {
+            self.level.max(Level::AboveAverage)
+        } else {
+            self.level
+        }
     }
     fn auto_cancel(&self) -> bool {
         true
@@ -136,14 +148,28 @@ impl Builder for Build {
         match &self.target {
             Target::Hosts => {
                 let host = self.shared.host(&key.on)?;
-                self.build_on(job, &host, key).await
+                self.build_and_push(job, &host, key).await
             }
             Target::Pool(pool) => {
                 let (i, host) = pool.take()?;
                 job.log(&format!("Building on {} (from the {} pool)", host.name(), pool.arch()));
-                let result = self.build_on(job, &host, key).await;
+                let result = self.build_and_push(job, &host, key).await;
                 pool.give_back(i);
                 result
+            }
+        }
+    }
+}
+
+impl Build {
+    /// The build, then the push when the key asks for one, on one host.
+    async fn build_and_push(&self, job: &Job, host: &DockerHost, key: &BuildKey) -> Result<crate::Image, Error> {
+        let image = self.build_image(job, host, key).await?;
+        match &key.push {
+            None => Ok(image),
+            Some(tag) => {
+                let at = TagKey { host: host.name().to_owned(), tag: tag.clone() };
+                crate::images::push_image(&self.shared, job, &at, &image).await
             }
         }
     }
@@ -164,7 +190,7 @@ impl Build {
         }
     }
 
-    async fn build_on(&self, job: &Job, host: &DockerHost, key: &BuildKey) -> Result<crate::Image, Error> {
+    async fn build_image(&self, job: &Job, host: &DockerHost, key: &BuildKey) -> Result<crate::Image, Error> {
         let docker = host.client().await?;
         let options = &key.options;
         let reader = self.context(job, &key.source).await?;

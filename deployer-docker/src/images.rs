@@ -220,11 +220,19 @@ impl Publisher for Push {
         true
     }
     async fn publish(&self, job: &Job, key: &TagKey, image: &Image) -> Result<Image, Error> {
-        tag_image(&self.shared, job, key, image).await?;
-        let host = self.shared.host(&key.host)?;
+        push_image(&self.shared, job, key, image).await
+    }
+}
+
+/// Tags `image` as `key.tag` on `key.host` and pushes it; returns the
+/// pushed `repo@sha256:…`.
+pub(crate) async fn push_image(shared: &Shared, job: &Job, key: &TagKey, image: &Image) -> Result<Image, Error> {
+    {
+        tag_image(shared, job, key, image).await?;
+        let host = shared.host(&key.host)?;
         let docker = host.client().await?;
         let tag = &key.tag;
-        let credentials = self.shared.credentials(tag.registry()).await?;
+        let credentials = shared.credentials(tag.registry()).await?;
         job.log(&format!("Pushing {tag}"));
         let options = bollard::query_parameters::PushImageOptionsBuilder::new().tag(tag.tag_or_latest()).build();
         let mut stream =

@@ -381,19 +381,24 @@ impl Docker {
         HostPool::new(arch, hosts)
     }
 
-    /// The stage `label`: `source` built on `host` with `options`. The
-    /// value is the image's id on that host. Output streams into the job's
+    /// The stage `label`: `source` built on `host` with `options` (fixed,
+    /// or a stage: build arguments read from elsewhere). The value is the
+    /// image's id on that host. Output streams into the job's
     /// log; a newer source cancels a build in progress.
     pub fn build(
         &self,
         label: &str,
         host: &DockerHost,
         source: &Current<BuildSource>,
-        options: BuildOptions,
+        options: impl Into<Current<BuildOptions>>,
     ) -> Current<Image> {
         let on = host.name().to_owned();
-        let key =
-            source.map(move |source| BuildKey { on: on.clone(), source: source.clone(), options: options.clone() });
+        let key = source.pair(&options.into()).map(move |(source, options)| BuildKey {
+            on: on.clone(),
+            source: source.clone(),
+            options: options.clone(),
+            push: None,
+        });
         self.builds.get(label, key)
     }
 
@@ -403,7 +408,33 @@ impl Docker {
         label: &str,
         pool: &HostPool,
         source: &Current<BuildSource>,
-        options: BuildOptions,
+        options: impl Into<Current<BuildOptions>>,
+    ) -> Current<Image> {
+        self.pool_build(label, pool, source, options.into(), None)
+    }
+
+    /// Like [`Docker::build_on_pool`], then pushes the image as `tag` from
+    /// the host that built it, in the same job (what an OCluster worker's
+    /// `build_and_push` does). The value is the pushed `repo@sha256:…`.
+    pub fn build_and_push_on_pool(
+        &self,
+        label: &str,
+        pool: &HostPool,
+        source: &Current<BuildSource>,
+        options: impl Into<Current<BuildOptions>>,
+        tag: &str,
+    ) -> Result<Current<Image>, BadReference> {
+        let tag = ImageRef::parse(tag)?;
+        Ok(self.pool_build(label, pool, source, options.into(), Some(tag)))
+    }
+
+    fn pool_build(
+        &self,
+        label: &str,
+        pool: &HostPool,
+        source: &Current<BuildSource>,
+        options: Current<BuildOptions>,
+        push: Option<ImageRef>,
     ) -> Current<Image> {
         let cache = {
             let mut caches = self.pool_builds.write().unwrap_or_else(|e| e.into_inner());
@@ -427,8 +458,12 @@ impl Docker {
                 .clone()
         };
         let on = format!("pool:{}", pool.arch());
-        let key =
-            source.map(move |source| BuildKey { on: on.clone(), source: source.clone(), options: options.clone() });
+        let key = source.pair(&options).map(move |(source, options)| BuildKey {
+            on: on.clone(),
+            source: source.clone(),
+            options: options.clone(),
+            push: push.clone(),
+        });
         cache.get(label, key)
     }
 

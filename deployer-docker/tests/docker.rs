@@ -353,6 +353,25 @@ async fn builds_for_an_architecture_share_a_pool_of_hosts() {
         .collect();
     used.sort();
     assert_eq!(used, ["builder-1", "builder-2"], "each build took a free host of the pool");
+    // Built and pushed in one job, from whichever host built it.
+    let staging = format!("{}/{}:staging-amd64", s.registry, unique("pool"));
+    let source = Current::constant(BuildSource::Dir(busybox_context(&d.join("c"), "c", SERVE)));
+    let pushed = docker.build_and_push_on_pool("build c", &pool, &source, BuildOptions::default(), &staging).unwrap();
+    let engine = Engine::new(pushed);
+    let out = settle(&engine, "built and pushed", 120, |o| !matches!(o, Output::Active(_))).await;
+    let image = out.ok().expect("the build and push");
+    assert!(image.as_str().starts_with(&format!("{}/{}@sha256:", s.registry, unique("pool"))), "{image:?}");
+    let job = ctx
+        .store
+        .history(Default::default())
+        .await
+        .unwrap()
+        .rows
+        .into_iter()
+        .find(|r| log(&ctx, &r.job_id).contains("Pushed "))
+        .expect("the job");
+    let text = log(&ctx, &job.job_id);
+    assert!(text.contains("Building on builder-") && text.contains(&format!("Pushed {}", image.as_str())), "{text}");
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]

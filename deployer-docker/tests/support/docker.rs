@@ -128,7 +128,14 @@ pub fn services() -> &'static Services {
         if swarm != "active" {
             // On a free port: another daemon's swarm may hold 2377.
             let listen = format!("127.0.0.1:{}", free_port());
-            run(docker_cli(&services).args(["swarm", "init", "--advertise-addr", "127.0.0.1", "--listen-addr", &listen]));
+            run(docker_cli(&services).args([
+                "swarm",
+                "init",
+                "--advertise-addr",
+                "127.0.0.1",
+                "--listen-addr",
+                &listen,
+            ]));
         }
         let registry = services.registry.clone();
         wait_for("the registry", Duration::from_secs(30), || std::net::TcpStream::connect(&registry).is_ok());

@@ -1,0 +1,431 @@
+//! The command lines of `deployer` and `deployer-local`, and what they
+//! build: a [`Plan`] from the flags, the pipeline, and the web site.
+//!
+//! Every flag is checked before anything runs: a missing file, a bad level
+//! or an unknown Docker context is one line naming the flag and the value.
+
+use std::collections::BTreeMap;
+use std::net::SocketAddr;
+use std::path::{Path, PathBuf};
+
+use clap::{Arg, ArgAction, ArgMatches, Command};
+use deployer_core::{Config, Context, Current, Error, Level, Secret};
+use deployer_docker::{Credentials, Docker, DockerHost, Endpoint};
+use deployer_git::Git;
+use deployer_github::login::GitHubLogin;
+use deployer_github::{Auth, GitHub};
+use deployer_slack::Slack;
+use deployer_ssh::Ssh;
+use deployer_web::Site;
+
+use super::flavours;
+use super::pipeline::{pipeline, Plan};
+use super::spec::{Arch, Flavour};
+
+/// Which binary is parsing.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum Mode {
+    /// `deployer`: the GitHub App, PR checks, Slack, OAuth.
+    Full,
+    /// `deployer-local`: anonymous GitHub, deploy branches only, no Slack.
+    Local,
+}
+
+/// The command line of `mode`'s binary.
+pub fn command(mode: Mode) -> Command {
+    let name = if mode == Mode::Full { "deployer" } else { "deployer-local" };
+    let about = match mode {
+        Mode::Full => {
+            "Builds and deploys the services of an ocurrent-deployer flavour: every branch and PR checked, \
+                       deploy branches rolled out to Docker services and albatross unikernels."
+        }
+        Mode::Local => {
+            "Runs a flavour's deploy branches on this machine: GitHub read anonymously, no PR checks, \
+                        no Slack. Pushes and service updates are real: --confirm holds them for a click."
+        }
+    };
+    let mut cmd = Command::new(name)
+        .about(about)
+        .arg(
+            Arg::new("flavour")
+                .long("flavour")
+                .required(true)
+                .value_parser(flavours::NAMES)
+                .help("Which deployer: tarides (deploy.ci.dev), ocaml (deploy.ci.ocaml.org) or mirage"),
+        )
+        .arg(
+            Arg::new("list-services")
+                .long("list-services")
+                .action(ArgAction::SetTrue)
+                .help("Print the services the flavour deploys, as Markdown, and exit"),
+        )
+        .arg(
+            Arg::new("confirm")
+                .long("confirm")
+                .value_name("LEVEL")
+                .help("Hold jobs at or above LEVEL for an admin's click: harmless, mostly-harmless, average, above-average, dangerous"),
+        )
+        .arg(
+            Arg::new("state-dir")
+                .long("state-dir")
+                .value_name("DIR")
+                .default_value("/var/lib/deployer")
+                .help("Where the store, job logs and git mirrors live"),
+        )
+        .arg(
+            Arg::new("listen")
+                .long("listen")
+                .value_name("ADDR")
+                .default_value("127.0.0.1:8080")
+                .help("Where the web UI listens"),
+        )
+        .arg(Arg::new("web-url").long("web-url").value_name("URL").help(
+            "The web UI's public address, for links in checks and notices (default: the flavour's)",
+        ))
+        .arg(Arg::new("docker-config").long("docker-config").value_name("DIR").help(
+            "The docker CLI configuration with the services' contexts (default: DOCKER_CONFIG or ~/.docker)",
+        ))
+        .arg(Arg::new("docker").long("docker").value_name("URL").help(
+            "Use this Docker endpoint (unix://…, tcp://…, ssh://…) for every service host and build pool \
+             instead of the contexts",
+        ))
+        .arg(
+            Arg::new("build-host")
+                .long("build-host")
+                .value_name("ARCH=CONTEXT")
+                .action(ArgAction::Append)
+                .help("A build host for an architecture (repeat; default: the local Docker for every architecture)"),
+        )
+        .arg(Arg::new("staging").long("staging").value_name("REPO").default_value("ocurrentbuilder/staging").help(
+            "The repository per-architecture images are pushed to before the multi-arch tag",
+        ))
+        .arg(Arg::new("registry").long("registry").value_name("HOST[:PORT]").help(
+            "Push every image to this registry instead (targets and staging are prefixed with it)",
+        ))
+        .arg(
+            Arg::new("registry-auth")
+                .long("registry-auth")
+                .value_name("REGISTRY=USER:FILE")
+                .action(ArgAction::Append)
+                .help("Log in to REGISTRY as USER with the password in FILE (repeat)"),
+        )
+        .arg(Arg::new("github-api").long("github-api").value_name("URL").default_value(deployer_github::API).help(
+            "GitHub's API (GitHub Enterprise: https://HOST/api/v3)",
+        ))
+        .arg(Arg::new("git-base").long("git-base").value_name("URL").help(
+            "Clone repositories from URL/OWNER/NAME.git instead of GitHub",
+        ))
+        .arg(Arg::new("albatross-socket").long("albatross-socket").value_name("PATH").help(
+            "Deploy unikernels through the albatross daemon on this Unix socket",
+        ));
+    if mode == Mode::Full {
+        cmd = cmd
+            .arg(Arg::new("github-app-id").long("github-app-id").value_name("ID").help("The GitHub App's id"))
+            .arg(
+                Arg::new("github-private-key-file")
+                    .long("github-private-key-file")
+                    .value_name("FILE")
+                    .help("The GitHub App's private key (PEM)"),
+            )
+            .arg(
+                Arg::new("github-account-allowlist")
+                    .long("github-account-allowlist")
+                    .value_name("ACCOUNTS")
+                    .help("Only these accounts' installations (comma-separated)"),
+            )
+            .arg(
+                Arg::new("github-webhook-secret-file")
+                    .long("github-webhook-secret-file")
+                    .value_name("FILE")
+                    .help("The App's webhook secret (deliveries are refused without a valid signature)"),
+            )
+            .arg(
+                Arg::new("github-oauth-client-id")
+                    .long("github-oauth-client-id")
+                    .value_name("ID")
+                    .help("Log in to the web UI with this GitHub OAuth App (admins: the flavour's)"),
+            )
+            .arg(
+                Arg::new("github-oauth-secret-file")
+                    .long("github-oauth-secret-file")
+                    .value_name("FILE")
+                    .help("The OAuth App's client secret"),
+            )
+            .arg(
+                Arg::new("slack")
+                    .long("slack")
+                    .value_name("FILE")
+                    .help("Post deploy notices to the Slack incoming webhook whose URL is the first line of FILE"),
+            );
+    } else {
+        cmd = cmd.arg(Arg::new("repo").value_name("OWNER/NAME").help("Only this repository of the flavour"));
+    }
+    cmd
+}
+
+/// What the binary runs: the context, the pipeline, and its site.
+pub struct Deployer {
+    /// The store, jobs and configuration.
+    pub ctx: Context,
+    /// The flavour.
+    pub flavour: Flavour,
+    /// The pipeline.
+    pub pipeline: Current<()>,
+    /// The GitHub client (for the webhook and login routes).
+    pub github: GitHub,
+    /// The webhook secret, if deliveries are accepted.
+    pub webhook_secret: Option<Secret<String>>,
+    /// The login, if configured.
+    pub login: Option<GitHubLogin>,
+    /// Where the web UI listens.
+    pub listen: SocketAddr,
+}
+
+/// A file's content, trimmed; the error names the flag.
+fn read_secret(flag: &str, path: &str) -> Result<Secret<String>, Error> {
+    let text = std::fs::read_to_string(path).map_err(|e| Error::msg(format!("--{flag} {path}: {e}")))?;
+    let first = text.lines().next().unwrap_or("").trim().to_owned();
+    if first.is_empty() {
+        return Err(Error::msg(format!("--{flag} {path}: the file is empty")));
+    }
+    Ok(Secret::new(if flag == "github-private-key-file" { text } else { first }))
+}
+
+fn get<'a>(m: &'a ArgMatches, id: &str) -> Option<&'a String> {
+    m.try_get_one::<String>(id).ok().flatten()
+}
+
+fn all<'a>(m: &'a ArgMatches, id: &str) -> Vec<&'a String> {
+    m.try_get_many::<String>(id).ok().flatten().map(|v| v.collect()).unwrap_or_default()
+}
+
+/// The flavour named on the command line, with `--registry` applied.
+pub fn flavour(m: &ArgMatches) -> Result<Flavour, Error> {
+    let name = get(m, "flavour").ok_or_else(|| Error::msg("--flavour is required"))?;
+    let mut f = flavours::by_name(name).ok_or_else(|| Error::msg(format!("--flavour {name}: unknown")))?;
+    if let Some(registry) = get(m, "registry") {
+        for r in &mut f.repos {
+            for d in &mut r.images {
+                for x in &mut d.deployments {
+                    x.target = format!("{registry}/{}", x.target);
+                }
+            }
+        }
+    }
+    Ok(f)
+}
+
+/// Builds everything from the flags, checking each; nothing runs yet.
+pub fn build(mode: Mode, m: &ArgMatches) -> Result<Deployer, Error> {
+    let flavour = flavour(m)?;
+    let confirm = match get(m, "confirm") {
+        None => None,
+        Some(l) => Some(l.parse::<Level>().map_err(|_| {
+            Error::msg(format!(
+                "--confirm {l:?}: not a level (harmless, mostly-harmless, average, above-average, dangerous)"
+            ))
+        })?),
+    };
+    let listen: SocketAddr = {
+        let l = get(m, "listen").map(String::as_str).unwrap_or("127.0.0.1:8080");
+        l.parse().map_err(|_| Error::msg(format!("--listen {l:?}: not an address such as 127.0.0.1:8080")))?
+    };
+    let state_dir = PathBuf::from(get(m, "state-dir").map(String::as_str).unwrap_or("/var/lib/deployer"));
+    std::fs::create_dir_all(&state_dir).map_err(|e| Error::msg(format!("--state-dir {}: {e}", state_dir.display())))?;
+    let ctx = Context::open(&state_dir, Config::new(confirm))
+        .map_err(|e| Error::msg(format!("--state-dir {}: {e}", state_dir.display())))?;
+
+    // GitHub: an App in full mode when its flags are given, else anonymous.
+    let api = get(m, "github-api").map(String::as_str).unwrap_or(deployer_github::API);
+    let app = match (get(m, "github-app-id"), get(m, "github-private-key-file")) {
+        (Some(id), Some(key)) => {
+            let app_id = id.parse::<u64>().map_err(|_| Error::msg(format!("--github-app-id {id:?}: not a number")))?;
+            let accounts = get(m, "github-account-allowlist")
+                .map(|a| a.split(',').map(|s| s.trim().to_owned()).filter(|s| !s.is_empty()).collect())
+                .unwrap_or_default();
+            Some(Auth::App { app_id, private_key: read_secret("github-private-key-file", key)?, accounts })
+        }
+        (None, None) => None,
+        (Some(_), None) => return Err(Error::msg("--github-app-id needs --github-private-key-file")),
+        (None, Some(_)) => return Err(Error::msg("--github-private-key-file needs --github-app-id")),
+    };
+    let pr_checks = app.is_some();
+    let github = GitHub::with_api(&ctx, api, app.unwrap_or(Auth::Anonymous))?;
+    let webhook_secret = match get(m, "github-webhook-secret-file") {
+        Some(f) => Some(read_secret("github-webhook-secret-file", f)?),
+        None if pr_checks => return Err(Error::msg("the GitHub App needs --github-webhook-secret-file")),
+        None => None,
+    };
+    let login = match (get(m, "github-oauth-client-id"), get(m, "github-oauth-secret-file")) {
+        (Some(id), Some(file)) => {
+            let admins: Vec<&str> = flavour.admins.iter().map(String::as_str).collect();
+            Some(GitHubLogin::new(id, read_secret("github-oauth-secret-file", file)?, &admins))
+        }
+        (None, None) => None,
+        _ => return Err(Error::msg("--github-oauth-client-id and --github-oauth-secret-file go together")),
+    };
+    let slack = match get(m, "slack") {
+        Some(f) => Some(Slack::new(&ctx, &flavour.name, read_secret("slack", f)?)?),
+        None => None,
+    };
+
+    let git = Git::new(&ctx);
+    let mut docker = Docker::with(&ctx, git.clone(), Ssh::new(&ctx));
+    if let Some(dir) = get(m, "docker-config") {
+        if !Path::new(dir).is_dir() {
+            return Err(Error::msg(format!("--docker-config {dir}: not a directory")));
+        }
+        docker = docker.config_dir(Path::new(dir));
+    }
+    for auth in all(m, "registry-auth") {
+        let bad = || Error::msg(format!("--registry-auth {auth:?}: expected REGISTRY=USER:FILE"));
+        let (registry, rest) = auth.split_once('=').ok_or_else(bad)?;
+        let (user, file) = rest.split_once(':').ok_or_else(bad)?;
+        let password = read_secret("registry-auth", file)?;
+        docker.credentials(registry, Credentials { username: user.to_owned(), password });
+    }
+    let one = match get(m, "docker") {
+        Some(url) => Some(Endpoint::parse(url, None).map_err(|e| Error::msg(format!("--docker {url}: {e}")))?),
+        None => None,
+    };
+    let resolve = |name: &str| -> Result<DockerHost, Error> {
+        let host = match &one {
+            Some(endpoint) => docker.host(name, endpoint.clone()),
+            None if name == "default" => docker.default_host(),
+            None => docker.context(name),
+        };
+        host.map_err(|e| Error::msg(format!("the Docker context {name:?}: {e}")))
+    };
+    let local = resolve("default")?;
+    let mut hosts = BTreeMap::new();
+    let service_hosts = flavour
+        .repos
+        .iter()
+        .flat_map(|r| r.images.iter())
+        .flat_map(|d| d.deployments.iter())
+        .flat_map(|x| x.services.iter().map(|s| s.host.clone()))
+        .chain(flavour.pulls.iter().map(|p| p.service.host.clone()));
+    for name in service_hosts {
+        if let std::collections::btree_map::Entry::Vacant(slot) = hosts.entry(name) {
+            let h = if slot.key() == "default" { local.clone() } else { resolve(slot.key())? };
+            slot.insert(h);
+        }
+    }
+    let mut by_arch: BTreeMap<Arch, Vec<DockerHost>> = BTreeMap::new();
+    for spec in all(m, "build-host") {
+        let (arch, name) =
+            spec.split_once('=').ok_or_else(|| Error::msg(format!("--build-host {spec:?}: expected ARCH=CONTEXT")))?;
+        let arch =
+            Arch::parse(arch).ok_or_else(|| Error::msg(format!("--build-host {spec:?}: unknown architecture")))?;
+        by_arch.entry(arch).or_default().push(resolve(name)?);
+    }
+    let pools = Arch::ALL
+        .into_iter()
+        .map(|a| {
+            let hosts = by_arch.remove(&a).unwrap_or_else(|| vec![local.clone()]);
+            (a, docker.pool(a.docker(), hosts))
+        })
+        .collect();
+    let albatross = match get(m, "albatross-socket") {
+        Some(path) => {
+            let a = deployer_albatross::Albatross::new(&ctx);
+            let daemon = a.local("albatross", Path::new(path));
+            Some((a, daemon))
+        }
+        None => None,
+    };
+    let staging = match get(m, "registry") {
+        Some(r) => format!("{r}/{}", get(m, "staging").map(String::as_str).unwrap_or("ocurrentbuilder/staging")),
+        None => get(m, "staging").cloned().unwrap_or_else(|| "ocurrentbuilder/staging".into()),
+    };
+    deployer_docker::ImageRef::parse(&staging).map_err(|e| Error::msg(format!("--staging {staging}: {e}")))?;
+    let plan = Plan {
+        ctx: ctx.clone(),
+        github: github.clone(),
+        git,
+        docker,
+        local,
+        pools,
+        hosts,
+        staging,
+        slack: if mode == Mode::Full { slack } else { None },
+        albatross,
+        ssh: Some(Ssh::new(&ctx)),
+        web_url: get(m, "web-url").cloned().unwrap_or_else(|| flavour.base_url.clone()),
+        pr_checks,
+        filter: get(m, "repo").cloned(),
+        clone_base: get(m, "git-base").cloned(),
+    };
+    let pipeline = pipeline(&flavour, &plan)?;
+    Ok(Deployer { ctx, flavour, pipeline, github, webhook_secret, login, listen })
+}
+
+impl Deployer {
+    /// The web site: the pipeline, webhooks and login mounted.
+    pub fn site(&self, engine: deployer_core::EngineHandle) -> Site {
+        let mut site = Site::new(&format!("{} deployer", self.flavour.name), engine, self.ctx.clone());
+        if let Ok(url) = reqwest_host(&self.flavour.base_url) {
+            site = site.allow_host(&url);
+        }
+        if let Some(secret) = &self.webhook_secret {
+            site = site.mount(self.github.webhook_routes(secret.clone()));
+        }
+        if let Some(login) = &self.login {
+            site = site.mount(login.routes()).login(login.clone());
+        }
+        site
+    }
+
+    /// Runs the pipeline and serves the site until the process is stopped.
+    pub async fn run(self) -> Result<(), Error> {
+        let engine = std::sync::Arc::new(deployer_core::Engine::new(self.pipeline.clone()));
+        let listener = tokio::net::TcpListener::bind(self.listen)
+            .await
+            .map_err(|e| Error::msg(format!("--listen {}: {e}", self.listen)))?;
+        eprintln!("{} deployer: web UI on http://{}", self.flavour.name, self.listen);
+        let site = self.site(engine.handle());
+        tokio::spawn(async move {
+            if let Err(e) = site.serve(listener).await {
+                eprintln!("the web UI stopped: {e}");
+            }
+        });
+        engine.run().await;
+        Ok(())
+    }
+}
+
+/// The host name of a URL (`https://deploy.ci.dev` → `deploy.ci.dev`).
+fn reqwest_host(url: &str) -> Result<String, ()> {
+    let rest = url.split_once("://").map(|(_, r)| r).ok_or(())?;
+    let host = rest.split('/').next().unwrap_or("");
+    if host.is_empty() {
+        Err(())
+    } else {
+        Ok(host.to_owned())
+    }
+}
+
+/// The whole `main` of both binaries: parse, list or build, run. Errors
+/// are one line on stderr, and exit status 2.
+pub fn main(mode: Mode) {
+    let m = command(mode).get_matches();
+    if m.get_flag("list-services") {
+        match flavour(&m) {
+            Ok(f) => print!("{}", super::services::markdown(&f)),
+            Err(e) => {
+                eprintln!("error: {}", e.message());
+                std::process::exit(2);
+            }
+        }
+        return;
+    }
+    let runtime = tokio::runtime::Runtime::new().expect("a tokio runtime");
+    let result = runtime.block_on(async {
+        let deployer = build(mode, &m)?;
+        deployer.run().await
+    });
+    if let Err(e) = result {
+        eprintln!("error: {}", e.message());
+        std::process::exit(2);
+    }
+}

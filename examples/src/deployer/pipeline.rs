@@ -1,0 +1,368 @@
+//! A flavour's pipeline: for each repository, the deployability check on
+//! every branch and open PR, and for each deploy branch its head built per
+//! architecture on that architecture's pool, pushed to staging, joined into
+//! the target multi-arch tag, and rolled out to its services, with a GitHub
+//! deployment record and a Slack notice per service; unikernels built and
+//! deployed through albatross; scheduled pulls and SSH jobs.
+
+use std::collections::BTreeMap;
+
+use deployer_albatross::{Albatross, Daemon, Unikernel};
+use deployer_core::{with_context, Context, Current, Error, Output, Schedule};
+use deployer_docker::{BuildOptions, BuildSource, Deployed, Docker, DockerHost, HostPool, Image, ServiceOptions};
+use deployer_git::{CommitId, Git};
+use deployer_github::{CheckStatus, CiRef, DeploymentState, GitHub, Repo};
+use deployer_slack::Slack;
+use deployer_ssh::{Host, Ssh};
+
+use super::spec::{Arch, Deployment, DockerSpec, ExtraArg, Flavour, RepoSpec, UnikernelSpec};
+
+/// The name of the check reported on every branch and PR.
+pub const CHECK: &str = "deployability";
+
+/// What a flavour's pipeline is built with: the plugins, configured.
+pub struct Plan {
+    /// The store, jobs and configuration.
+    pub ctx: Context,
+    /// Heads and reports (an App, a token, or anonymous).
+    pub github: GitHub,
+    /// Fetches.
+    pub git: Git,
+    /// Builds, pushes and services.
+    pub docker: Docker,
+    /// The deployer's own Docker host (unikernel builds, scheduled pulls'
+    /// digests, the `default` context).
+    pub local: DockerHost,
+    /// A pool of build hosts per architecture.
+    pub pools: BTreeMap<Arch, HostPool>,
+    /// The services' hosts, by Docker context name.
+    pub hosts: BTreeMap<String, DockerHost>,
+    /// The staging repository per-arch images are pushed to
+    /// (`ocurrentbuilder/staging`).
+    pub staging: String,
+    /// Deploy notices, if configured.
+    pub slack: Option<Slack>,
+    /// Unikernel deploys, if configured.
+    pub albatross: Option<(Albatross, Daemon)>,
+    /// SSH jobs, if configured.
+    pub ssh: Option<Ssh>,
+    /// The web UI's public address (links in checks and notices).
+    pub web_url: String,
+    /// Whether every branch and PR is built and reported (needs an App).
+    pub pr_checks: bool,
+    /// Only this repository (`owner/name`), if given.
+    pub filter: Option<String>,
+    /// Where repositories are cloned from instead of GitHub
+    /// (`file:///srv/git` → `file:///srv/git/owner/name.git`).
+    pub clone_base: Option<String>,
+}
+
+/// The flavour's pipeline. Configuration mistakes (a bad table, an unknown
+/// Docker context, a missing pool, an unknown filter) are errors here, with
+/// the entry that caused them, before anything runs.
+pub fn pipeline(flavour: &Flavour, plan: &Plan) -> Result<Current<()>, Error> {
+    flavour.check()?;
+    let repos: Vec<&RepoSpec> = match &plan.filter {
+        None => flavour.repos.iter().collect(),
+        Some(f) => vec![flavour.repo(f).ok_or_else(|| {
+            Error::msg(format!("{f} is not a repository of the {} flavour (see --list-services)", flavour.name))
+        })?],
+    };
+    let mut stages = Vec::new();
+    if plan.pr_checks {
+        let watched: Result<Vec<Repo>, _> = repos.iter().map(|r| Repo::parse(&r.full_name())).collect();
+        let watched = watched.map_err(|e| Error::msg(e.to_string()))?;
+        stages.push(plan.github.repository_access(watched).ignore_value());
+    }
+    for spec in repos {
+        stages.push(repo_pipeline(plan, spec)?);
+    }
+    if plan.filter.is_none() {
+        for p in &flavour.pulls {
+            let host = host(plan, &p.service.host, &format!("the pull of {}", p.tag))?;
+            let image =
+                plan.docker.pull(host, &p.tag, Schedule::every(p.every)).map_err(|e| Error::msg(e.to_string()))?;
+            stages.push(plan.docker.service(host, &p.service.name, &image, ServiceOptions::default()).ignore_value());
+        }
+        for job in &flavour.ssh_jobs {
+            let ssh = plan
+                .ssh
+                .as_ref()
+                .ok_or_else(|| Error::msg(format!("the SSH job {} on {} needs SSH configured", job.key, job.host)))?;
+            let on = Host::new(&job.host).map_err(|e| Error::msg(format!("the SSH job {}: {e}", job.key)))?;
+            stages.push(ssh.run(&on, &job.key, job.command.clone(), Schedule::every(job.every)));
+        }
+    }
+    Ok(Current::all(stages).ignore_value())
+}
+
+/// One repository's stages, grouped under its name.
+fn repo_pipeline(plan: &Plan, spec: &RepoSpec) -> Result<Current<()>, Error> {
+    let repo = Repo::parse(&spec.full_name()).map_err(|e| Error::msg(e.to_string()))?;
+    let group = Current::constant_labelled(&spec.full_name(), ());
+    with_context(&group, || {
+        let mut parts = Vec::new();
+        if plan.pr_checks {
+            parts.push(deployability(plan, spec, &repo)?);
+        }
+        // One head and one fetch per deploy branch, shared by what it deploys.
+        let mut heads: BTreeMap<String, Head> = BTreeMap::new();
+        let mut head = |branch: &str| {
+            heads
+                .entry(branch.to_owned())
+                .or_insert_with(|| {
+                    let head = plan.github.head_of(&repo, branch);
+                    let source = fetch(&plan.git, &plan.clone_base, &head, &format!("fetch {branch}"));
+                    Head { head, source }
+                })
+                .clone()
+        };
+        for d in &spec.images {
+            let extra = extra_args(plan, &d.extra_args)?;
+            for x in &d.deployments {
+                parts.push(deploy_image(plan, spec, &head(&x.branch), d, &extra, x)?);
+            }
+        }
+        for u in &spec.unikernels {
+            for (branch, name) in &u.deployments {
+                parts.push(deploy_unikernel(plan, spec, &head(branch), u, name)?);
+            }
+        }
+        Ok(Current::all(parts).ignore_value())
+    })
+}
+
+/// A deploy branch's head and its fetched commit.
+#[derive(Clone)]
+struct Head {
+    head: Current<CiRef>,
+    source: Current<BuildSource>,
+}
+
+/// Every branch and open PR built (each image, each architecture, each
+/// unikernel), and the result set as the `deployability` check.
+fn deployability(plan: &Plan, spec: &RepoSpec, repo: &Repo) -> Result<Current<()>, Error> {
+    for d in &spec.images {
+        for arch in &d.archs {
+            pool(plan, *arch, spec)?;
+        }
+    }
+    let (docker, git, github) = (plan.docker.clone(), plan.git.clone(), plan.github.clone());
+    let (pools, local, spec) = (plan.pools.clone(), plan.local.clone(), spec.clone());
+    let (clone_base, url) = (plan.clone_base.clone(), format!("{}/?repo={}-builds", plan.web_url, spec.full_name()));
+    let refs = github.ci_refs(repo);
+    let checked = refs.list_map_by(
+        |r: &CiRef| r.gref.clone(),
+        move |r| {
+            let source = fetch(&git, &clone_base, &r, "fetch");
+            let mut builds = Vec::new();
+            for d in &spec.images {
+                for arch in &d.archs {
+                    let options = options(d, &BTreeMap::new());
+                    let label = format!("build {} {}", d.dockerfile, arch.docker());
+                    builds.push(docker.build_on_pool(&label, &pools[arch], &source, options).ignore_value());
+                }
+            }
+            for u in &spec.unikernels {
+                let label = format!("build {} unikernel", u.target);
+                builds.push(docker.build(&label, &local, &source, unikernel_options(u)).ignore_value());
+            }
+            let url = url.clone();
+            let status = Current::all(builds).state_hidden().map(move |o| CheckStatus::of(o, Some(url.clone())));
+            github.check_run(CHECK, &r, CHECK, &status)
+        },
+    );
+    Ok(checked.ignore_value())
+}
+
+/// A deploy branch's head: built and pushed per architecture, joined into
+/// the target tag, rolled out to each service.
+fn deploy_image(
+    plan: &Plan,
+    spec: &RepoSpec,
+    at: &Head,
+    d: &DockerSpec,
+    extra: &Current<BTreeMap<String, String>>,
+    x: &Deployment,
+) -> Result<Current<()>, Error> {
+    let (head, source) = (&at.head, &at.source);
+    let mut images = Vec::new();
+    for arch in &d.archs {
+        let pool = pool(plan, *arch, spec)?.clone();
+        let tag = staging_tag(&plan.staging, spec, d, &x.branch, *arch);
+        let label = format!("build {} {}", d.dockerfile, arch.docker());
+        let spec = d.clone();
+        let opts = extra.map(move |args| options(&spec, args));
+        let pushed = plan
+            .docker
+            .build_and_push_on_pool(&label, &pool, source, opts, &tag)
+            .map_err(|e| Error::msg(format!("the staging tag: {e}")))?;
+        images.push(pushed);
+    }
+    let manifest =
+        plan.docker.push_manifest(&x.target, &Current::all(images)).map_err(|e| Error::msg(e.to_string()))?;
+    let mut parts = vec![manifest.ignore_value()];
+    for s in &x.services {
+        let on = host(plan, &s.host, &format!("{} branch {}", spec.full_name(), x.branch))?;
+        let deployed = plan.docker.service(on, &s.name, &manifest, ServiceOptions::default());
+        parts.push(deployed.ignore_value());
+        let environment = s.uri.clone().unwrap_or_else(|| s.name.clone());
+        let state = deployed.catch_hidden().map(move |r: &Result<Deployed, Error>| match r {
+            Ok(d) => DeploymentState {
+                ok: true,
+                description: format!("{} runs {}", d.name, d.image.short()),
+                log_url: None,
+                environment_url: None,
+            },
+            Err(e) => {
+                DeploymentState { ok: false, description: e.message().to_owned(), log_url: None, environment_url: None }
+            }
+        });
+        if plan.pr_checks {
+            let label = format!("record deploy to {environment}");
+            parts.push(plan.github.deployment(&label, head, &environment, &state).ignore_value());
+        }
+        if let Some(slack) = &plan.slack {
+            parts.push(notice(slack, &plan.web_url, head, &s.name, &deployed));
+        }
+    }
+    Ok(Current::all(parts).ignore_value())
+}
+
+/// "Deploy <commit> as NAME: state", posted when it changes.
+fn notice<T: deployer_core::Value>(
+    slack: &Slack,
+    web_url: &str,
+    head: &Current<CiRef>,
+    name: &str,
+    deployed: &Current<T>,
+) -> Current<()> {
+    let (name_, web) = (name.to_owned(), web_url.to_owned());
+    let message = head.pair(&deployed.state_hidden()).map(move |(r, o): &(CiRef, Output<T>)| {
+        let short = &r.hash[..8.min(r.hash.len())];
+        let commit = deployer_slack::link(
+            &format!("https://github.com/{}/{}/commit/{}", r.repo.owner, r.repo.name, r.hash),
+            &format!("{} {short}", r.repo),
+        );
+        let state = match o {
+            Output::Ok(_) => "ok".to_owned(),
+            Output::Err(e) => format!("failed: {}", e.message()),
+            Output::Active(a) => format!("{a:?}").to_lowercase(),
+        };
+        format!("Deploy {commit} as {}: {}", deployer_slack::escape(&name_), deployer_slack::link(&web, &state))
+    });
+    slack.post(&format!("notify {name}"), &format!("deploy-{name}"), &message)
+}
+
+/// A unikernel deploy: built on the deployer's Docker, copied out of the
+/// image, deployed through albatross.
+fn deploy_unikernel(
+    plan: &Plan,
+    spec: &RepoSpec,
+    at: &Head,
+    u: &UnikernelSpec,
+    name: &str,
+) -> Result<Current<()>, Error> {
+    let (albatross, daemon) = plan.albatross.as_ref().ok_or_else(|| {
+        Error::msg(format!(
+            "{} deploys the unikernel {name}: configure albatross (--albatross-socket)",
+            spec.full_name()
+        ))
+    })?;
+    let image =
+        plan.docker.build(&format!("build {name} ({})", u.target), &plan.local, &at.source, unikernel_options(u));
+    let file =
+        plan.docker.extract(&format!("extract {name}"), &plan.local, &image, &format!("/unikernel.{}", u.target));
+    let loaded = albatross.image_file(&format!("read {name}"), &file);
+    let running = albatross
+        .deploy(daemon, name, &loaded, Unikernel::default())
+        .map_err(|e| Error::msg(format!("{}: {e}", spec.full_name())))?;
+    let mut parts = vec![running.ignore_value()];
+    if let Some(slack) = &plan.slack {
+        parts.push(notice(slack, &plan.web_url, &at.head, name, &running));
+    }
+    Ok(Current::all(parts).ignore_value())
+}
+
+/// The commit of each `head`, fetched; as a build source.
+fn fetch(git: &Git, clone_base: &Option<String>, head: &Current<CiRef>, label: &str) -> Current<BuildSource> {
+    let base = clone_base.clone();
+    let id = head.try_map(move |r: &CiRef| commit_id(&base, r));
+    git.fetch(label, &id).map(|c| BuildSource::Commit(c.clone()))
+}
+
+/// Where `r`'s commit is fetched from.
+fn commit_id(clone_base: &Option<String>, r: &CiRef) -> Result<CommitId, Error> {
+    let id = match clone_base {
+        None => r.commit_id(),
+        Some(base) => CommitId::new(
+            &format!("{}/{}/{}.git", base.trim_end_matches('/'), r.repo.owner, r.repo.name),
+            &r.gref,
+            &r.hash,
+        ),
+    };
+    id.map_err(|e| Error::msg(e.to_string()))
+}
+
+/// The build arguments taken from other repositories' heads and images'
+/// digests, as one stage (empty when there are none).
+fn extra_args(plan: &Plan, extra: &[ExtraArg]) -> Result<Current<BTreeMap<String, String>>, Error> {
+    let mut parts: Vec<Current<(String, String)>> = Vec::new();
+    for x in extra {
+        match x {
+            ExtraArg::Head { name, repo, branch } => {
+                let r = Repo::parse(repo).map_err(|e| Error::msg(format!("build argument {name}: {e}")))?;
+                let name = name.clone();
+                parts.push(plan.github.head_of(&r, branch).map(move |c: &CiRef| (name.clone(), c.hash.clone())));
+            }
+            ExtraArg::ImageDigest { name, tag, every } => {
+                let image = plan
+                    .docker
+                    .pull(&plan.local, tag, Schedule::every(*every))
+                    .map_err(|e| Error::msg(format!("build argument {name}: {e}")))?;
+                let name = name.clone();
+                parts.push(image.map(move |i: &Image| (name.clone(), i.digest().to_owned())));
+            }
+        }
+    }
+    Ok(Current::all(parts).map(|v: &Vec<(String, String)>| v.iter().cloned().collect()))
+}
+
+/// A Docker spec's build options, with `extra` build arguments.
+fn options(d: &DockerSpec, extra: &BTreeMap<String, String>) -> BuildOptions {
+    let mut build_args = d.build_args.clone();
+    build_args.extend(extra.iter().map(|(k, v)| (k.clone(), v.clone())));
+    BuildOptions { dockerfile: d.dockerfile.clone(), build_args, ..BuildOptions::default() }
+}
+
+/// A unikernel's build options: `TARGET` and `EXTRA_FLAGS`.
+fn unikernel_options(u: &UnikernelSpec) -> BuildOptions {
+    let mut o = BuildOptions::dockerfile(&u.dockerfile);
+    o.build_args.insert("TARGET".into(), u.target.clone());
+    if !u.args.is_empty() {
+        o.build_args.insert("EXTRA_FLAGS".into(), u.args.join(" "));
+    }
+    o
+}
+
+/// `<staging>:live-<owner>-<name>-<dockerfile>-<branch>-<arch>`, with what a
+/// tag may not hold replaced by `-`.
+pub fn staging_tag(staging: &str, spec: &RepoSpec, d: &DockerSpec, branch: &str, arch: Arch) -> String {
+    let raw = format!("live-{}-{}-{}-{branch}-{}", spec.owner, spec.name, d.dockerfile, arch.name());
+    let mut tag: String = raw
+        .chars()
+        .map(|c| if c.is_ascii_alphanumeric() || c == '_' || c == '.' || c == '-' { c } else { '-' })
+        .collect();
+    tag.truncate(128);
+    format!("{staging}:{tag}")
+}
+
+fn pool<'a>(plan: &'a Plan, arch: Arch, spec: &RepoSpec) -> Result<&'a HostPool, Error> {
+    plan.pools.get(&arch).ok_or_else(|| {
+        Error::msg(format!("{} builds for {}: no build hosts for that architecture", spec.full_name(), arch.docker()))
+    })
+}
+
+fn host<'a>(plan: &'a Plan, name: &str, what: &str) -> Result<&'a DockerHost, Error> {
+    plan.hosts.get(name).ok_or_else(|| Error::msg(format!("{what}: no Docker context named {name:?}")))
+}

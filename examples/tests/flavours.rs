@@ -1,0 +1,203 @@
+//! Each flavour's whole pipeline, built from the command line the way the
+//! `deployer` binary builds it, without any network: GitHub's API address
+//! accepts connections and never answers, Docker's socket does not exist.
+//! The diagram's static shape (every repository, service, pull and SSH job
+//! present before anything is read) and the first step's statistics are
+//! checked.
+
+use std::path::{Path, PathBuf};
+use std::process::Command;
+
+use deployer_core::analysis::Expanded;
+use deployer_core::Engine;
+use deployer_examples::deployer::cli::{build, command, Mode};
+use deployer_examples::deployer::flavours;
+
+fn work(name: &str) -> PathBuf {
+    let dir = std::env::temp_dir().join(format!("deployer-flavours-{name}-{}", std::process::id()));
+    let _ = std::fs::remove_dir_all(&dir);
+    std::fs::create_dir_all(&dir).unwrap();
+    dir
+}
+
+/// An App key, a webhook secret and a Slack URL file in `dir`.
+fn secrets(dir: &Path) -> (PathBuf, PathBuf, PathBuf) {
+    let key = dir.join("app.pem");
+    let out = Command::new("openssl")
+        .args(["genpkey", "-algorithm", "RSA", "-pkeyopt", "rsa_keygen_bits:2048", "-out"])
+        .arg(&key)
+        .output()
+        .expect("openssl runs (scripts/test installs it)");
+    assert!(out.status.success(), "openssl: {}", String::from_utf8_lossy(&out.stderr));
+    std::fs::write(dir.join("webhook"), "a webhook secret\n").unwrap();
+    std::fs::write(dir.join("slack"), "https://hooks.slack.com/services/T0/B0/XXXX\n").unwrap();
+    (key, dir.join("webhook"), dir.join("slack"))
+}
+
+/// (boxes in the diagram, its summary, stats after one step) for `flavour`.
+async fn shape(flavour: &str, silent: &str) -> (usize, String, deployer_core::analysis::Stats) {
+    let dir = work(flavour);
+    let (key, webhook, slack) = secrets(&dir);
+    let p = |p: &Path| p.display().to_string();
+    let args = vec![
+        "deployer".to_owned(),
+        format!("--flavour={flavour}"),
+        format!("--state-dir={}", p(&dir.join("state"))),
+        "--docker=unix:///nonexistent/docker.sock".into(),
+        format!("--github-api={silent}"),
+        "--github-app-id=1".into(),
+        format!("--github-private-key-file={}", p(&key)),
+        format!("--github-webhook-secret-file={}", p(&webhook)),
+        format!("--slack={}", p(&slack)),
+        "--albatross-socket=/nonexistent/albatross.sock".into(),
+    ];
+    let m = command(Mode::Full).try_get_matches_from(args).unwrap();
+    let deployer = build(Mode::Full, &m).unwrap_or_else(|e| panic!("{flavour}: {}", e.message()));
+    let engine = Engine::new(deployer.pipeline.clone());
+    let diagram = engine.diagram(&Expanded::none());
+    let summary = diagram.summary();
+    let boxes = diagram.boxes.len();
+    engine.step();
+    (boxes, summary, engine.stats())
+}
+
+/// A TCP listener that accepts and never answers (GitHub unreachable in a
+/// way that keeps every read pending).
+fn silent_api() -> (std::net::TcpListener, String) {
+    let l = std::net::TcpListener::bind("127.0.0.1:0").unwrap();
+    let url = format!("http://{}", l.local_addr().unwrap());
+    (l, url)
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn every_flavour_draws_its_whole_table_before_anything_is_read() {
+    let (_listener, silent) = silent_api();
+    for name in flavours::NAMES {
+        let flavour = flavours::by_name(name).unwrap();
+        let (boxes, summary, stats) = shape(name, &silent).await;
+        eprintln!("{name}: {boxes} boxes, {stats:?}");
+        // Every repository's group and every service's update is drawn.
+        for r in &flavour.repos {
+            assert!(summary.contains(&format!("{}:", r.full_name())), "{name}: no box for {}", r.full_name());
+            for d in &r.images {
+                for x in &d.deployments {
+                    assert!(summary.contains(&format!("docker manifest push {}:", x.target)), "{name}: {}", x.target);
+                    for s in &x.services {
+                        assert!(summary.contains(&format!("docker service {}:", s.name)), "{name}: {}", s.name);
+                    }
+                }
+            }
+            for u in &r.unikernels {
+                for (_, unikernel) in &u.deployments {
+                    assert!(summary.contains(&format!("albatross {unikernel}:")), "{name}: {unikernel}");
+                }
+            }
+        }
+        for p in &flavour.pulls {
+            assert!(summary.contains(&format!("docker pull {}:", p.tag)), "{name}: {}", p.tag);
+        }
+        for j in &flavour.ssh_jobs {
+            assert!(summary.contains(&format!(": {}:", j.key)), "{name}: ssh {}", j.key);
+        }
+        // Nothing has a value yet: GitHub has not answered. What runs are
+        // the reads (the access check, each repository's refs, each deploy
+        // branch's head, each service's drift monitor, the heads build
+        // arguments come from) and the scheduled pulls and SSH jobs, which
+        // need nothing upstream; everything else waits on them.
+        let running = 1
+            + flavour.repos.len()
+            + flavour.repos.iter().map(|r| r.deploy_branches().len()).sum::<usize>()
+            + flavour
+                .repos
+                .iter()
+                .flat_map(|r| &r.images)
+                .flat_map(|d| &d.deployments)
+                .map(|x| x.services.len())
+                .sum::<usize>()
+            + flavour.repos.iter().flat_map(|r| &r.images).flat_map(|d| &d.extra_args).count()
+            + 2 * flavour.pulls.len()
+            + flavour.ssh_jobs.len();
+        assert_eq!(
+            (stats.ok, stats.failed, stats.waiting_for_confirmation, stats.running as usize),
+            (0, 0, 0, running),
+            "{name}: {stats:?}\n{summary}"
+        );
+        assert!(stats.blocked > 0, "{name}: {stats:?}");
+        assert_eq!(boxes, expected_boxes(&flavour), "{name}: {boxes} boxes\n{summary}");
+    }
+}
+
+/// The boxes a flavour's table should give, counted from the table: the
+/// access check; per repository its group, and its deployability check
+/// (refs, the per-ref cluster, fetch, one build per image and architecture
+/// and per unikernel, the check); per deploy branch a head and a fetch; per
+/// deployment a build per architecture and the manifest, and per service
+/// the update, its drift monitor, the GitHub deployment record and the
+/// Slack notice; per unikernel deployed a build, extract, read, albatross
+/// deploy and notice; a box per extra build argument; per scheduled pull
+/// the pull, the update and its drift monitor; one per SSH job.
+fn expected_boxes(f: &deployer_examples::deployer::spec::Flavour) -> usize {
+    let mut n = 1;
+    for r in &f.repos {
+        let archs: usize = r.images.iter().map(|d| d.archs.len()).sum();
+        n += 1 + 4 + archs + r.unikernels.len();
+        n += 2 * r.deploy_branches().len();
+        for d in &r.images {
+            n += d.extra_args.len();
+            for x in &d.deployments {
+                n += d.archs.len() + 1 + 4 * x.services.len();
+            }
+        }
+        n += r.unikernels.iter().map(|u| 5 * u.deployments.len()).sum::<usize>();
+    }
+    n + 3 * f.pulls.len() + f.ssh_jobs.len()
+}
+
+#[tokio::test]
+async fn bad_flags_are_one_clear_line_each() {
+    let dir = work("bad-flags");
+    let state = format!("--state-dir={}", dir.join("state").display());
+    let cases: [(&[&str], &str); 6] = [
+        (&["--confirm=sometimes"], "--confirm \"sometimes\": not a level"),
+        (&["--listen=localhost"], "--listen \"localhost\": not an address"),
+        (&["--github-app-id=12"], "--github-app-id needs --github-private-key-file"),
+        (&["--github-app-id=x", "--github-private-key-file=/nonexistent"], "--github-app-id \"x\": not a number"),
+        (&["--slack=/nonexistent/slack"], "--slack /nonexistent/slack: No such file"),
+        (&["--registry-auth=docker.io"], "expected REGISTRY=USER:FILE"),
+    ];
+    for (flags, expected) in cases {
+        let mut args = vec!["deployer", "--flavour=tarides", &state, "--docker=unix:///nonexistent.sock"];
+        args.extend_from_slice(flags);
+        let m = command(Mode::Full).try_get_matches_from(&args).unwrap();
+        let err = build(Mode::Full, &m).err().unwrap_or_else(|| panic!("{flags:?} was accepted"));
+        assert!(err.message().contains(expected), "{flags:?}: {}", err.message());
+        assert!(!err.message().contains('\n'), "{flags:?}: one line: {}", err.message());
+    }
+    // An unknown flavour is refused by the parser, naming the choices.
+    let e = command(Mode::Full).try_get_matches_from(["deployer", "--flavour=acme"]).unwrap_err().to_string();
+    assert!(e.contains("acme") && e.contains("tarides"), "{e}");
+    // deployer-local: an unknown repository of the flavour.
+    let m = command(Mode::Local)
+        .try_get_matches_from(["deployer-local", "--flavour=ocaml", &state, "--docker=unix:///x.sock", "acme/widget"])
+        .unwrap();
+    let err = build(Mode::Local, &m).err().expect("refused");
+    assert!(err.message().contains("acme/widget is not a repository of the ocaml flavour"), "{}", err.message());
+}
+
+#[test]
+fn the_services_list_is_the_table() {
+    let md = deployer_examples::deployer::services::markdown(&flavours::ocaml());
+    assert!(md.contains(
+        "| ocaml/ocaml.org | `main` | `ocurrent/v3.ocaml.org-server:live` | `infra_www1` | v3b.ocaml.org | ocaml.org |"
+    ));
+    assert!(md.contains("`chocobozzz/peertube:production-bookworm` | `infra_peertube` | watch.ocaml.org"));
+    assert!(md.contains("`tarsnap` on root@watch.ocaml.org every 30 days"));
+    let md = deployer_examples::deployer::services::markdown(&flavours::mirage());
+    assert!(
+        md.contains("| mirage/mirage-www | `master` | hvt | `www` |") && md.contains("| xen | (build only) |"),
+        "{md}"
+    );
+    for name in flavours::NAMES {
+        flavours::by_name(name).unwrap().check().unwrap_or_else(|e| panic!("{name}: {}", e.message()));
+    }
+}
