@@ -303,12 +303,15 @@ impl Publisher for PushManifest {
             let digest = r.digest().ok_or_else(|| {
                 Error::msg(format!("{image} is not pushed (a manifest list refers to repo@sha256:… images)"))
             })?;
-            if r.registry() != tag.registry() || r.repository() != tag.repository() {
+            if r.registry() != tag.registry() {
                 return Err(Error::msg(format!(
-                    "{image} is not in {}/{}: push each architecture's image to the list's repository",
-                    tag.registry(),
-                    tag.repository()
+                    "{image} is not on {}: push each architecture's image to the list's registry",
+                    tag.registry()
                 )));
+            }
+            if r.repository() != tag.repository() {
+                job.log(&format!("Mounting {image} into {}", tag.repository()));
+                registry.copy_manifest(r.repository(), tag.repository(), digest).await?;
             }
             let descriptor = registry.descriptor(tag.repository(), digest).await?;
             let platform = descriptor.platform.as_ref().map_or("?".into(), |p| format!("{}/{}", p.os, p.architecture));

@@ -50,6 +50,8 @@ pub struct Descriptor {
 #[derive(Deserialize)]
 struct ImageManifest {
     config: ConfigRef,
+    #[serde(default)]
+    layers: Vec<ConfigRef>,
 }
 
 #[derive(Deserialize)]
@@ -191,7 +193,9 @@ impl Registry {
             if let Some(service) = challenge_param(challenge, "service") {
                 query.append_pair("service", &service);
             }
-            query.append_pair("scope", scope);
+            for scope in scope.split(' ') {
+                query.append_pair("scope", scope);
+            }
         }
         let mut request = self.http.get(url);
         if let Some(c) = &self.credentials {
@@ -264,6 +268,87 @@ impl Registry {
         }
         let body: IndexBody = response.json().await.map_err(|e| self.error(format!("index {reference}: {e}")))?;
         Ok(body.manifests)
+    }
+
+    /// Copies the image manifest `digest` from the repository `from` into
+    /// `to` (on this registry): its blobs are mounted across repositories
+    /// (copied when the registry will not mount them), then the manifest is
+    /// put by digest. What `docker manifest create` does for images pushed
+    /// elsewhere, so per-architecture images can be pushed to a staging
+    /// repository.
+    pub(crate) async fn copy_manifest(&self, from: &str, to: &str, digest: &str) -> Result<(), DockerError> {
+        let scope = format!("repository:{to}:pull,push repository:{from}:pull");
+        let url = format!("{}/{from}/manifests/{digest}", self.base);
+        let mut headers = HeaderMap::new();
+        headers.insert(ACCEPT, HeaderValue::from_str(&format!("{OCI_MANIFEST}, {DOCKER_MANIFEST}")).expect("ASCII"));
+        let response = self.send(Method::GET, &url, headers, None, &scope).await?;
+        if !response.status().is_success() {
+            return Err(self.error(format!("no manifest {from}@{digest} ({})", response.status())));
+        }
+        let media_type = response
+            .headers()
+            .get(CONTENT_TYPE)
+            .and_then(|v| v.to_str().ok())
+            .map(|v| v.split(';').next().unwrap_or(v).trim().to_owned())
+            .unwrap_or_else(|| DOCKER_MANIFEST.to_owned());
+        let bytes = response.bytes().await.map_err(|e| self.error(format!("reading {url}: {e}")))?.to_vec();
+        if sha256(&bytes) != digest {
+            return Err(self.error(format!("the manifest {from}@{digest} has another digest")));
+        }
+        let manifest: ImageManifest =
+            serde_json::from_slice(&bytes).map_err(|e| self.error(format!("manifest {from}@{digest}: {e}")))?;
+        for blob in std::iter::once(&manifest.config).chain(&manifest.layers) {
+            self.copy_blob(from, to, &blob.digest, &scope).await?;
+        }
+        let url = format!("{}/{to}/manifests/{digest}", self.base);
+        let mut headers = HeaderMap::new();
+        headers.insert(CONTENT_TYPE, HeaderValue::from_str(&media_type).map_err(|e| self.error(e.to_string()))?);
+        let response = self.send(Method::PUT, &url, headers, Some(bytes), &scope).await?;
+        if !response.status().is_success() {
+            let status = response.status();
+            let text = response.text().await.unwrap_or_default();
+            return Err(self.error(format!("putting {to}@{digest} ({status}): {}", text.trim())));
+        }
+        Ok(())
+    }
+
+    /// Makes the blob `digest` of `from` present in `to`.
+    async fn copy_blob(&self, from: &str, to: &str, digest: &str, scope: &str) -> Result<(), DockerError> {
+        let there = format!("{}/{to}/blobs/{digest}", self.base);
+        if self.send(Method::HEAD, &there, HeaderMap::new(), None, scope).await?.status().is_success() {
+            return Ok(());
+        }
+        let mount = format!("{}/{to}/blobs/uploads/?mount={digest}&from={from}", self.base);
+        let response = self.send(Method::POST, &mount, HeaderMap::new(), Some(Vec::new()), scope).await?;
+        match response.status() {
+            StatusCode::CREATED => return Ok(()),
+            StatusCode::ACCEPTED => {}
+            other => return Err(self.error(format!("mounting {digest} from {from} into {to} ({other})"))),
+        }
+        // No mount: an upload was started instead; copy the bytes.
+        let location = response
+            .headers()
+            .get(reqwest::header::LOCATION)
+            .and_then(|v| v.to_str().ok())
+            .ok_or_else(|| self.error("an upload without a Location"))?
+            .to_owned();
+        let origin = self.base.trim_end_matches("/v2");
+        let location = if location.starts_with('/') { format!("{origin}{location}") } else { location };
+        let source = format!("{}/{from}/blobs/{digest}", self.base);
+        let response = self.send(Method::GET, &source, HeaderMap::new(), None, scope).await?;
+        if !response.status().is_success() {
+            return Err(self.error(format!("no blob {from}@{digest} ({})", response.status())));
+        }
+        let body = response.bytes().await.map_err(|e| self.error(format!("reading {source}: {e}")))?.to_vec();
+        let sep = if location.contains('?') { '&' } else { '?' };
+        let put = format!("{location}{sep}digest={digest}");
+        let mut headers = HeaderMap::new();
+        headers.insert(CONTENT_TYPE, HeaderValue::from_static("application/octet-stream"));
+        let response = self.send(Method::PUT, &put, headers, Some(body), scope).await?;
+        if !response.status().is_success() {
+            return Err(self.error(format!("copying {digest} into {to} ({})", response.status())));
+        }
+        Ok(())
     }
 
     /// Pushes an index of `manifests` as `repository:tag`; returns its

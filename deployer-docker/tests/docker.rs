@@ -188,10 +188,12 @@ async fn a_two_arch_manifest_list_is_pushed_and_read_back() {
     let ctx = Context::open(&d.join("state"), Config::default()).unwrap();
     let (docker, host) = docker(&ctx, &d);
     let repo = format!("{}/{}", s.registry, unique("multi"));
+    // The arm64 image is pushed to a staging repository: the list mounts it.
+    let staging = format!("{}/{}", s.registry, unique("staging"));
     let mut images = Vec::new();
     for arch in ["amd64", "arm64"] {
         busybox_context(&d.join(arch), arch, SERVE);
-        let tag = format!("{repo}:{arch}");
+        let tag = if arch == "arm64" { format!("{staging}:{arch}") } else { format!("{repo}:{arch}") };
         run(docker_cli(s)
             .args(["build", "-q", "--no-cache", "--platform", &format!("linux/{arch}"), "-t", &tag])
             .arg(d.join(arch)));

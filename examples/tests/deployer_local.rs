@@ -1,0 +1,218 @@
+//! `deployer-local` end to end on one repository of the tarides flavour
+//! (ocaml-bench/sandmark-nightly: branch `main` → `ocurrent/sandmark-nightly:live`
+//! → the Swarm service `sandmark_sandmark`), against local stand-ins:
+//! GitHub's API (the deployer-github test fake, read anonymously), a git
+//! repository over `file://`, and the test Docker Engine in swarm mode
+//! with its registry. The binary runs as users run it.
+
+#[path = "../../deployer-github/tests/support/fake_github.rs"]
+mod fake_github;
+#[path = "../../deployer-docker/tests/support/docker.rs"]
+mod support;
+
+use std::path::Path;
+use std::process::{Child, Command, Stdio};
+use std::time::{Duration, Instant};
+
+use support::{busybox_context, docker_cli, run, services, SERVE};
+
+/// Kills the deployer when the test ends, however it ends.
+struct Running(Child);
+
+impl Drop for Running {
+    fn drop(&mut self) {
+        let _ = self.0.kill();
+        let _ = self.0.wait();
+    }
+}
+
+fn git(dir: &Path, args: &[&str]) -> String {
+    run(Command::new("git")
+        .arg("-C")
+        .arg(dir)
+        .args(["-c", "user.name=test", "-c", "user.email=test@example.org"])
+        .args(args))
+}
+
+/// Waits up to `secs` for `check` to give `Some`, failing with `what` and
+/// every job log under `state` (what the deployer was doing).
+fn wait<T>(secs: u64, what: &str, state: &Path, mut check: impl FnMut() -> Option<T>) -> T {
+    let deadline = Instant::now() + Duration::from_secs(secs);
+    loop {
+        if let Some(v) = check() {
+            return v;
+        }
+        if Instant::now() > deadline {
+            let mut logs = String::new();
+            for day in std::fs::read_dir(state.join("job")).into_iter().flatten().flatten() {
+                for log in std::fs::read_dir(day.path()).into_iter().flatten().flatten() {
+                    logs += &format!(
+                        "== {}\n{}\n",
+                        log.path().display(),
+                        std::fs::read_to_string(log.path()).unwrap_or_default()
+                    );
+                }
+            }
+            panic!("{what}: not within {secs} s\n{logs}");
+        }
+        std::thread::sleep(Duration::from_millis(250));
+    }
+}
+
+/// Starts `deployer-local` on the tarides flavour's own repository.
+fn start(
+    s: &support::Services,
+    work: &Path,
+    gh: &fake_github::FakeGitHub,
+    listen: std::net::SocketAddr,
+    n: u32,
+) -> Running {
+    let child = Command::new(env!("CARGO_BIN_EXE_deployer-local"))
+        .args(["--flavour", "tarides", "ocurrent/ocurrent-deployer"])
+        .arg(format!("--state-dir={}", work.join("state").display()))
+        .arg(format!("--listen={listen}"))
+        .arg(format!("--docker=unix://{}", s.socket.display()))
+        .arg(format!("--registry={}", s.registry))
+        .arg(format!("--github-api={}", gh.url))
+        .arg(format!("--git-base=file://{}", work.join("git").display()))
+        .env("DOCKER_CONFIG", s.work.join("cli-config"))
+        .stdout(Stdio::null())
+        .stderr(Stdio::from(std::fs::File::create(work.join(format!("deployer-{n}.log"))).unwrap()))
+        .spawn()
+        .expect("deployer-local starts");
+    Running(child)
+}
+
+/// The job logs of `op` (`docker-service`) under `state`, oldest first.
+fn job_logs(state: &Path, op: &str) -> Vec<String> {
+    let mut paths: Vec<_> = std::fs::read_dir(state.join("job"))
+        .into_iter()
+        .flatten()
+        .flatten()
+        .flat_map(|day| std::fs::read_dir(day.path()).into_iter().flatten().flatten().map(|e| e.path()))
+        .filter(|p| p.file_name().is_some_and(|n| n.to_string_lossy().contains(op)))
+        .collect();
+    paths.sort();
+    paths.iter().map(|p| std::fs::read_to_string(p).unwrap_or_default()).collect()
+}
+
+/// The deployer deploys itself (tarides: `live-ci3` → `infra_tarides-deployer`).
+/// Updating its own service restarts it in the middle of that publish (here:
+/// killed with SIGKILL while the update is being health-checked); started
+/// again on the same state, it finishes the update without an operator.
+#[test]
+fn deployer_local_deploys_itself_and_finishes_after_being_killed_mid_update() {
+    let s = services();
+    let work = s.work.join(format!("deployer-local-{}", std::process::id()));
+    let _ = std::fs::remove_dir_all(&work);
+    std::fs::create_dir_all(&work).unwrap();
+    let state = work.join("state");
+    const SERVICE: &str = "infra_tarides-deployer";
+
+    // The repository: a busybox web server saying "v1" on `live-ci3`, in a
+    // bare repository where --git-base says GitHub's would be.
+    let src = busybox_context(&work.join("src"), "v1", SERVE);
+    git(&src, &["init", "-q", "-b", "live-ci3"]);
+    git(&src, &["add", "."]);
+    git(&src, &["commit", "-q", "-m", "v1"]);
+    let hash = git(&src, &["rev-parse", "HEAD"]);
+    let bare = work.join("git/ocurrent/ocurrent-deployer.git");
+    std::fs::create_dir_all(bare.parent().unwrap()).unwrap();
+    run(Command::new("git").args(["clone", "-q", "--bare"]).arg(&src).arg(&bare));
+
+    // The service exists (as Ansible creates it in production), running v0.
+    let v0_dir = busybox_context(&work.join("v0"), "v0", SERVE);
+    let v0 = format!("{}/deployer-v0:{}", s.registry, std::process::id());
+    run(docker_cli(s).args(["build", "-q", "-t", &v0]).arg(&v0_dir));
+    run(docker_cli(s).args(["push", "-q", &v0]));
+    let _ = docker_cli(s).args(["service", "rm", SERVICE]).output();
+    run(docker_cli(s).args(["service", "create", "-q", "--detach", "--name", SERVICE, &v0]));
+    wait(60, "v0 serving", &state, || (served_by_opt(s, SERVICE).as_deref() == Some("v0")).then_some(()));
+
+    // GitHub: the branch's head.
+    let rt = tokio::runtime::Runtime::new().unwrap();
+    let gh = rt.block_on(fake_github::FakeGitHub::start(&work));
+    gh.set_branch("ocurrent/ocurrent-deployer", "live-ci3", &hash);
+    let listen = std::net::TcpListener::bind("127.0.0.1:0").unwrap().local_addr().unwrap();
+
+    // First run: killed while its service update is in progress.
+    let first = start(s, &work, &gh, listen, 1);
+    wait(240, "the service update in progress", &state, || {
+        job_logs(&state, "docker-service")
+            .first()
+            .is_some_and(|l| l.contains("Updating") || l.contains("update"))
+            .then_some(())
+    });
+    drop(first); // SIGKILL
+    let cut = job_logs(&state, "docker-service");
+    assert_eq!(cut.len(), 1, "one update started");
+    assert!(!cut[0].contains("Job succeeded"), "killed mid-update:\n{}", cut[0]);
+
+    // Second run, same state: the interrupted update runs again and ends.
+    let _second = start(s, &work, &gh, listen, 2);
+    let target = format!("{}/ocurrent/ci.ocamllabs.io-deployer", s.registry);
+    let image = wait(240, "the service updated to the target's digest", &state, || {
+        let image = run(docker_cli(s).args([
+            "service",
+            "inspect",
+            "--format",
+            "{{.Spec.TaskTemplate.ContainerSpec.Image}}",
+            SERVICE,
+        ]));
+        image.starts_with(&format!("{target}@sha256:")).then_some(image)
+    });
+    wait(120, "the re-run update finished", &state, || {
+        // (Job ids start with the second they were made in: both logs may
+        // share it, so they are told apart by content, not order.)
+        let logs = job_logs(&state, "docker-service");
+        let ended = |l: &String| l.contains("Job succeeded") || l.contains("Job failed");
+        let succeeded = logs.iter().filter(|l| l.contains("Job succeeded")).count();
+        (logs.len() == 2 && succeeded == 1 && logs.iter().filter(|l| !ended(l)).count() == 1).then_some(())
+    });
+    wait(60, "v1 serving", &state, || (served_by_opt(s, SERVICE).as_deref() == Some("v1")).then_some(()));
+    // The registry's `live-ci3` tag is that digest (a manifest list).
+    let digest = image.rsplit_once('@').unwrap().1;
+    let head = http(
+        &s.registry,
+        "HEAD",
+        "/v2/ocurrent/ci.ocamllabs.io-deployer/manifests/live-ci3",
+        "Accept: application/vnd.oci.image.index.v1+json, application/vnd.docker.distribution.manifest.list.v2+json\r\n",
+    );
+    assert!(head.to_ascii_lowercase().contains(&format!("docker-content-digest: {digest}")), "{head}");
+    // The web UI shows the pipeline.
+    let page = http(&listen.to_string(), "GET", "/", "");
+    assert!(
+        page.contains("ocurrent/ocurrent-deployer") && page.contains(&format!("docker service {SERVICE}")),
+        "{page}"
+    );
+    let log = std::fs::read_to_string(work.join("deployer-2.log")).unwrap_or_default();
+    assert!(log.contains("web UI on http://"), "{log}");
+    let _ = docker_cli(s).args(["service", "rm", SERVICE]).output();
+}
+
+/// What `GET /index.html` answers inside a running task of `service`, if
+/// one runs.
+fn served_by_opt(s: &support::Services, service: &str) -> Option<String> {
+    let ids = docker_cli(s)
+        .args(["ps", "-q", "--filter"])
+        .arg(format!("label=com.docker.swarm.service.name={service}"))
+        .output()
+        .ok()?;
+    let ids = String::from_utf8_lossy(&ids.stdout).into_owned();
+    let id = ids.lines().next()?;
+    let out = docker_cli(s)
+        .args(["exec", id, "/bin/busybox", "wget", "-qO-", "http://127.0.0.1:8080/index.html"])
+        .output()
+        .ok()?;
+    out.status.success().then(|| String::from_utf8_lossy(&out.stdout).trim().to_owned())
+}
+
+/// An HTTP/1.1 request to `addr` (`host:port`); the whole response.
+fn http(addr: &str, method: &str, path: &str, headers: &str) -> String {
+    use std::io::{Read, Write};
+    let mut c = std::net::TcpStream::connect(addr).unwrap();
+    write!(c, "{method} {path} HTTP/1.1\r\nHost: {addr}\r\n{headers}Connection: close\r\n\r\n").unwrap();
+    let mut out = String::new();
+    c.read_to_string(&mut out).unwrap();
+    out
+}
