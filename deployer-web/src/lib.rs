@@ -41,6 +41,7 @@
 
 pub mod access;
 mod api;
+pub mod extension;
 pub mod html;
 mod limits;
 mod metrics;
@@ -61,6 +62,7 @@ use axum::Router;
 use deployer_core::{Context, EngineHandle};
 
 pub use access::{Login, Requester, Role, User};
+pub use extension::{ActionRequest, Page, PageRequest, Refused};
 pub use limits::Limits;
 
 /// Shared by every handler.
@@ -85,6 +87,8 @@ pub struct Site {
     login: Option<Box<dyn Login>>,
     nav: Vec<(String, String)>,
     mounted: Vec<Router>,
+    pages: Vec<(String, extension::PageFn)>,
+    actions: Vec<(String, Role, extension::ActionFn)>,
     hosts: Vec<String>,
     proxy: Option<IpAddr>,
     limits: Limits,
@@ -104,6 +108,8 @@ impl Site {
             login: None,
             nav: Vec::new(),
             mounted: Vec::new(),
+            pages: Vec::new(),
+            actions: Vec::new(),
             hosts: Vec::new(),
             proxy: None,
             limits: Limits::default(),
@@ -148,6 +154,32 @@ impl Site {
         self
     }
 
+    /// Adds the page at `path` (an axum route: `/services/{name}`), drawn in
+    /// the site's layout: `render` gets the request (who asks, the path's
+    /// parameters, the query) and returns the title and body. Viewers may
+    /// see it. See [`extension`].
+    pub fn page<F, Fut>(mut self, path: &str, render: F) -> Site
+    where
+        F: Fn(PageRequest) -> Fut + Send + Sync + 'static,
+        Fut: std::future::Future<Output = Result<Page, Refused>> + Send + 'static,
+    {
+        self.pages.push((path.to_owned(), extension::page_fn(render)));
+        self
+    }
+
+    /// Adds the form action `POST path`, for users with `role`, checked as
+    /// the site's own actions are (same site; role before the body is read;
+    /// body limit; CSRF token). `act` returns the site path to send the
+    /// browser to (a `303`). See [`extension`].
+    pub fn action<F, Fut>(mut self, path: &str, role: Role, act: F) -> Site
+    where
+        F: Fn(ActionRequest) -> Fut + Send + Sync + 'static,
+        Fut: std::future::Future<Output = Result<String, Refused>> + Send + 'static,
+    {
+        self.actions.push((path.to_owned(), role, extension::action_fn(act)));
+        self
+    }
+
     /// Adds a link to the navigation bar.
     pub fn nav_link(mut self, label: &str, href: &str) -> Site {
         self.nav.push((label.to_owned(), href.to_owned()));
@@ -185,7 +217,22 @@ impl Site {
             .route("/api/stats", get(api::stats))
             .route("/api/jobs", get(api::jobs))
             .route("/api/job/{date}/{file}/log", get(api::log))
-            .route("/api/history", get(api::history))
+            .route("/api/history", get(api::history));
+        for (path, f) in self.pages {
+            router = router.route(
+                &path,
+                get(move |state, who, raw, query| extension::serve_page(f.clone(), state, who, raw, query)),
+            );
+        }
+        for (path, role, f) in self.actions {
+            router = router.route(
+                &path,
+                post(move |state, headers, who, raw, fields| {
+                    extension::run_action(f.clone(), role, state, headers, who, raw, fields)
+                }),
+            );
+        }
+        let mut router = router
             .route_layer(middleware::from_fn_with_state(state.clone(), timing))
             .fallback(pages::not_found)
             .layer(DefaultBodyLimit::max(self.limits.form_bytes))

@@ -62,6 +62,19 @@ pub(crate) fn error_page(state: &State, who: &Requester, status: StatusCode, mes
     response
 }
 
+#[derive(Template)]
+#[template(path = "extension.html")]
+struct ExtensionPage {
+    nav: Nav,
+    title: String,
+    body: String,
+}
+
+/// A page added with `Site::page`, in the site's layout.
+pub(crate) fn extension_page(state: &State, who: &Requester, title: String, body: String) -> Response {
+    render(ExtensionPage { nav: nav(state, who), title, body })
+}
+
 /// A 403 page for a request that needs `role`.
 pub(crate) fn forbidden(state: &State, who: &Requester, role: Role) -> Response {
     let msg = if state.access.has_login() {
@@ -73,12 +86,12 @@ pub(crate) fn forbidden(state: &State, who: &Requester, role: Role) -> Response 
 }
 
 /// A form's fields, or the reason it could not be read.
-type Fields = Result<Form<Vec<(String, String)>>, FormRejection>;
+pub(crate) type Fields = Result<Form<Vec<(String, String)>>, FormRejection>;
 
 /// Checks a POST: the role it needs, then its CSRF token. Returns the
 /// form's fields. (The guard already refused cross-site requests and
 /// viewers, before the body was read.)
-fn check_post(
+pub(crate) fn check_post(
     state: &State,
     headers: &HeaderMap,
     who: &Requester,

@@ -486,6 +486,75 @@ async fn an_admin_starts_a_waiting_job_and_plugins_mount_routes() {
     s.go.notify_one();
 }
 
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn added_pages_and_actions_are_guarded_like_the_sites_own() {
+    use deployer_web::{Page, Refused};
+    let s = setup("extension");
+    let acted: Arc<std::sync::Mutex<Vec<(String, String)>>> = Arc::default();
+    let app = Site::new("d", s.engine.handle(), s.ctx.clone())
+        .login(HeaderLogin)
+        .page("/things/{name}", |r| async move {
+            let name = r.param("name").unwrap_or_default().to_owned();
+            if name == "missing" {
+                return Err(Refused::NotFound("There is no such thing.".into()));
+            }
+            let form = if r.who.can(Role::Builder) {
+                format!(
+                    r#"<form method="post" action="/things/{name}/poke">{}<button>Poke</button></form>"#,
+                    r.csrf_input()
+                )
+            } else {
+                String::new()
+            };
+            Ok(Page {
+                title: format!("Thing {name}"),
+                body: format!("<h1>{}</h1>{form}", deployer_web::html::escape(&name)),
+            })
+        })
+        .action("/things/{name}/poke", Role::Builder, {
+            let acted = acted.clone();
+            move |r| {
+                let acted = acted.clone();
+                async move {
+                    let who = r.who.user.as_ref().map(|u| u.id.clone()).unwrap_or_default();
+                    acted.lock().unwrap().push((r.param("name").unwrap_or_default().to_owned(), who));
+                    Ok("/things/done?notice=poked".to_owned())
+                }
+            }
+        })
+        .router();
+    // A viewer sees the page in the site's layout, and no form.
+    let page = send(&app, get("/things/a%3Cb"), REMOTE).await;
+    assert_eq!(page.status, StatusCode::OK);
+    assert!(page.body.contains("<h1>a&lt;b</h1>") && !page.body.contains("<title>Thing a<b"));
+    assert!(page.body.contains("href=\"/jobs\"") && !page.body.contains("<form"), "{}", page.body);
+    assert_eq!(page.headers["cache-control"], "no-store");
+    assert_eq!(send(&app, get("/things/missing"), REMOTE).await.status, StatusCode::NOT_FOUND);
+    // A viewer's POST: refused before the body is read; nothing done.
+    assert_eq!(send(&app, post("/things/a/poke", "csrf=x"), REMOTE).await.status, StatusCode::FORBIDDEN);
+    // A builder gets the form and its token; without the token: refused.
+    let alice = [("x-user", "github:alice")];
+    let page = send(&app, with(get("/things/a"), &alice), REMOTE).await;
+    assert!(page.body.contains("<form"), "{}", page.body);
+    let (cookie, token) = (page.cookie().unwrap(), page.token().unwrap());
+    let no_token = with(post_from("/things/a/poke", "", &cookie), &alice);
+    assert_eq!(send(&app, no_token, REMOTE).await.status, StatusCode::FORBIDDEN);
+    // Cross-site, even with the token: refused.
+    let cross = with(
+        post_from("/things/a/poke", &format!("csrf={token}"), &cookie),
+        &[("x-user", "github:alice"), ("origin", "https://evil.example")],
+    );
+    assert_eq!(send(&app, cross, REMOTE).await.status, StatusCode::FORBIDDEN);
+    assert!(acted.lock().unwrap().is_empty(), "nothing was done by a refused request");
+    // With it: done once, by alice, and redirected (303).
+    let ok = with(post_from("/things/a/poke", &format!("csrf={token}"), &cookie), &alice);
+    let reply = send(&app, ok, REMOTE).await;
+    assert_eq!(reply.status, StatusCode::SEE_OTHER);
+    assert_eq!(reply.headers["location"], "/things/done?notice=poked");
+    assert_eq!(*acted.lock().unwrap(), [("a".to_owned(), "github:alice".to_owned())]);
+    s.go.notify_one();
+}
+
 struct HeaderLogin;
 
 impl Login for HeaderLogin {

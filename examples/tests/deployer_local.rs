@@ -5,6 +5,9 @@
 //! repository over `file://`, and the test Docker Engine in swarm mode
 //! with its registry. The binary runs as users run it.
 
+#[path = "../../deployer-web/tests/browser/mod.rs"]
+#[allow(dead_code)] // shared with deployer-web's tests, which use all of it
+mod browser;
 #[path = "../../deployer-github/tests/support/fake_github.rs"]
 mod fake_github;
 #[path = "../../deployer-docker/tests/support/docker.rs"]
@@ -75,6 +78,7 @@ fn start(
         .arg(format!("--registry={}", s.registry))
         .arg(format!("--github-api={}", gh.url))
         .arg(format!("--git-base=file://{}", work.join("git").display()))
+        .arg("--poll-every=2")
         .env("DOCKER_CONFIG", s.work.join("cli-config"))
         .stdout(Stdio::null())
         .stderr(Stdio::from(std::fs::File::create(work.join(format!("deployer-{n}.log"))).unwrap()))
@@ -187,7 +191,91 @@ fn deployer_local_deploys_itself_and_finishes_after_being_killed_mid_update() {
     );
     let log = std::fs::read_to_string(work.join("deployer-2.log")).unwrap_or_default();
     assert!(log.contains("web UI on http://"), "{log}");
+
+    // v2 lands on the branch; GitHub is read again (every 2 s here).
+    std::fs::write(src.join("index.html"), "v2\n").unwrap();
+    git(&src, &["commit", "-q", "-am", "v2"]);
+    let hash2 = git(&src, &["rev-parse", "HEAD"]);
+    git(&src, &["push", "-q", bare.to_str().unwrap(), "live-ci3"]);
+    gh.set_branch("ocurrent/ocurrent-deployer", "live-ci3", &hash2);
+    let spec_image = || {
+        run(docker_cli(s).args([
+            "service",
+            "inspect",
+            "--format",
+            "{{.Spec.TaskTemplate.ContainerSpec.Image}}",
+            SERVICE,
+        ]))
+    };
+    let image2 = wait(240, "v2 deployed", &state, || Some(spec_image()).filter(|i| *i != image));
+    wait(60, "v2 serving", &state, || (served_by_opt(s, SERVICE).as_deref() == Some("v2")).then_some(()));
+
+    // The services overview and rolling back from the UI, in Chromium.
+    rt.block_on(async {
+        let mut chrome = browser::Chromium::launch().await;
+        let base = format!("http://{listen}");
+        let text = service_row(&mut chrome, &format!("{base}/services"), SERVICE, &["converged", &hash2[..8]]).await;
+        assert!(text.contains("chives.caelum.ci.dev") && text.contains("deploy.ci.dev"), "{text}");
+        assert!(text.contains(&short(&image2)), "the running image's digest: {text}");
+        chrome.screenshot(&work.join("services.png")).await;
+        // The service's page: both versions, v1 with "deploy this version again".
+        chrome
+            .eval(&format!("document.querySelector('a[href=\"/services/chives.caelum.ci.dev/{SERVICE}\"]').click()"))
+            .await;
+        chrome.wait_for("document.querySelectorAll('tr.version').length >= 2 || null").await;
+        let versions =
+            chrome.eval("[...document.querySelectorAll('tr.version')].map(r => r.innerText).join('\\n')").await;
+        assert!(versions.contains(&hash[..8]) && versions.contains(&hash2[..8]), "{versions}");
+        assert!(versions.contains("running now"), "{versions}");
+        let forms = chrome.eval("document.querySelectorAll('tr.version form button').length").await;
+        assert_eq!(forms, "1", "one earlier version to deploy again:\n{versions}");
+        chrome.eval("document.querySelector('tr.version form button').click()").await;
+        chrome
+            .wait_for("document.querySelector('p.notice') && location.search.includes('notice=pinned') || null")
+            .await;
+    });
+    // The service goes back to v1, deployed by the pipeline's own job.
+    wait(240, "v1 deployed again", &state, || Some(spec_image()).filter(|i| *i == image));
+    wait(60, "v1 serving again", &state, || (served_by_opt(s, SERVICE).as_deref() == Some("v1")).then_some(()));
+    wait(60, "the rollback job recorded", &state, || {
+        let logs = job_logs(&state, "docker-service");
+        logs.iter()
+            .any(|l| {
+                l.contains(&format!(":= {image}"))
+                    && l.contains("Job succeeded")
+                    && l.contains(&format!("from {image2}"))
+            })
+            .then_some(())
+    });
+    rt.block_on(async {
+        let mut chrome = browser::Chromium::launch().await;
+        service_row(&mut chrome, &format!("http://{listen}/services"), SERVICE, &["converged", &hash[..8]]).await;
+    });
     let _ = docker_cli(s).args(["service", "rm", SERVICE]).output();
+}
+
+/// The text of `service`'s row on the overview at `url`, once it contains
+/// every one of `must` (the page is loaded again until then, 60 s at most).
+async fn service_row(chrome: &mut browser::Chromium, url: &str, service: &str, must: &[&str]) -> String {
+    let deadline = Instant::now() + Duration::from_secs(60);
+    let find = format!(
+        "[...document.querySelectorAll('tr.service')].map(r => r.innerText).find(t => t.includes('{service}')) || ''"
+    );
+    loop {
+        chrome.navigate(url).await;
+        let text = chrome.eval(&find).await;
+        if must.iter().all(|m| text.contains(m)) {
+            return text;
+        }
+        assert!(Instant::now() < deadline, "the overview's row for {service} never showed {must:?}: {text:?}");
+        tokio::time::sleep(Duration::from_millis(500)).await;
+    }
+}
+
+/// `sha256:` and the first 12 hex digits of an image's digest.
+fn short(image: &str) -> String {
+    let hex = image.rsplit_once("sha256:").map_or(image, |(_, h)| h);
+    format!("sha256:{}", &hex[..12])
 }
 
 /// What `GET /index.html` answers inside a running task of `service`, if

@@ -19,6 +19,8 @@ use deployer_ssh::Ssh;
 use deployer_web::Site;
 
 use super::flavours;
+use super::inventory::Inventory;
+use super::overview::Overview;
 use super::pipeline::{pipeline, Plan};
 use super::spec::{Arch, Flavour};
 
@@ -115,6 +117,13 @@ pub fn command(mode: Mode) -> Command {
         .arg(Arg::new("git-base").long("git-base").value_name("URL").help(
             "Clone repositories from URL/OWNER/NAME.git instead of GitHub",
         ))
+        .arg(
+            Arg::new("poll-every")
+                .long("poll-every")
+                .value_name("SECONDS")
+                .default_value("600")
+                .help("Read GitHub heads this often when no webhook says they changed"),
+        )
         .arg(Arg::new("albatross-socket").long("albatross-socket").value_name("PATH").help(
             "Deploy unikernels through the albatross daemon on this Unix socket",
         ));
@@ -179,6 +188,10 @@ pub struct Deployer {
     pub login: Option<GitHubLogin>,
     /// Where the web UI listens.
     pub listen: SocketAddr,
+    /// What the services overview shows.
+    pub inventory: Inventory,
+    /// The albatross daemon's name, if unikernels are deployed.
+    pub daemon: Option<String>,
 }
 
 /// A file's content, trimmed; the error names the flag.
@@ -250,7 +263,14 @@ pub fn build(mode: Mode, m: &ArgMatches) -> Result<Deployer, Error> {
         (None, Some(_)) => return Err(Error::msg("--github-private-key-file needs --github-app-id")),
     };
     let pr_checks = app.is_some();
-    let github = GitHub::with_api(&ctx, api, app.unwrap_or(Auth::Anonymous))?;
+    let every = get(m, "poll-every").map(String::as_str).unwrap_or("600");
+    let every = every
+        .parse::<u64>()
+        .ok()
+        .filter(|s| *s > 0)
+        .ok_or_else(|| Error::msg(format!("--poll-every {every:?}: not a number of seconds")))?;
+    let github =
+        GitHub::with_api(&ctx, api, app.unwrap_or(Auth::Anonymous))?.poll_every(std::time::Duration::from_secs(every));
     let webhook_secret = match get(m, "github-webhook-secret-file") {
         Some(f) => Some(read_secret("github-webhook-secret-file", f)?),
         None if pr_checks => return Err(Error::msg("the GitHub App needs --github-webhook-secret-file")),
@@ -355,9 +375,19 @@ pub fn build(mode: Mode, m: &ArgMatches) -> Result<Deployer, Error> {
         pr_checks,
         filter: get(m, "repo").cloned(),
         clone_base: get(m, "git-base").cloned(),
+        inventory: Inventory::open(&state_dir),
     };
     let pipeline = pipeline(&flavour, &plan)?;
-    Ok(Deployer { ctx, flavour, pipeline, github, webhook_secret, login, listen })
+    // The overview shows what this deployer runs: only the filtered repository.
+    let mut flavour = flavour;
+    if let Some(only) = &plan.filter {
+        flavour.repos.retain(|r| r.full_name().eq_ignore_ascii_case(only));
+        flavour.pulls.clear();
+        flavour.ssh_jobs.clear();
+    }
+    let daemon = plan.albatross.as_ref().map(|(_, d)| d.name().to_owned());
+    let inventory = plan.inventory.clone();
+    Ok(Deployer { ctx, flavour, pipeline, github, webhook_secret, login, listen, inventory, daemon })
 }
 
 impl Deployer {
@@ -373,7 +403,7 @@ impl Deployer {
         if let Some(login) = &self.login {
             site = site.mount(login.routes()).login(login.clone());
         }
-        site
+        Overview::new(&self.flavour, self.inventory.clone(), self.ctx.clone(), self.daemon.as_deref()).add_to(site)
     }
 
     /// Runs the pipeline and serves the site until the process is stopped.

@@ -5,6 +5,8 @@
 
 pub mod cli;
 pub mod flavours;
+pub mod inventory;
+pub mod overview;
 pub mod pipeline;
 pub mod services;
 pub mod spec;

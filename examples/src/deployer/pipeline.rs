@@ -15,6 +15,7 @@ use deployer_github::{CheckStatus, CiRef, DeploymentState, GitHub, Repo};
 use deployer_slack::Slack;
 use deployer_ssh::{Host, Ssh};
 
+use super::inventory::Inventory;
 use super::spec::{Arch, Deployment, DockerSpec, ExtraArg, Flavour, RepoSpec, UnikernelSpec};
 
 /// The name of the check reported on every branch and PR.
@@ -55,6 +56,8 @@ pub struct Plan {
     /// Where repositories are cloned from instead of GitHub
     /// (`file:///srv/git` → `file:///srv/git/owner/name.git`).
     pub clone_base: Option<String>,
+    /// What the services overview shows (fed by the pipeline).
+    pub inventory: Inventory,
 }
 
 /// The flavour's pipeline. Configuration mistakes (a bad table, an unknown
@@ -82,7 +85,12 @@ pub fn pipeline(flavour: &Flavour, plan: &Plan) -> Result<Current<()>, Error> {
             let host = host(plan, &p.service.host, &format!("the pull of {}", p.tag))?;
             let image =
                 plan.docker.pull(host, &p.tag, Schedule::every(p.every)).map_err(|e| Error::msg(e.to_string()))?;
-            stages.push(plan.docker.service(host, &p.service.name, &image, ServiceOptions::default()).ignore_value());
+            let deployed = plan.docker.service(host, &p.service.name, &image, ServiceOptions::default());
+            stages.push(deployed.ignore_value());
+            let (inventory, key) = (plan.inventory.clone(), (p.service.host.clone(), p.service.name.clone()));
+            stages.push(deployed.state_hidden().map(move |o: &Output<Deployed>| {
+                inventory.note_now(key.clone(), o, |d| (d.image.digest().to_owned(), Some(d.at)))
+            }));
         }
         for job in &flavour.ssh_jobs {
             let ssh = plan
@@ -201,11 +209,30 @@ fn deploy_image(
     }
     let manifest =
         plan.docker.push_manifest(&x.target, &Current::all(images)).map_err(|e| Error::msg(e.to_string()))?;
-    let mut parts = vec![manifest.ignore_value()];
+    // The index: which commit each target image was built from.
+    let noted = {
+        let (inventory, repo, branch) = (plan.inventory.clone(), spec.full_name(), x.branch.clone());
+        head.pair(&manifest).map(move |(r, m): &(CiRef, Image)| inventory.note_built(m, &repo, &branch, &r.hash))
+    };
+    let mut parts = vec![manifest.ignore_value(), noted];
     for s in &x.services {
         let on = host(plan, &s.host, &format!("{} branch {}", spec.full_name(), x.branch))?;
-        let deployed = plan.docker.service(on, &s.name, &manifest, ServiceOptions::default());
+        // The target, unless an admin pinned an earlier version since it
+        // was pushed ("deploy this version again").
+        let key = (s.host.clone(), s.name.clone());
+        let image = {
+            let (key, inventory) = (key.clone(), plan.inventory.clone());
+            manifest.pair(&plan.inventory.pins()).map(move |(m, pins)| {
+                inventory.note_target(key.clone(), m);
+                Inventory::choose(&key, m, pins)
+            })
+        };
+        let deployed = plan.docker.service(on, &s.name, &image, ServiceOptions::default());
         parts.push(deployed.ignore_value());
+        let inventory = plan.inventory.clone();
+        parts.push(deployed.state_hidden().map(move |o: &Output<Deployed>| {
+            inventory.note_now(key.clone(), o, |d| (d.image.digest().to_owned(), Some(d.at)))
+        }));
         let environment = s.uri.clone().unwrap_or_else(|| s.name.clone());
         let state = deployed.catch_hidden().map(move |r: &Result<Deployed, Error>| match r {
             Ok(d) => DeploymentState {
@@ -278,6 +305,10 @@ fn deploy_unikernel(
         .deploy(daemon, name, &loaded, Unikernel::default())
         .map_err(|e| Error::msg(format!("{}: {e}", spec.full_name())))?;
     let mut parts = vec![running.ignore_value()];
+    let (inventory, key) = (plan.inventory.clone(), (daemon.name().to_owned(), name.to_owned()));
+    parts.push(running.state_hidden().map(move |o: &Output<deployer_albatross::Running>| {
+        inventory.note_now(key.clone(), o, |r| (r.digest.clone(), None))
+    }));
     if let Some(slack) = &plan.slack {
         parts.push(notice(slack, &plan.web_url, &at.head, name, &running));
     }
