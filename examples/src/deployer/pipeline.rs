@@ -73,6 +73,15 @@ pub fn pipeline(flavour: &Flavour, plan: &Plan) -> Result<Current<()>, Error> {
     };
     let mut stages = Vec::new();
     if plan.pr_checks {
+        // GitHub's "Re-run" on a check: every job of that commit runs again.
+        let ctx = plan.ctx.clone();
+        plan.github.on_rerequest(move |r| {
+            let (ctx, name, hash) = (ctx.clone(), r.repo.name.clone(), r.hash.clone());
+            tokio::spawn(async move {
+                let n = rerun_commit(&ctx, &name, &hash).await;
+                tracing::info!("re-run asked for {name}@{hash}: {n} jobs run again");
+            });
+        });
         let watched: Result<Vec<Repo>, _> = repos.iter().map(|r| Repo::parse(&r.full_name())).collect();
         let watched = watched.map_err(|e| Error::msg(e.to_string()))?;
         stages.push(plan.github.repository_access(watched).ignore_value());
@@ -313,6 +322,32 @@ fn deploy_unikernel(
         parts.push(notice(slack, &plan.web_url, &at.head, name, &running));
     }
     Ok(Current::all(parts).ignore_value())
+}
+
+/// Runs again every job of commit `hash` of the repository `name` that is
+/// still in the pipeline (its fetch, each image and architecture's build —
+/// not only the last one, as ocurrent-deployer's index did), found by the
+/// commit (`name#abcdef1`) in the jobs' descriptions in the last thousand
+/// history rows. Returns how many were asked to run again.
+pub async fn rerun_commit(ctx: &Context, name: &str, hash: &str) -> usize {
+    let short = format!("{name}#{}", &hash[..hash.len().min(7)]);
+    let query = deployer_core::store::HistoryQuery { limit: 1000, ..Default::default() };
+    let rows = ctx.store.history(query).await.map(|p| p.rows).unwrap_or_default();
+    let mut done = std::collections::BTreeSet::new();
+    let mut n = 0;
+    // Newest first: the latest job of each (operation, key).
+    for row in rows.iter().filter(|r| r.description.contains(&short)) {
+        if !done.insert((row.op.clone(), row.key.clone())) {
+            continue;
+        }
+        if let Some(actions) = ctx.jobs.actions(&row.job_id) {
+            match actions.rebuild() {
+                Ok(()) => n += 1,
+                Err(e) => tracing::warn!("re-running {}: {}", row.job_id, e.message()),
+            }
+        }
+    }
+    n
 }
 
 /// The commit of each `head`, fetched; as a build source.
