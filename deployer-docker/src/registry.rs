@@ -116,6 +116,17 @@ pub(crate) fn http_client() -> Result<reqwest::Client, DockerError> {
         .map_err(|e| DockerError::Config(format!("an HTTP client: {e}")))
 }
 
+/// A manifest response's media type (without parameters); Docker's
+/// image manifest when the registry does not say.
+fn media_type(response: &reqwest::Response) -> String {
+    response
+        .headers()
+        .get(CONTENT_TYPE)
+        .and_then(|v| v.to_str().ok())
+        .map(|v| v.split(';').next().unwrap_or(v).trim().to_owned())
+        .unwrap_or_else(|| DOCKER_MANIFEST.to_owned())
+}
+
 /// `sha256:…` of `bytes`.
 fn sha256(bytes: &[u8]) -> String {
     format!("sha256:{}", Sha256::digest(bytes).iter().map(|b| format!("{b:02x}")).collect::<String>())
@@ -224,12 +235,7 @@ impl Registry {
             let body = response.text().await.unwrap_or_default();
             return Err(self.error(format!("no manifest {repository}:{reference} ({status}): {}", body.trim())));
         }
-        let media_type = response
-            .headers()
-            .get(CONTENT_TYPE)
-            .and_then(|v| v.to_str().ok())
-            .map(|v| v.split(';').next().unwrap_or(v).trim().to_owned())
-            .unwrap_or_else(|| DOCKER_MANIFEST.to_owned());
+        let media_type = media_type(&response);
         let bytes = response.bytes().await.map_err(|e| self.error(format!("reading {url}: {e}")))?;
         let digest = sha256(&bytes);
         if reference.starts_with("sha256:") && digest != reference {
@@ -285,12 +291,7 @@ impl Registry {
         if !response.status().is_success() {
             return Err(self.error(format!("no manifest {from}@{digest} ({})", response.status())));
         }
-        let media_type = response
-            .headers()
-            .get(CONTENT_TYPE)
-            .and_then(|v| v.to_str().ok())
-            .map(|v| v.split(';').next().unwrap_or(v).trim().to_owned())
-            .unwrap_or_else(|| DOCKER_MANIFEST.to_owned());
+        let media_type = media_type(&response);
         let bytes = response.bytes().await.map_err(|e| self.error(format!("reading {url}: {e}")))?.to_vec();
         if sha256(&bytes) != digest {
             return Err(self.error(format!("the manifest {from}@{digest} has another digest")));

@@ -48,18 +48,8 @@ async fn settle<T: Value + std::fmt::Debug>(
     secs: u64,
     want: impl Fn(&Output<T>) -> bool,
 ) -> Output<T> {
-    engine.step();
-    tokio::time::timeout(Duration::from_secs(secs), async {
-        loop {
-            let out = engine.output();
-            if want(&out) {
-                return out;
-            }
-            engine.next().await;
-        }
-    })
-    .await
-    .unwrap_or_else(|_| panic!("{what}: still {:?} after {secs} s", engine.output()))
+    let wait = Duration::from_secs(secs);
+    engine.settle(wait, want).await.unwrap_or_else(|last| panic!("{what}: still {last:?} after {secs} s"))
 }
 
 fn log(ctx: &Context, job: &str) -> String {

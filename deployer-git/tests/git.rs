@@ -96,18 +96,8 @@ async fn settle<T: Value + std::fmt::Debug>(
     what: &str,
     want: impl Fn(&Output<T>) -> bool,
 ) -> Output<T> {
-    engine.step();
-    tokio::time::timeout(Duration::from_secs(10), async {
-        loop {
-            let out = engine.output();
-            if want(&out) {
-                return out;
-            }
-            engine.next().await;
-        }
-    })
-    .await
-    .unwrap_or_else(|_| panic!("{what}: still {:?} after 10 s", engine.output()))
+    let wait = Duration::from_secs(10);
+    engine.settle(wait, want).await.unwrap_or_else(|last| panic!("{what}: still {last:?} after {wait:?}"))
 }
 
 fn is_commit(hash: &str) -> impl Fn(&Output<Commit>) -> bool + '_ {

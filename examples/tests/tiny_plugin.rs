@@ -21,17 +21,7 @@ fn work(name: &str) -> PathBuf {
 }
 
 async fn settle(engine: &Engine<String>, want: impl Fn(&Output<String>) -> bool) -> Output<String> {
-    tokio::time::timeout(Duration::from_secs(20), async {
-        loop {
-            let out = engine.output();
-            if want(&out) {
-                return out;
-            }
-            engine.next().await;
-        }
-    })
-    .await
-    .unwrap_or_else(|_| panic!("no settle; output {:?}", engine.output()))
+    engine.settle(Duration::from_secs(20), want).await.unwrap_or_else(|last| panic!("no settle; output {last:?}"))
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]

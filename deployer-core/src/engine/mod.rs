@@ -149,6 +149,40 @@ impl<T: Value> Engine<T> {
         self.step()
     }
 
+    /// Steps now and whenever something changes until the output satisfies
+    /// `want`, for at most `timeout`; returns that output, or the last one
+    /// seen when time ran out. What tests and one-shot tools wait with,
+    /// instead of sleeping.
+    ///
+    /// ```
+    /// # #[tokio::main(flavor = "current_thread")] async fn main() {
+    /// use std::time::Duration;
+    /// use deployer_core::{Current, Engine, Output};
+    ///
+    /// let engine = Engine::new(Current::constant(2).map(|x| x * 21));
+    /// let out = engine.settle(Duration::from_secs(5), |o| matches!(o, Output::Ok(_))).await;
+    /// assert_eq!(out, Ok(Output::Ok(42)));
+    /// # }
+    /// ```
+    pub async fn settle(
+        &self,
+        timeout: std::time::Duration,
+        want: impl Fn(&Output<T>) -> bool,
+    ) -> Result<Output<T>, Output<T>> {
+        self.step();
+        let waited = tokio::time::timeout(timeout, async {
+            loop {
+                let out = self.output();
+                if want(&out) {
+                    return out;
+                }
+                self.next().await;
+            }
+        })
+        .await;
+        waited.map_err(|_| self.output())
+    }
+
     /// Steps whenever something changes, forever.
     pub async fn run(&self) {
         loop {
