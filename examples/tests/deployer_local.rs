@@ -56,10 +56,35 @@ fn wait<T>(secs: u64, what: &str, state: &Path, mut check: impl FnMut() -> Optio
                     );
                 }
             }
-            panic!("{what}: not within {secs} s\n{logs}");
+            // And what Docker says of the services and their tasks.
+            let docker = |args: &[&str]| {
+                let out = docker_cli(services()).args(args).output();
+                out.map(|o| String::from_utf8_lossy(&o.stdout).into_owned() + &String::from_utf8_lossy(&o.stderr))
+                    .unwrap_or_default()
+            };
+            let tasks = docker(&["service", "ps", "--no-trunc", "infra_tarides-deployer"]);
+            let containers = docker(&["ps", "-a", "--no-trunc"]);
+            panic!("{what}: not within {secs} s\n{logs}\n== tasks\n{tasks}\n== containers\n{containers}");
         }
         std::thread::sleep(Duration::from_millis(250));
     }
+}
+
+/// A busybox web server context saying `version`, whose Dockerfile's first
+/// step is this test's own: the daemon is shared with other tests, and the
+/// legacy builder would otherwise take their cached layers (an arm64
+/// build's, say) for this image's.
+fn context(dir: &Path, version: &str) -> std::path::PathBuf {
+    let dir = busybox_context(dir, version, SERVE);
+    let file = dir.join("Dockerfile");
+    let text = std::fs::read_to_string(&file).unwrap();
+    let text = text.replacen(
+        "FROM scratch\n",
+        &format!("FROM scratch\nLABEL test=deployer-local-{}\n", std::process::id()),
+        1,
+    );
+    std::fs::write(&file, text).unwrap();
+    dir
 }
 
 /// Starts `deployer-local` on the tarides flavour's own repository.
@@ -115,7 +140,7 @@ fn deployer_local_deploys_itself_and_finishes_after_being_killed_mid_update() {
 
     // The repository: a busybox web server saying "v1" on `live-ci3`, in a
     // bare repository where --git-base says GitHub's would be.
-    let src = busybox_context(&work.join("src"), "v1", SERVE);
+    let src = context(&work.join("src"), "v1");
     git(&src, &["init", "-q", "-b", "live-ci3"]);
     git(&src, &["add", "."]);
     git(&src, &["commit", "-q", "-m", "v1"]);
@@ -125,7 +150,7 @@ fn deployer_local_deploys_itself_and_finishes_after_being_killed_mid_update() {
     run(Command::new("git").args(["clone", "-q", "--bare"]).arg(&src).arg(&bare));
 
     // The service exists (as Ansible creates it in production), running v0.
-    let v0_dir = busybox_context(&work.join("v0"), "v0", SERVE);
+    let v0_dir = context(&work.join("v0"), "v0");
     let v0 = format!("{}/deployer-v0:{}", s.registry, std::process::id());
     run(docker_cli(s).args(["build", "-q", "-t", &v0]).arg(&v0_dir));
     run(docker_cli(s).args(["push", "-q", &v0]));
