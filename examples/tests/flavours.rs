@@ -34,8 +34,9 @@ fn secrets(dir: &Path) -> (PathBuf, PathBuf, PathBuf) {
     (key, dir.join("webhook"), dir.join("slack"))
 }
 
-/// (boxes in the diagram, its summary, stats after one step) for `flavour`.
-async fn shape(flavour: &str, silent: &str) -> (usize, String, deployer_core::analysis::Stats) {
+/// (boxes in the diagram as first drawn, boxes with every repository's
+/// builds expanded, the expanded summary, stats after one step).
+async fn shape(flavour: &str, silent: &str) -> (usize, usize, String, deployer_core::analysis::Stats) {
     let dir = work(flavour);
     let (key, webhook, slack) = secrets(&dir);
     let p = |p: &Path| p.display().to_string();
@@ -54,11 +55,14 @@ async fn shape(flavour: &str, silent: &str) -> (usize, String, deployer_core::an
     let m = command(Mode::Full).try_get_matches_from(args).unwrap();
     let deployer = build(Mode::Full, &m).unwrap_or_else(|e| panic!("{flavour}: {}", e.message()));
     let engine = Engine::new(deployer.pipeline.clone());
-    let diagram = engine.diagram(&Expanded::none());
-    let summary = diagram.summary();
-    let boxes = diagram.boxes.len();
+    let boxes = engine.diagram(&Expanded::none()).boxes.len();
+    // The details link of each repository's check opens its builds.
+    let all =
+        Expanded::from_pairs(deployer.flavour.repos.iter().map(|r| ("repo", format!("{}-builds", r.full_name()))));
+    let expanded = engine.diagram(&all);
+    let summary = expanded.summary();
     engine.step();
-    (boxes, summary, engine.stats())
+    (boxes, expanded.boxes.len(), summary, engine.stats())
 }
 
 /// A TCP listener that accepts and never answers (GitHub unreachable in a
@@ -74,7 +78,7 @@ async fn every_flavour_draws_its_whole_table_before_anything_is_read() {
     let (_listener, silent) = silent_api();
     for name in flavours::NAMES {
         let flavour = flavours::by_name(name).unwrap();
-        let (boxes, summary, stats) = shape(name, &silent).await;
+        let (boxes, expanded, summary, stats) = shape(name, &silent).await;
         eprintln!("{name}: {boxes} boxes, {stats:?}");
         // Every repository's group and every service's update is drawn.
         for r in &flavour.repos {
@@ -124,25 +128,27 @@ async fn every_flavour_draws_its_whole_table_before_anything_is_read() {
             "{name}: {stats:?}\n{summary}"
         );
         assert!(stats.blocked > 0, "{name}: {stats:?}");
-        assert_eq!(boxes, expected_boxes(&flavour), "{name}: {boxes} boxes\n{summary}");
+        assert_eq!(expanded, expected_boxes(&flavour, true), "{name}: {expanded} boxes\n{summary}");
+        assert_eq!(boxes, expected_boxes(&flavour, false), "{name}: {boxes} boxes, collapsed");
     }
 }
 
 /// The boxes a flavour's table should give, counted from the table: the
 /// access check; per repository its group, and its deployability check
 /// (refs, the per-ref cluster, fetch, one build per image and architecture
-/// and per unikernel, the check); per deploy branch a head and a fetch; per
+/// and per unikernel, the check — or, collapsed, the refs and a `+` box); per deploy branch a head and a fetch; per
 /// deployment a build per architecture and the manifest, and per service
 /// the update, its drift monitor, the GitHub deployment record and the
 /// Slack notice; per unikernel deployed a build, extract, read, albatross
 /// deploy and notice; a box per extra build argument; per scheduled pull
 /// the pull, the update and its drift monitor; one per SSH job; one for the
 /// versions admins pinned.
-fn expected_boxes(f: &deployer_examples::deployer::spec::Flavour) -> usize {
+fn expected_boxes(f: &deployer_examples::deployer::spec::Flavour, expanded: bool) -> usize {
     let mut n = 1;
     for r in &f.repos {
         let archs: usize = r.images.iter().map(|d| d.archs.len()).sum();
-        n += 1 + 4 + archs + r.unikernels.len();
+        // Collapsed, the check's refs and one `+` box.
+        n += if expanded { 1 + 4 + archs + r.unikernels.len() } else { 1 + 2 };
         n += 2 * r.deploy_branches().len();
         for d in &r.images {
             n += d.extra_args.len();

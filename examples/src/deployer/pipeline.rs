@@ -166,7 +166,8 @@ fn deployability(plan: &Plan, spec: &RepoSpec, repo: &Repo) -> Result<Current<()
     }
     let (docker, git, github) = (plan.docker.clone(), plan.git.clone(), plan.github.clone());
     let (pools, local, spec) = (plan.pools.clone(), plan.local.clone(), spec.clone());
-    let (clone_base, url) = (plan.clone_base.clone(), format!("{}/?repo={}-builds", plan.web_url, spec.full_name()));
+    let full_name = spec.full_name();
+    let (clone_base, url) = (plan.clone_base.clone(), format!("{}/?repo={full_name}-builds", plan.web_url));
     let refs = github.ci_refs(repo);
     let checked = refs.list_map_by(
         |r: &CiRef| r.gref.clone(),
@@ -189,7 +190,9 @@ fn deployability(plan: &Plan, spec: &RepoSpec, repo: &Repo) -> Result<Current<()
             github.check_run(CHECK, &r, CHECK, &status)
         },
     );
-    Ok(checked.ignore_value())
+    // Drawn as one box (every PR's builds would swamp the diagram), opened
+    // by the check's details link (`?repo=<owner/name>-builds`), as OCurrent does.
+    Ok(checked.ignore_value().collapse("repo", &format!("{full_name}-builds"), &refs))
 }
 
 /// A deploy branch's head: built and pushed per architecture, joined into
