@@ -158,7 +158,7 @@ impl Api {
             "PATCH" => client._patch(uri.as_str(), body).await,
             other => return Err(Error::msg(format!("unsupported method {other}"))),
         }
-        .map_err(|e| Error::msg(format!("{method} {path} on GitHub: {e}")))?;
+        .map_err(|e| Error::msg(format!("{method} {path} on GitHub: {}", octocrab_message(&e))))?;
         let status = response.status();
         let header = |name: &str| response.headers().get(name).and_then(|v| v.to_str().ok()).map(str::to_owned);
         let link = header("link");
@@ -312,29 +312,77 @@ impl Api {
         })
     }
 
+    /// Whether `status` says the installation token of `repo` is refused
+    /// (the App was uninstalled or the repository removed from it, and no
+    /// webhook said so): then what is known of the installations is
+    /// dropped, so the next client is found by listing them again.
+    fn revoked(&self, repo: &Repo, status: Option<u16>) -> bool {
+        if status != Some(401) || !matches!(self.auth, Auth::App { .. }) {
+            return false;
+        }
+        tracing::warn!("GitHub refused the installation token for {repo}: listing the App's installations again");
+        let mut state = self.lock();
+        state.repo_installation.clear();
+        true
+    }
+
+    /// `exchange` with `repo`'s client; once more with a fresh one if the
+    /// token was refused or could not be had (see [`Api::revoked`]).
+    async fn exchange_for(
+        &self,
+        repo: &Repo,
+        method: &str,
+        path: &str,
+        body: Option<&Value>,
+    ) -> Result<Result<(Value, Option<String>), Refused>, Error> {
+        let client = self.client_for(repo).await?;
+        match self.exchange(&client, method, path, body).await {
+            Ok(Ok(answer)) => return Ok(Ok(answer)),
+            Ok(Err(refused)) if !self.revoked(repo, Some(refused.status)) => return Ok(Err(refused)),
+            // Not an answer: octocrab failed, possibly minting the token of
+            // an installation that is gone.
+            Err(e) if !self.revoked(repo, Some(401)) => return Err(e),
+            _ => {}
+        }
+        let client = self.client_for(repo).await?;
+        self.exchange(&client, method, path, body).await
+    }
+
     /// GET `path` for `repo`.
     pub(crate) async fn get(&self, repo: &Repo, path: &str) -> Result<Value, Error> {
-        let client = self.client_for(repo).await?;
-        Ok(self.request(&client, "GET", path, None).await?.0)
+        Ok(self.exchange_for(repo, "GET", path, None).await?.map_err(|r| Error::msg(r.message))?.0)
     }
 
     /// GET `path` for `repo`; a refusal (404, 403 …) is returned with its
     /// status rather than as an error.
     pub(crate) async fn get_or_refused(&self, repo: &Repo, path: &str) -> Result<Result<Value, Refused>, Error> {
-        let client = self.client_for(repo).await?;
-        Ok(self.exchange(&client, "GET", path, None).await?.map(|(v, _)| v))
+        Ok(self.exchange_for(repo, "GET", path, None).await?.map(|(v, _)| v))
     }
 
     /// Every item of a list for `repo`.
     pub(crate) async fn list(&self, repo: &Repo, path: &str) -> Result<Vec<Value>, Error> {
         let client = self.client_for(repo).await?;
-        self.all_pages(&client, path, None).await
+        match self.all_pages(&client, path, None).await {
+            Err(e) if e.message().contains(" 401 Unauthorized") && self.revoked(repo, Some(401)) => {
+                let client = self.client_for(repo).await?;
+                self.all_pages(&client, path, None).await
+            }
+            other => other,
+        }
     }
 
     /// POST or PATCH `body` to `path` for `repo`.
     pub(crate) async fn send(&self, repo: &Repo, method: &str, path: &str, body: &Value) -> Result<Value, Error> {
-        let client = self.client_for(repo).await?;
-        Ok(self.request(&client, method, path, Some(body)).await?.0)
+        Ok(self.exchange_for(repo, method, path, Some(body)).await?.map_err(|r| Error::msg(r.message))?.0)
+    }
+}
+
+/// What octocrab's error says: GitHub's status and message when it carries
+/// one (minting an installation token, say), else its own text.
+fn octocrab_message(e: &octocrab::Error) -> String {
+    match e {
+        octocrab::Error::GitHub { source, .. } => format!("{}: {}", source.status_code, source.message),
+        other => other.to_string(),
     }
 }
 

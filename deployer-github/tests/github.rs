@@ -346,9 +346,17 @@ async fn a_revoked_installation_fails_its_repositories_only() {
     );
     // The other installation's repository carries on, and moves on.
     gh.set_branch("octo-org/app", "live", &sha(8));
-    let app_engine = Engine::new(app_head);
+    let app_engine = Engine::new(app_head.clone());
     github.repository_changed("octo-org/app");
     settle(&app_engine, "octo-org/app still read", |o| matches!(o, Output::Ok(r) if r.hash == sha(8))).await;
+    // Uninstalled with no webhook (a delivery lost): its token is refused
+    // (401), the installations are listed again, and the read fails saying
+    // what to fix instead of "Bad credentials".
+    gh.world.lock().unwrap().installations.retain(|(id, _, _)| *id != 3);
+    github.repository_changed("octo-org/app");
+    let out = settle(&app_engine, "octo-org/app refused", |o| o.err().is_some()).await;
+    let message = out.err().unwrap().message().to_owned();
+    assert!(message.contains("cannot see octo-org/app") && message.contains("Repository access"), "{message}");
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]

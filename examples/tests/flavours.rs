@@ -167,13 +167,14 @@ fn expected_boxes(f: &deployer_examples::deployer::spec::Flavour, expanded: bool
 async fn bad_flags_are_one_clear_line_each() {
     let dir = work("bad-flags");
     let state = format!("--state-dir={}", dir.join("state").display());
-    let cases: [(&[&str], &str); 6] = [
+    let cases: [(&[&str], &str); 7] = [
         (&["--confirm=sometimes"], "--confirm \"sometimes\": not a level"),
         (&["--listen=localhost"], "--listen \"localhost\": not an address"),
         (&["--github-app-id=12"], "--github-app-id needs --github-private-key-file"),
         (&["--github-app-id=x", "--github-private-key-file=/nonexistent"], "--github-app-id \"x\": not a number"),
         (&["--slack=/nonexistent/slack"], "--slack /nonexistent/slack: No such file"),
         (&["--registry-auth=docker.io"], "expected REGISTRY=USER:FILE"),
+        (&["--albatross-server-ca=/etc/hostname"], "--albatross-client-ca and --albatross-client-ca-key go together"),
     ];
     for (flags, expected) in cases {
         let mut args = vec!["deployer", "--flavour=tarides", &state, "--docker=unix:///nonexistent.sock"];

@@ -161,6 +161,15 @@ fn jwt_ok(world: &Shared, headers: &HeaderMap) -> bool {
 }
 
 /// Whether the request carries an installation token minted here.
+/// 401 for an installation token of an installation that is gone (GitHub
+/// refuses a removed installation's tokens at once).
+fn revoked_token(world: &Shared, headers: &HeaderMap) -> Option<Response> {
+    let token = headers.get("authorization")?.to_str().ok()?.strip_prefix("Bearer ghs_fake")?;
+    let id: u64 = token.split('x').next()?.parse().ok()?;
+    let known = world.lock().unwrap().installations.iter().any(|(i, _, _)| *i == id);
+    (!known).then(|| (StatusCode::UNAUTHORIZED, Json(json!({"message": "Bad credentials"}))).into_response())
+}
+
 fn installation_token(headers: &HeaderMap) -> bool {
     headers.get("authorization").and_then(|v| v.to_str().ok()).is_some_and(|v| v.starts_with("Bearer ghs_fake"))
 }
@@ -290,6 +299,9 @@ async fn branches(
 ) -> Response {
     let path = format!("/repos/{o}/{r}/branches");
     record(&c.world, "GET", &path, &headers, Value::Null);
+    if let Some(r) = revoked_token(&c.world, &headers) {
+        return r;
+    }
     if let Some(l) = limited(&c.world) {
         return l;
     }
@@ -315,6 +327,9 @@ async fn branch(
     UrlPath((o, r, b)): UrlPath<(String, String, String)>,
 ) -> Response {
     record(&c.world, "GET", &format!("/repos/{o}/{r}/branches/{b}"), &headers, Value::Null);
+    if let Some(r) = revoked_token(&c.world, &headers) {
+        return r;
+    }
     if let Some(l) = limited(&c.world) {
         return l;
     }
@@ -363,6 +378,9 @@ async fn pulls(
 ) -> Response {
     let path = format!("/repos/{o}/{r}/pulls");
     record(&c.world, "GET", &path, &headers, Value::Null);
+    if let Some(r) = revoked_token(&c.world, &headers) {
+        return r;
+    }
     if let Some(l) = limited(&c.world) {
         return l;
     }

@@ -126,7 +126,29 @@ pub fn command(mode: Mode) -> Command {
         )
         .arg(Arg::new("albatross-socket").long("albatross-socket").value_name("PATH").help(
             "Deploy unikernels through the albatross daemon on this Unix socket",
-        ));
+        ))
+        .arg(Arg::new("albatross").long("albatross").value_name("HOST:PORT").help(
+            "Deploy unikernels through this remote albatross TLS endpoint (default: the flavour's), \
+             with --albatross-server-ca, --albatross-client-ca and --albatross-client-ca-key",
+        ))
+        .arg(
+            Arg::new("albatross-server-ca")
+                .long("albatross-server-ca")
+                .value_name("FILE")
+                .help("The CA certificate that signed the albatross endpoint's certificate"),
+        )
+        .arg(
+            Arg::new("albatross-client-ca")
+                .long("albatross-client-ca")
+                .value_name("FILE")
+                .help("The operator CA certificate the deployer signs its per-command certificates with"),
+        )
+        .arg(
+            Arg::new("albatross-client-ca-key")
+                .long("albatross-client-ca-key")
+                .value_name("FILE")
+                .help("That CA's private key (PEM)"),
+        );
     if mode == Mode::Full {
         cmd = cmd
             .arg(Arg::new("github-app-id").long("github-app-id").value_name("ID").help("The GitHub App's id"))
@@ -346,14 +368,7 @@ pub fn build(mode: Mode, m: &ArgMatches) -> Result<Deployer, Error> {
             (a, docker.pool(a.docker(), hosts))
         })
         .collect();
-    let albatross = match get(m, "albatross-socket") {
-        Some(path) => {
-            let a = deployer_albatross::Albatross::new(&ctx);
-            let daemon = a.local("albatross", Path::new(path));
-            Some((a, daemon))
-        }
-        None => None,
-    };
+    let albatross = albatross(m, &ctx, flavour.albatross.as_deref())?;
     let staging = match get(m, "registry") {
         Some(r) => format!("{r}/{}", get(m, "staging").map(String::as_str).unwrap_or("ocurrentbuilder/staging")),
         None => get(m, "staging").cloned().unwrap_or_else(|| "ocurrentbuilder/staging".into()),
@@ -388,6 +403,50 @@ pub fn build(mode: Mode, m: &ArgMatches) -> Result<Deployer, Error> {
     let daemon = plan.albatross.as_ref().map(|(_, d)| d.name().to_owned());
     let inventory = plan.inventory.clone();
     Ok(Deployer { ctx, flavour, pipeline, github, webhook_secret, login, listen, inventory, daemon })
+}
+
+/// The albatross daemon unikernels go to: a local socket, or the remote TLS
+/// endpoint (the flavour's unless `--albatross` says) when its CA and key
+/// are given; none otherwise.
+fn albatross(
+    m: &ArgMatches,
+    ctx: &Context,
+    flavours_endpoint: Option<&str>,
+) -> Result<Option<(deployer_albatross::Albatross, deployer_albatross::Daemon)>, Error> {
+    let a = deployer_albatross::Albatross::new(ctx);
+    if let Some(path) = get(m, "albatross-socket") {
+        let daemon = a.local("albatross", Path::new(path));
+        return Ok(Some((a, daemon)));
+    }
+    let files = (get(m, "albatross-server-ca"), get(m, "albatross-client-ca"), get(m, "albatross-client-ca-key"));
+    let (server_ca, client_ca, key) = match files {
+        (None, None, None) => return Ok(None),
+        (Some(s), Some(c), Some(k)) => (s, c, k),
+        _ => {
+            return Err(Error::msg(
+                "--albatross-server-ca, --albatross-client-ca and --albatross-client-ca-key go together",
+            ))
+        }
+    };
+    for (flag, file) in [("albatross-server-ca", server_ca), ("albatross-client-ca", client_ca)] {
+        if !Path::new(file).is_file() {
+            return Err(Error::msg(format!("--{flag} {file}: no such file")));
+        }
+    }
+    let key = std::fs::read_to_string(key).map_err(|e| Error::msg(format!("--albatross-client-ca-key {key}: {e}")))?;
+    let address = get(m, "albatross")
+        .map(String::as_str)
+        .or(flavours_endpoint)
+        .ok_or_else(|| Error::msg("--albatross HOST:PORT is needed: the flavour names no endpoint"))?;
+    let remote = deployer_albatross::Remote {
+        address: address.to_owned(),
+        server_ca: PathBuf::from(server_ca),
+        client_ca: PathBuf::from(client_ca),
+        client_ca_key: Secret::new(key),
+    };
+    let name = address.split(':').next().unwrap_or(address).to_owned();
+    let daemon = a.remote(&name, remote);
+    Ok(Some((a, daemon)))
 }
 
 impl Deployer {

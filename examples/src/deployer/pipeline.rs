@@ -305,7 +305,7 @@ fn deploy_unikernel(
 ) -> Result<Current<()>, Error> {
     let (albatross, daemon) = plan.albatross.as_ref().ok_or_else(|| {
         Error::msg(format!(
-            "{} deploys the unikernel {name}: configure albatross (--albatross-socket)",
+            "{} deploys the unikernel {name}: configure albatross (--albatross-socket, or the --albatross-… TLS flags)",
             spec.full_name()
         ))
     })?;
