@@ -38,7 +38,7 @@ fn create(image: &[u8]) -> Wire<'_> {
 
 /// Encodes and decodes once; the decoded image's length.
 fn round_trip(wire: &Wire<'_>) -> usize {
-    let framed = wire.encode_framed();
+    let framed = wire.encode_framed().unwrap();
     let decoded = Wire::decode(&framed[4..]).expect("it decodes");
     match decoded.payload {
         Payload::Command(Command::Unikernel(UnikernelCmd::ForceCreate(_, c))) => c.image.len(),

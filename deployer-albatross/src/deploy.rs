@@ -274,11 +274,24 @@ pub struct ImageFile {
 impl ImageFile {
     /// Reads and hashes the image at `path`.
     pub fn load(path: &Path) -> Result<ImageFile, Error> {
+        let size = std::fs::metadata(path)
+            .map_err(|e| Error::msg(format!("reading the unikernel {}: {e}", path.display())))?
+            .len();
+        if size > MAX_IMAGE {
+            return Err(Error::msg(format!(
+                "the unikernel {} is {size} bytes; albatross takes images of at most {MAX_IMAGE} bytes",
+                path.display()
+            )));
+        }
         let bytes =
             std::fs::read(path).map_err(|e| Error::msg(format!("reading the unikernel {}: {e}", path.display())))?;
         Ok(ImageFile { path: path.to_owned(), sha256: hex(&Sha256::digest(&bytes)) })
     }
 }
+
+/// The largest image sent: albatross frames hold 2 GiB, less room for the
+/// rest of the command.
+pub const MAX_IMAGE: u64 = i32::MAX as u64 - (1 << 20);
 
 fn hex(bytes: &[u8]) -> String {
     bytes.iter().map(|b| format!("{b:02x}")).collect()
@@ -417,4 +430,19 @@ async fn running(daemon: &Daemon, name: &Name, digest: &str) -> Result<Running, 
         )));
     }
     Ok(Running { name: name.to_string(), digest: reported, started: info.started.clone() })
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn an_image_albatross_cannot_take_is_refused_before_it_is_read() {
+        let path = std::env::temp_dir().join(format!("deployer-huge-{}.hvt", std::process::id()));
+        // Sparse: its size is all that is looked at.
+        std::fs::File::create(&path).unwrap().set_len(MAX_IMAGE + 1).unwrap();
+        let e = ImageFile::load(&path).unwrap_err();
+        let _ = std::fs::remove_file(&path);
+        assert!(e.message().contains("albatross takes images of at most"), "{}", e.message());
+    }
 }

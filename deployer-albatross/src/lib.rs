@@ -49,8 +49,10 @@ use std::time::Duration;
 use deployer_core::cache::OutputCache;
 use deployer_core::{Context, Current, Level};
 
-pub use deploy::{Daemon, DeployKey, Deployment, Disk, Endpoint, ImageFile, Net, Running, Unikernel, DEFAULT_SOCKET};
-pub use message::{BadName, Name};
+pub use deploy::{
+    Daemon, DeployKey, Deployment, Disk, Endpoint, ImageFile, Net, Running, Unikernel, DEFAULT_SOCKET, MAX_IMAGE,
+};
+pub use message::{BadName, Name, TooLarge};
 pub use transport::{Remote, TransportError, EXTENSION_OID, STREAM_ABOVE};
 pub use wire::DecodeError;
 

@@ -501,6 +501,18 @@ fn name_string(name: &Name) -> String {
     name.to_string()
 }
 
+/// A message too long for albatross's frame (its length in bytes).
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub struct TooLarge(pub usize);
+
+impl std::fmt::Display for TooLarge {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        write!(f, "the message is {} bytes; albatross reads at most {} in one frame", self.0, i32::MAX)
+    }
+}
+
+impl std::error::Error for TooLarge {}
+
 impl Wire<'_> {
     /// The DER encoding.
     pub fn encode(&self) -> Vec<u8> {
@@ -508,11 +520,13 @@ impl Wire<'_> {
     }
 
     /// The encoding with albatross's 4-byte big-endian length in front (as
-    /// sent on a socket), built in one buffer.
-    pub fn encode_framed(&self) -> Vec<u8> {
+    /// sent on a socket), built in one buffer. Albatross reads the length
+    /// as a signed 32-bit number: a longer message is an error.
+    pub fn encode_framed(&self) -> Result<Vec<u8>, TooLarge> {
         self.node_with(|node| {
-            let len = u32::try_from(node.encoded_len()).expect("a message under 4 GiB");
-            node.to_vec_with_prefix(&len.to_be_bytes())
+            let len = node.encoded_len();
+            let framed = i32::try_from(len).map_err(|_| TooLarge(len))?;
+            Ok(node.to_vec_with_prefix(&framed.to_be_bytes()))
         })
     }
 

@@ -43,6 +43,8 @@ pub enum TransportError {
     Decode(DecodeError),
     /// TLS, certificates or keys.
     Tls(String),
+    /// The message does not fit albatross's frame.
+    TooLarge(crate::message::TooLarge),
 }
 
 impl std::fmt::Display for TransportError {
@@ -55,6 +57,7 @@ impl std::fmt::Display for TransportError {
             TransportError::Timeout(d) => write!(f, "albatross did not answer within {} s", d.as_secs()),
             TransportError::Decode(e) => write!(f, "albatross's reply: {e}"),
             TransportError::Tls(why) => write!(f, "TLS to albatross: {why}"),
+            TransportError::TooLarge(e) => write!(f, "cannot send to albatross: {e}"),
         }
     }
 }
@@ -127,8 +130,9 @@ pub(crate) async fn local(
         let mut stream = tokio::net::UnixStream::connect(socket)
             .await
             .map_err(|e| TransportError::Connect(format!("{}: {e}", socket.display())))?;
+        let framed = message.encode_framed().map_err(TransportError::TooLarge)?;
         stream
-            .write_all(&message.encode_framed())
+            .write_all(&framed)
             .await
             .map_err(|e| TransportError::Connect(format!("sending to {}: {e}", socket.display())))?;
         read_reply(&mut stream).await

@@ -120,7 +120,7 @@ proptest! {
     #[test]
     fn a_framed_message_is_its_length_then_its_encoding(payload in payload()) {
         let wire = Wire { header: Header::new(Name::root()), payload };
-        let framed = wire.encode_framed();
+        let framed = wire.encode_framed().unwrap();
         let len = u32::from_be_bytes(framed[..4].try_into().unwrap()) as usize;
         prop_assert_eq!(len, framed.len() - 4);
         prop_assert_eq!(&framed[4..], &wire.encode()[..]);

@@ -47,10 +47,33 @@ pub struct GitHubLogin {
     inner: Arc<Inner>,
 }
 
-fn random_token() -> String {
+/// Logins started and not finished, kept at most: a client asking for
+/// `/login` in a loop cannot grow the table past this (the oldest go).
+const MAX_PENDING: usize = 10_000;
+
+/// Sessions kept at most (the ones nearest their end go first).
+const MAX_SESSIONS: usize = 100_000;
+
+fn random_token() -> Option<String> {
     let mut bytes = [0u8; 32];
-    getrandom::fill(&mut bytes).expect("the system's random numbers");
-    hex::encode(bytes)
+    getrandom::fill(&mut bytes).ok()?;
+    Some(hex::encode(bytes))
+}
+
+/// Inserts `key` until `until` into `table`: expired entries dropped first,
+/// then, while it is full, the one that ends soonest.
+fn insert_bounded<V>(table: &mut HashMap<String, V>, key: String, value: V, max: usize, until: impl Fn(&V) -> Instant) {
+    let now = Instant::now();
+    table.retain(|_, v| until(v) > now);
+    while table.len() >= max {
+        let Some(oldest) = table.iter().min_by_key(|(_, v)| until(v)).map(|(k, _)| k.clone()) else { break };
+        table.remove(&oldest);
+    }
+    table.insert(key, value);
+}
+
+fn no_randomness() -> Response {
+    (StatusCode::INTERNAL_SERVER_ERROR, "the system gave no random numbers for a login: try again\n").into_response()
 }
 
 /// The value of cookie `name` in `headers`.
@@ -204,12 +227,10 @@ fn redirect(to: &str, cookies: Vec<String>) -> Response {
 }
 
 async fn start(State(login): State<GitHubLogin>) -> Response {
-    let state = random_token();
+    let Some(state) = random_token() else { return no_randomness() };
     {
         let mut states = login.inner.states.lock().unwrap_or_else(|e| e.into_inner());
-        let now = Instant::now();
-        states.retain(|_, until| *until > now);
-        states.insert(state.clone(), now + STATE_FOR);
+        insert_bounded(&mut states, state.clone(), Instant::now() + STATE_FOR, MAX_PENDING, |until| *until);
     }
     let url = format!(
         "{}/login/oauth/authorize?client_id={}&scope=read:user&state={state}",
@@ -241,13 +262,11 @@ async fn callback(State(login): State<GitHubLogin>, headers: HeaderMap, Query(q)
     match user {
         Ok(user) => {
             tracing::info!("{} logged in ({:?})", user.id, user.role);
-            let id = random_token();
-            login
-                .inner
-                .sessions
-                .lock()
-                .unwrap_or_else(|e| e.into_inner())
-                .insert(id.clone(), (user, Instant::now() + SESSION_FOR));
+            let Some(id) = random_token() else { return no_randomness() };
+            let mut sessions = login.inner.sessions.lock().unwrap_or_else(|e| e.into_inner());
+            let session = (user, Instant::now() + SESSION_FOR);
+            insert_bounded(&mut sessions, id.clone(), session, MAX_SESSIONS, |(_, until)| *until);
+            drop(sessions);
             redirect(
                 "/",
                 vec![
@@ -265,4 +284,22 @@ async fn logout(State(login): State<GitHubLogin>, headers: HeaderMap) -> Respons
         login.inner.sessions.lock().unwrap_or_else(|e| e.into_inner()).remove(&id);
     }
     redirect("/", vec![format!("{SESSION}={}", login.cookie_attrs("/", Duration::ZERO))])
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn pending_logins_and_sessions_are_bounded() {
+        let mut table = HashMap::new();
+        let now = Instant::now();
+        table.insert("expired".to_owned(), now - Duration::from_secs(1));
+        for i in 0..5u64 {
+            insert_bounded(&mut table, format!("k{i}"), now + Duration::from_secs(60 + i), 3, |t| *t);
+        }
+        let mut keys: Vec<_> = table.keys().cloned().collect();
+        keys.sort();
+        assert_eq!(keys, ["k2", "k3", "k4"], "the expired one and those nearest their end went");
+    }
 }

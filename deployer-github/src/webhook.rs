@@ -3,7 +3,7 @@
 
 use std::sync::Arc;
 
-use axum::body::Bytes;
+use axum::body::{Body, Bytes};
 use axum::extract::{DefaultBodyLimit, State};
 use axum::http::{HeaderMap, StatusCode};
 use axum::routing::post;
@@ -21,9 +21,15 @@ pub const MAX_BODY: usize = 25 << 20;
 /// Where GitHub is told to deliver.
 pub const PATH: &str = "/webhooks/github";
 
+/// Deliveries whose bodies are read at once: at most this many times
+/// [`MAX_BODY`] of memory, whatever clients do; more wait for no one and
+/// are answered 503.
+pub const MAX_READING: usize = 16;
+
 struct Hook {
     github: GitHub,
     secret: Secret<String>,
+    reading: tokio::sync::Semaphore,
 }
 
 /// Whether `signature` (`sha256=<hex>`) is the HMAC-SHA256 of `body`.
@@ -40,10 +46,34 @@ pub fn sign(secret: &str, body: &[u8]) -> String {
     format!("sha256={}", hex::encode(mac.chain_update(body).finalize().into_bytes()))
 }
 
-async fn deliver(State(hook): State<Arc<Hook>>, headers: HeaderMap, body: Bytes) -> (StatusCode, &'static str) {
+/// A `sha256=` followed by 64 hex digits: the shape of a signature.
+fn signature_shaped(signature: Option<&str>) -> bool {
+    signature
+        .and_then(|s| s.strip_prefix("sha256="))
+        .is_some_and(|h| h.len() == 64 && h.bytes().all(|b| b.is_ascii_hexdigit()))
+}
+
+async fn deliver(State(hook): State<Arc<Hook>>, headers: HeaderMap, body: Body) -> (StatusCode, &'static str) {
     let header = |name: &str| headers.get(name).and_then(|v| v.to_str().ok());
+    // Before the body is read: no signature, no reading; a declared length
+    // over the limit, no reading; and only so many bodies at once.
+    if !signature_shaped(header("x-hub-signature-256")) {
+        tracing::warn!("refused a webhook delivery without a signature");
+        return (StatusCode::UNAUTHORIZED, "bad signature\n");
+    }
+    if header("content-length").and_then(|l| l.parse::<usize>().ok()).is_some_and(|l| l > MAX_BODY) {
+        return (StatusCode::PAYLOAD_TOO_LARGE, "too large\n");
+    }
+    let Ok(_permit) = hook.reading.try_acquire() else {
+        tracing::warn!("refused a webhook delivery: {MAX_READING} are being read already");
+        return (StatusCode::SERVICE_UNAVAILABLE, "busy\n");
+    };
+    let body: Bytes = match axum::body::to_bytes(body, MAX_BODY).await {
+        Ok(b) => b,
+        Err(_) => return (StatusCode::PAYLOAD_TOO_LARGE, "too large\n"),
+    };
     if !signature_ok(hook.secret.expose().as_bytes(), &body, header("x-hub-signature-256")) {
-        tracing::warn!("refused a webhook delivery with a missing or wrong signature");
+        tracing::warn!("refused a webhook delivery with a wrong signature");
         return (StatusCode::UNAUTHORIZED, "bad signature\n");
     }
     let event = header("x-github-event").unwrap_or("").to_owned();
@@ -86,14 +116,17 @@ async fn deliver(State(hook): State<Arc<Hook>>, headers: HeaderMap, body: Bytes)
 impl GitHub {
     /// The webhook endpoint (`POST /webhooks/github`), checking deliveries
     /// against `secret`: mount it with `deployer_web::Site::mount`. A bad or
-    /// missing signature is 401 and nothing is parsed; a body over 25 MB is
-    /// 413; signed JSON that does not parse is 400.
+    /// missing signature is 401 and nothing is parsed (a missing one before
+    /// the body is read); a body over 25 MB is 413; more than
+    /// [`MAX_READING`] bodies being read at once, 503; signed JSON that
+    /// does not parse is 400.
     pub fn webhook_routes(&self, secret: Secret<String>) -> Router {
         self.ctx.jobs.register_secret(secret.expose());
-        Router::new()
-            .route(PATH, post(deliver))
-            .layer(DefaultBodyLimit::max(MAX_BODY))
-            .with_state(Arc::new(Hook { github: self.clone(), secret }))
+        Router::new().route(PATH, post(deliver)).layer(DefaultBodyLimit::max(MAX_BODY)).with_state(Arc::new(Hook {
+            github: self.clone(),
+            secret,
+            reading: tokio::sync::Semaphore::new(MAX_READING),
+        }))
     }
 }
 

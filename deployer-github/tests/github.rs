@@ -84,7 +84,8 @@ async fn http(
     }
     req.push_str("\r\n");
     s.write_all(req.as_bytes()).await.unwrap();
-    s.write_all(body).await.unwrap();
+    // The server may answer (413, 401) and close before the body is sent.
+    let _ = s.write_all(body).await;
     let mut out = Vec::new();
     let _ = s.read_to_end(&mut out).await;
     let text = String::from_utf8_lossy(&out).into_owned();
@@ -100,6 +101,37 @@ async fn site(ctx: &Context, engine: deployer_core::EngineHandle, github: &GitHu
     let addr = listener.local_addr().unwrap();
     tokio::spawn(site.serve(listener));
     addr
+}
+
+fn ping_body() -> Vec<u8> {
+    payload("ping.repository-hook.json")
+}
+
+/// Sends a delivery's headers and nothing else; the status and head of the
+/// answer (within 5 s).
+async fn headers_only(addr: SocketAddr, headers: &[(&str, &str)]) -> (u16, String) {
+    use tokio::io::AsyncReadExt;
+    let mut s = stall(addr, headers).await;
+    let mut out = vec![0u8; 4096];
+    let n = tokio::time::timeout(Duration::from_secs(5), s.read(&mut out))
+        .await
+        .expect("an answer without the body being sent")
+        .unwrap();
+    let text = String::from_utf8_lossy(&out[..n]).into_owned();
+    (text.split(' ').nth(1).and_then(|c| c.parse().ok()).unwrap_or(0), text)
+}
+
+/// A connection that sent a delivery's headers and stalls (sends no body).
+async fn stall(addr: SocketAddr, headers: &[(&str, &str)]) -> tokio::net::TcpStream {
+    use tokio::io::AsyncWriteExt;
+    let mut s = tokio::net::TcpStream::connect(addr).await.unwrap();
+    let mut req = format!("POST /webhooks/github HTTP/1.1\r\nHost: {addr}\r\nX-GitHub-Event: push\r\n");
+    for (k, v) in headers {
+        req.push_str(&format!("{k}: {v}\r\n"));
+    }
+    req.push_str("\r\n");
+    s.write_all(req.as_bytes()).await.unwrap();
+    s
 }
 
 async fn deliver(addr: SocketAddr, event: &str, body: &[u8], signature: Option<String>) -> u16 {
@@ -183,6 +215,36 @@ async fn signed_webhooks_refresh_heads_and_bad_ones_change_nothing() {
     assert_eq!(deliver(addr, "ping", &ping, Some(sign(SECRET, &ping))).await, 200);
     let deployment = payload("deployment.created.json");
     assert_eq!(deliver(addr, "deployment", &deployment, Some(sign(SECRET, &deployment))).await, 200);
+    // No signature: refused before the body is read (none is sent here).
+    let (status, _) = headers_only(addr, &[("Content-Length", "20000000")]).await;
+    assert_eq!(status, 401);
+    // Bodies read at once are capped: stalled senders hold every reading
+    // slot; the next delivery is 503, not another 25 MB buffer. When they
+    // go, deliveries are read again.
+    let fake_signature = format!("sha256={}", "0".repeat(64));
+    let mut stalled = Vec::new();
+    for _ in 0..deployer_github::MAX_READING {
+        stalled.push(stall(addr, &[("X-Hub-Signature-256", &fake_signature), ("Content-Length", "1000")]).await);
+    }
+    let busy = tokio::time::timeout(Duration::from_secs(10), async {
+        loop {
+            let s = deliver(addr, "ping", &ping_body(), Some(sign(SECRET, &ping_body()))).await;
+            if s == 503 {
+                return;
+            }
+            tokio::time::sleep(Duration::from_millis(20)).await;
+        }
+    })
+    .await;
+    assert!(busy.is_ok(), "a 17th body was read while 16 stalled");
+    drop(stalled);
+    let back = tokio::time::timeout(Duration::from_secs(10), async {
+        while deliver(addr, "ping", &ping_body(), Some(sign(SECRET, &ping_body()))).await != 200 {
+            tokio::time::sleep(Duration::from_millis(20)).await;
+        }
+    })
+    .await;
+    assert!(back.is_ok(), "deliveries are read again once the stalled senders are gone");
     // Every payload of the set is accepted when signed.
     for entry in std::fs::read_dir(Path::new(env!("CARGO_MANIFEST_DIR")).join("tests/payloads")).unwrap() {
         let path = entry.unwrap().path();

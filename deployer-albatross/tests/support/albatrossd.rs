@@ -76,7 +76,7 @@ fn inflate(compressed: bool, image: &[u8]) -> Vec<u8> {
 }
 
 fn reply(name: &Name, payload: Payload<'static>) -> Vec<u8> {
-    Wire { header: Header::new(name.clone()), payload }.encode_framed()
+    Wire { header: Header::new(name.clone()), payload }.encode_framed().unwrap()
 }
 
 impl TestDaemon {

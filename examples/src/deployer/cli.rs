@@ -508,7 +508,13 @@ pub fn main(mode: Mode) {
         }
         return;
     }
-    let runtime = tokio::runtime::Runtime::new().expect("a tokio runtime");
+    let runtime = match tokio::runtime::Runtime::new() {
+        Ok(r) => r,
+        Err(e) => {
+            eprintln!("error: cannot start the async runtime: {e}");
+            std::process::exit(2);
+        }
+    };
     let result = runtime.block_on(async {
         let deployer = build(mode, &m)?;
         deployer.run().await
