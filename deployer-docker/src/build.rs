@@ -212,7 +212,13 @@ impl Build {
             builder = builder.platform(platform);
         }
         let credentials = self.shared.build_credentials().await?;
-        job.log(&format!("Building {} ({}) on {}", describe_source(&key.source), options.dockerfile, host.name()));
+        let platform = options.platform.as_deref().map(|p| format!(" for {p}")).unwrap_or_default();
+        job.log(&format!(
+            "Building {} ({}){platform} on {}",
+            describe_source(&key.source),
+            options.dockerfile,
+            host.name()
+        ));
         let mut stream = docker.build_image(builder.build(), Some(credentials), Some(body));
         let mut lines = job.lines();
         let mut image = None;

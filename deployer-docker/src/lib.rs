@@ -402,7 +402,8 @@ impl Docker {
         self.builds.get(label, key)
     }
 
-    /// Like [`Docker::build`], on whichever host of `pool` is free.
+    /// Like [`Docker::build`], on whichever host of `pool` is free, for
+    /// `linux/<the pool's arch>` unless `options` name a platform.
     pub fn build_on_pool(
         &self,
         label: &str,
@@ -458,10 +459,17 @@ impl Docker {
                 .clone()
         };
         let on = format!("pool:{}", pool.arch());
+        // A pool builds for its architecture: said to the builder, so that
+        // it does not take cached layers of another platform's build (the
+        // legacy builder would, and the image would not run here).
+        let platform = format!("linux/{}", pool.arch());
         let key = source.pair(&options).map(move |(source, options)| BuildKey {
             on: on.clone(),
             source: source.clone(),
-            options: options.clone(),
+            options: BuildOptions {
+                platform: options.platform.clone().or_else(|| Some(platform.clone())),
+                ..options.clone()
+            },
             push: push.clone(),
         });
         cache.get(label, key)

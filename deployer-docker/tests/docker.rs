@@ -324,6 +324,10 @@ async fn builds_for_an_architecture_share_a_pool_of_hosts() {
     // Two hosts (the same daemon under two names): two builds at once use both.
     let hosts = vec![docker.unix("builder-1", &s.socket).unwrap(), docker.unix("builder-2", &s.socket).unwrap()];
     let pool = docker.pool("amd64", hosts);
+    // An arm64 build of the same context first; the pool's builds are still
+    // for its own platform, and say so.
+    busybox_context(&d.join("a"), "a", SERVE);
+    run(docker_cli(s).args(["build", "-q", "--no-cache", "--platform", "linux/arm64"]).arg(d.join("a")));
     let builds: Vec<Current<Image>> = ["a", "b"]
         .iter()
         .map(|v| {
@@ -332,7 +336,11 @@ async fn builds_for_an_architecture_share_a_pool_of_hosts() {
         })
         .collect();
     let engine = Engine::new(Current::all(builds));
-    settle(&engine, "both builds", 120, |o| matches!(o, Output::Ok(_))).await;
+    let out = settle(&engine, "both builds", 120, |o| matches!(o, Output::Ok(_))).await;
+    for image in out.ok().unwrap() {
+        let arch = run(docker_cli(s).args(["image", "inspect", "--format", "{{.Architecture}}", image.as_str()]));
+        assert_eq!(arch, "amd64", "the pool's platform, not a cached arm64 build's");
+    }
     let history = ctx.store.history(Default::default()).await.unwrap();
     let mut used: Vec<String> = history
         .rows
@@ -345,6 +353,9 @@ async fn builds_for_an_architecture_share_a_pool_of_hosts() {
         .collect();
     used.sort();
     assert_eq!(used, ["builder-1", "builder-2"], "each build took a free host of the pool");
+    let for_amd64 =
+        history.rows.iter().filter(|r| log(&ctx, &r.job_id).contains(") for linux/amd64 on builder-")).count();
+    assert_eq!(for_amd64, 2, "pool builds name the pool's platform");
     // Built and pushed in one job, from whichever host built it.
     let staging = format!("{}/{}:staging-amd64", s.registry, unique("pool"));
     let source = Current::constant(BuildSource::Dir(busybox_context(&d.join("c"), "c", SERVE)));

@@ -176,7 +176,7 @@ fn deployability(plan: &Plan, spec: &RepoSpec, repo: &Repo) -> Result<Current<()
             let mut builds = Vec::new();
             for d in &spec.images {
                 for arch in &d.archs {
-                    let options = options(d, *arch, &BTreeMap::new());
+                    let options = options(d, &BTreeMap::new());
                     let label = format!("build {} {}", d.dockerfile, arch.docker());
                     builds.push(docker.build_on_pool(&label, &pools[arch], &source, options).ignore_value());
                 }
@@ -212,8 +212,7 @@ fn deploy_image(
         let tag = staging_tag(&plan.staging, spec, d, &x.branch, *arch);
         let label = format!("build {} {}", d.dockerfile, arch.docker());
         let spec = d.clone();
-        let arch = *arch;
-        let opts = extra.map(move |args| options(&spec, arch, args));
+        let opts = extra.map(move |args| options(&spec, args));
         let pushed = plan
             .docker
             .build_and_push_on_pool(&label, &pool, source, opts, &tag)
@@ -398,18 +397,12 @@ fn extra_args(plan: &Plan, extra: &[ExtraArg]) -> Result<Current<BTreeMap<String
     Ok(Current::all(parts).map(|v: &Vec<(String, String)>| v.iter().cloned().collect()))
 }
 
-/// A Docker spec's build options for `arch`, with `extra` build arguments.
-/// The platform is the pool's architecture's: a builder's cached layers
-/// from another platform's build are then not taken for this one.
-fn options(d: &DockerSpec, arch: Arch, extra: &BTreeMap<String, String>) -> BuildOptions {
+/// A Docker spec's build options, with `extra` build arguments (the pool
+/// says the platform).
+fn options(d: &DockerSpec, extra: &BTreeMap<String, String>) -> BuildOptions {
     let mut build_args = d.build_args.clone();
     build_args.extend(extra.iter().map(|(k, v)| (k.clone(), v.clone())));
-    BuildOptions {
-        dockerfile: d.dockerfile.clone(),
-        build_args,
-        platform: Some(arch.platform()),
-        ..BuildOptions::default()
-    }
+    BuildOptions { dockerfile: d.dockerfile.clone(), build_args, ..BuildOptions::default() }
 }
 
 /// A unikernel's build options: `TARGET` and `EXTRA_FLAGS`.
