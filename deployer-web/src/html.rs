@@ -16,6 +16,11 @@ pub fn escape(s: &str) -> String {
     out
 }
 
+/// A time (Unix milliseconds) as the pages show it: `2026-12-01 17:05:48` (UTC).
+pub fn time_text(ms: i64) -> String {
+    chrono::DateTime::from_timestamp_millis(ms).map_or_else(String::new, |t| t.format("%Y-%m-%d %H:%M:%S").to_string())
+}
+
 /// `s` percent-encoded for a URL query component.
 pub fn url_encode(s: &str) -> String {
     let mut out = String::with_capacity(s.len());

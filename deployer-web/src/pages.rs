@@ -111,10 +111,6 @@ pub(crate) fn check_post(
     Ok(fields)
 }
 
-fn time_text(ms: i64) -> String {
-    chrono::DateTime::from_timestamp_millis(ms).map_or_else(String::new, |t| t.format("%Y-%m-%d %H:%M:%S").to_string())
-}
-
 #[derive(Template)]
 #[template(path = "index.html")]
 struct IndexPage {
@@ -238,8 +234,8 @@ pub(crate) async fn jobs(AxState(state): AxState<State>, Who(who): Who) -> Respo
         .map(|j| {
             let (s, class) = status_text(j.status, j.cancelled.is_some());
             let since = match j.started {
-                Some(t) => format!("started {}", time_text(t)),
-                None => format!("created {}", time_text(j.created)),
+                Some(t) => format!("started {}", crate::html::time_text(t)),
+                None => format!("created {}", crate::html::time_text(j.created)),
             };
             JobRow { id: j.id, state: s, state_class: class, since }
         })
@@ -359,7 +355,7 @@ pub(crate) async fn job(
                         current: b.job_id == id,
                         result,
                         result_class,
-                        finished: time_text(b.finished),
+                        finished: crate::html::time_text(b.finished),
                     }
                 })
                 .collect();
@@ -597,7 +593,7 @@ async fn query_page(state: &State, who: &Requester, filter: Filter, notice: Opti
                 result_class,
                 rebuild: r.rebuild,
                 rebuildable: state.ctx.jobs.actions(&r.job_id).is_some(),
-                finished: time_text(r.finished),
+                finished: crate::html::time_text(r.finished),
                 times,
             }
         })

@@ -15,7 +15,7 @@ use std::sync::Arc;
 use deployer_core::store::{HistoryQuery, JobRecord};
 use deployer_core::Context;
 use deployer_docker::Image;
-use deployer_web::html::escape;
+use deployer_web::html::{escape, time_text};
 use deployer_web::{ActionRequest, Page, PageRequest, Refused, Role, Site};
 
 use super::inventory::{Inventory, Key};
@@ -316,10 +316,6 @@ fn commit_link(repo: &str, hash: &str) -> String {
 fn short(digest: &str) -> String {
     let hex = digest.strip_prefix("sha256:").unwrap_or(digest);
     format!("sha256:{}", &hex[..hex.len().min(12)])
-}
-
-fn time_text(ms: i64) -> String {
-    chrono::DateTime::from_timestamp_millis(ms).map_or_else(String::new, |t| t.format("%Y-%m-%d %H:%M:%S").to_string())
 }
 
 fn url(s: &str) -> String {

@@ -286,7 +286,9 @@ fn notice<T: deployer_core::Value>(
         let state = match o {
             Output::Ok(_) => "ok".to_owned(),
             Output::Err(e) => format!("failed: {}", e.message()),
-            Output::Active(a) => format!("{a:?}").to_lowercase(),
+            Output::Active(deployer_core::ActiveState::Ready) => "queued".to_owned(),
+            Output::Active(deployer_core::ActiveState::Running) => "running".to_owned(),
+            Output::Active(deployer_core::ActiveState::WaitingForConfirmation) => "waiting for confirmation".to_owned(),
         };
         format!("Deploy {commit} as {}: {}", deployer_slack::escape(&name_), deployer_slack::link(&web, &state))
     });
