@@ -158,7 +158,11 @@ pub(crate) async fn run_action(
     let fields = fields.into_iter().filter(|(k, _)| k != "csrf").collect();
     let request = ActionRequest { who: who.clone(), params: params(&raw), fields };
     match f(request).await {
-        Ok(next) if next.starts_with('/') && !next.starts_with("//") => Redirect::to(&next).into_response(),
+        // A path on this site: not `//host` or `/\host`, which browsers
+        // read as another site.
+        Ok(next) if next.starts_with('/') && !next.starts_with("//") && !next.starts_with("/\\") => {
+            Redirect::to(&next).into_response()
+        }
         Ok(_) => error_page(&state, &who, StatusCode::INTERNAL_SERVER_ERROR, "The action redirected off the site."),
         Err(r) => {
             let (status, message) = r.parts();

@@ -491,38 +491,42 @@ async fn added_pages_and_actions_are_guarded_like_the_sites_own() {
     use deployer_web::{Page, Refused};
     let s = setup("extension");
     let acted: Arc<std::sync::Mutex<Vec<(String, String)>>> = Arc::default();
-    let app = Site::new("d", s.engine.handle(), s.ctx.clone())
-        .login(HeaderLogin)
-        .page("/things/{name}", |r| async move {
-            let name = r.param("name").unwrap_or_default().to_owned();
-            if name == "missing" {
-                return Err(Refused::NotFound("There is no such thing.".into()));
-            }
-            let form = if r.who.can(Role::Builder) {
-                format!(
-                    r#"<form method="post" action="/things/{name}/poke">{}<button>Poke</button></form>"#,
-                    r.csrf_input()
-                )
-            } else {
-                String::new()
-            };
-            Ok(Page {
-                title: format!("Thing {name}"),
-                body: format!("<h1>{}</h1>{form}", deployer_web::html::escape(&name)),
-            })
-        })
-        .action("/things/{name}/poke", Role::Builder, {
-            let acted = acted.clone();
-            move |r| {
-                let acted = acted.clone();
-                async move {
-                    let who = r.who.user.as_ref().map(|u| u.id.clone()).unwrap_or_default();
-                    acted.lock().unwrap().push((r.param("name").unwrap_or_default().to_owned(), who));
-                    Ok("/things/done?notice=poked".to_owned())
+    let app =
+        Site::new("d", s.engine.handle(), s.ctx.clone())
+            .login(HeaderLogin)
+            .page("/things/{name}", |r| async move {
+                let name = r.param("name").unwrap_or_default().to_owned();
+                if name == "missing" {
+                    return Err(Refused::NotFound("There is no such thing.".into()));
                 }
-            }
-        })
-        .router();
+                let form = if r.who.can(Role::Builder) {
+                    format!(
+                        r#"<form method="post" action="/things/{name}/poke">{}<button>Poke</button></form>"#,
+                        r.csrf_input()
+                    )
+                } else {
+                    String::new()
+                };
+                Ok(Page {
+                    title: format!("Thing {name}"),
+                    body: format!("<h1>{}</h1>{form}", deployer_web::html::escape(&name)),
+                })
+            })
+            .action("/things/{name}/poke", Role::Builder, {
+                let acted = acted.clone();
+                move |r| {
+                    let acted = acted.clone();
+                    async move {
+                        let who = r.who.user.as_ref().map(|u| u.id.clone()).unwrap_or_default();
+                        acted.lock().unwrap().push((r.param("name").unwrap_or_default().to_owned(), who));
+                        Ok("/things/done?notice=poked".to_owned())
+                    }
+                }
+            })
+            .action("/things/{name}/away", Role::Builder, |r| async move {
+                Ok(r.field("to").unwrap_or_default().to_owned())
+            })
+            .router();
     // A viewer sees the page in the site's layout, and no form.
     let page = send(&app, get("/things/a%3Cb"), REMOTE).await;
     assert_eq!(page.status, StatusCode::OK);
@@ -552,6 +556,13 @@ async fn added_pages_and_actions_are_guarded_like_the_sites_own() {
     assert_eq!(reply.status, StatusCode::SEE_OTHER);
     assert_eq!(reply.headers["location"], "/things/done?notice=poked");
     assert_eq!(*acted.lock().unwrap(), [("a".to_owned(), "github:alice".to_owned())]);
+    // An action may not send the browser to another site.
+    for to in ["//evil.example/x", "/%5Cevil.example", "https://evil.example/"] {
+        let req = with(post_from("/things/a/away", &format!("csrf={token}&to={to}"), &cookie), &alice);
+        let reply = send(&app, req, REMOTE).await;
+        assert_eq!(reply.status, StatusCode::INTERNAL_SERVER_ERROR, "{to}");
+        assert!(!reply.headers.contains_key("location"), "{to}");
+    }
     s.go.notify_one();
 }
 

@@ -129,7 +129,8 @@ impl Inventory {
     /// Notes a service's state from its stage's output; `runs` gives the
     /// digest and time of a value.
     pub fn note_now<T>(&self, key: Key, output: &Output<T>, runs: impl Fn(&T) -> (String, Option<i64>)) {
-        let previous = self.lock().now.get(&key).cloned();
+        let mut inner = self.lock();
+        let previous = inner.now.get(&key).cloned();
         let now = match output {
             Output::Ok(v) => {
                 let (digest, since) = runs(v);
@@ -152,7 +153,7 @@ impl Inventory {
                 Now { digest, since, state, message: Some(e.message().to_owned()) }
             }
         };
-        self.lock().now.insert(key, now);
+        inner.now.insert(key, now);
     }
 
     /// Where `key` stands, if the pipeline has said.
