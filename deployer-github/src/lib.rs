@@ -54,7 +54,7 @@ pub use protection::Protection;
 pub use repo::{BadRepo, CiRef, Repo};
 pub use status::{CheckStatus, DeploymentKey, DeploymentState, State, StatusKey};
 #[cfg(feature = "web")]
-pub use webhook::{sign, MAX_BODY, MAX_READING, PATH as WEBHOOK_PATH};
+pub use webhook::{sign, BODY_IDLE, BODY_TIME, MAX_BODY, PATH as WEBHOOK_PATH, READ_BUDGET, WAIT_FOR_MEMORY};
 
 /// The public API.
 pub const API: &str = "https://api.github.com";

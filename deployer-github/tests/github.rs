@@ -218,33 +218,61 @@ async fn signed_webhooks_refresh_heads_and_bad_ones_change_nothing() {
     // No signature: refused before the body is read (none is sent here).
     let (status, _) = headers_only(addr, &[("Content-Length", "20000000")]).await;
     assert_eq!(status, 401);
-    // Bodies read at once are capped: stalled senders hold every reading
-    // slot; the next delivery is 503, not another 25 MB buffer. When they
-    // go, deliveries are read again.
+    // Security issue 10: stalled senders cannot hold the webhook. 50
+    // connections send a signature-shaped header and then nothing; real
+    // deliveries go through meanwhile (memory is counted by bytes that
+    // arrived, not by connections), and each stalled one is dropped (408)
+    // after its idle time.
     let fake_signature = format!("sha256={}", "0".repeat(64));
     let mut stalled = Vec::new();
-    for _ in 0..deployer_github::MAX_READING {
+    for _ in 0..50 {
         stalled.push(stall(addr, &[("X-Hub-Signature-256", &fake_signature), ("Content-Length", "1000")]).await);
     }
-    let busy = tokio::time::timeout(Duration::from_secs(10), async {
-        loop {
-            let s = deliver(addr, "ping", &ping_body(), Some(sign(SECRET, &ping_body()))).await;
-            if s == 503 {
-                return;
-            }
-            tokio::time::sleep(Duration::from_millis(20)).await;
+    let started = std::time::Instant::now();
+    for _ in 0..20 {
+        assert_eq!(deliver(addr, "ping", &ping_body(), Some(sign(SECRET, &ping_body()))).await, 200);
+    }
+    assert!(started.elapsed() < Duration::from_secs(3), "deliveries waited: {:?}", started.elapsed());
+    for (i, s) in stalled.iter_mut().enumerate() {
+        use tokio::io::AsyncReadExt;
+        let mut out = vec![0u8; 1024];
+        let n = tokio::time::timeout(Duration::from_secs(15), s.read(&mut out))
+            .await
+            .unwrap_or_else(|_| panic!("stalled sender {i} still held after 15 s"))
+            .unwrap();
+        let text = String::from_utf8_lossy(&out[..n]);
+        assert!(text.starts_with("HTTP/1.1 408"), "stalled sender {i}: {text}");
+    }
+    // Security issue 11: a delivery id acted on already is not acted on
+    // again (a replay, or GitHub's redelivery).
+    let before = reads();
+    let with_id = |id: &str| {
+        let id = id.to_owned();
+        let push = push.clone();
+        async move {
+            let sig = sign(SECRET, &push);
+            let headers = [
+                ("X-GitHub-Event", "push"),
+                ("Content-Type", "application/json"),
+                ("X-Hub-Signature-256", sig.as_str()),
+                ("X-GitHub-Delivery", id.as_str()),
+            ];
+            http(addr, "POST", "/webhooks/github", &headers, &push).await
         }
-    })
-    .await;
-    assert!(busy.is_ok(), "a 17th body was read while 16 stalled");
-    drop(stalled);
-    let back = tokio::time::timeout(Duration::from_secs(10), async {
-        while deliver(addr, "ping", &ping_body(), Some(sign(SECRET, &ping_body()))).await != 200 {
-            tokio::time::sleep(Duration::from_millis(20)).await;
-        }
-    })
-    .await;
-    assert!(back.is_ok(), "deliveries are read again once the stalled senders are gone");
+    };
+    let (status, _, body) = with_id("72d3162e-cc78-11e3-81ab-4c9367dc0958").await;
+    assert_eq!(status, 200, "{body}");
+    assert_eq!(body, "OK\n");
+    let _ = before;
+    tokio::time::sleep(Duration::from_secs(1)).await;
+    engine.step();
+    let after_first = reads();
+    let (status, _, body) = with_id("72d3162e-cc78-11e3-81ab-4c9367dc0958").await;
+    assert_eq!(status, 200);
+    assert!(body.contains("already delivered"), "{body}");
+    tokio::time::sleep(Duration::from_secs(1)).await;
+    engine.step();
+    assert_eq!(reads(), after_first, "a replayed delivery read the head again");
     // Every payload of the set is accepted when signed.
     for entry in std::fs::read_dir(Path::new(env!("CARGO_MANIFEST_DIR")).join("tests/payloads")).unwrap() {
         let path = entry.unwrap().path();
@@ -455,9 +483,11 @@ async fn logging_in_with_github() {
     let dir = work("login");
     let gh = fake(&dir).await;
     let ctx = Context::open(&dir.join("state"), Config::default()).unwrap();
-    let login = GitHubLogin::new("client-id", Secret::new("oauth-secret".into()), &["alice"])
+    let login = GitHubLogin::new("client-id", Secret::new("oauth-secret".into()), &["alice", "carol=42"])
+        .builders(&["77"])
         .urls(&gh.url, &gh.url)
-        .secure_cookies(false);
+        .secure_cookies(false)
+        .pin_file(dir.join("state/github-pins.json"));
     let engine = Engine::new(Current::constant(1u32));
     let site = Site::new("test", engine.handle(), ctx.clone()).login(login.clone()).mount(login.routes());
     let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
@@ -486,7 +516,8 @@ async fn logging_in_with_github() {
     let mut headers = axum::http::HeaderMap::new();
     headers.insert("cookie", session.parse().unwrap());
     let user = login.user(&headers).expect("logged in");
-    assert_eq!(user.id, "github:Alice");
+    assert_eq!(user.id, "github:1", "users are keyed by their numeric id");
+    assert_eq!(user.name, "github:Alice", "and shown by login");
     assert_eq!(user.role, deployer_web::Role::Admin, "alice is an admin (case-insensitive)");
     // The state is single-use.
     let (status, _, _) =
@@ -495,4 +526,61 @@ async fn logging_in_with_github() {
     // The client secret never reaches a log.
     let token_requests = gh.seen("/login/oauth/access_token");
     assert_eq!(token_requests.len(), 1);
+
+    // Security issue 4: roles follow the numeric id. "alice" is pinned to
+    // id 1: renamed, id 1 is still admin; someone else who registers
+    // "alice" (id 666) gets nothing; "carol=42" and "77" are ids.
+    let log_in = |code: &'static str| async move {
+        let (_, head, _) = http(addr, "GET", "/login", &[], b"").await;
+        let state = head.lines().find_map(|l| l.strip_prefix("location: ")).unwrap().split("state=").nth(1).unwrap();
+        let state = state.to_owned();
+        let cookie = head.lines().find_map(|l| l.strip_prefix("set-cookie: ")).unwrap().split(';').next().unwrap();
+        let cookie = cookie.to_owned();
+        let (status, head, body) =
+            http(addr, "GET", &format!("/login/callback?code={code}&state={state}"), &[("Cookie", &cookie)], b"")
+                .await;
+        assert_eq!(status, 303, "{code}: {head}{body}");
+        let session = head.lines().filter_map(|l| l.strip_prefix("set-cookie: ")).find(|c| c.starts_with("deployer_session="));
+        session.unwrap().split(';').next().unwrap().to_owned()
+    };
+    let user_of = |session: &str| {
+        let mut headers = axum::http::HeaderMap::new();
+        headers.insert("cookie", session.parse().unwrap());
+        login.user(&headers).unwrap()
+    };
+    use deployer_web::Role;
+    let renamed = user_of(&log_in("code-alicia-1").await);
+    assert_eq!((renamed.id.as_str(), renamed.name.as_str(), renamed.role), ("github:1", "github:alicia", Role::Admin));
+    let squatter = user_of(&log_in("code-alice-666").await);
+    assert_eq!((squatter.id.as_str(), squatter.role), ("github:666", Role::Viewer), "the name alone gives nothing");
+    assert_eq!(user_of(&log_in("code-carol-41").await).role, Role::Viewer, "carol=42 is id 42");
+    assert_eq!(user_of(&log_in("code-whoever-42").await).role, Role::Admin);
+    assert_eq!(user_of(&log_in("code-dave-77").await).role, Role::Builder);
+    // The pin outlives the process.
+    let pins = std::fs::read_to_string(dir.join("state/github-pins.json")).unwrap();
+    assert!(pins.contains("\"alice\": 1"), "{pins}");
+
+    // Security issue 3: logging out is a POST from this site with the
+    // session's token; a GET or a cross-site POST does nothing.
+    let mut headers = axum::http::HeaderMap::new();
+    headers.insert("cookie", session.parse().unwrap());
+    let form = login.logout(&headers).expect("a logout form for a session");
+    assert_eq!(form.url, "/logout");
+    let (status, _, _) = http(addr, "GET", "/logout", &[("Cookie", &session)], b"").await;
+    assert_eq!(status, 405, "GET /logout is no longer a route");
+    let body = format!("token={}", form.token);
+    let form_headers = |origin: &'static str| {
+        [("Cookie", session.clone()), ("Origin", origin.to_owned()), ("Content-Type", "application/x-www-form-urlencoded".into())]
+    };
+    let cross = form_headers("http://evil.example");
+    let cross: Vec<(&str, &str)> = cross.iter().map(|(k, v)| (*k, v.as_str())).collect();
+    assert_eq!(http(addr, "POST", "/logout", &cross, body.as_bytes()).await.0, 403);
+    assert!(login.user(&headers).is_some(), "still logged in after a cross-site logout");
+    let origin: &'static str = Box::leak(format!("http://{addr}").into_boxed_str());
+    let same = form_headers(origin);
+    let same: Vec<(&str, &str)> = same.iter().map(|(k, v)| (*k, v.as_str())).collect();
+    assert_eq!(http(addr, "POST", "/logout", &same, b"token=wrong").await.0, 403, "a wrong token");
+    assert!(login.user(&headers).is_some());
+    assert_eq!(http(addr, "POST", "/logout", &same, body.as_bytes()).await.0, 303);
+    assert!(login.user(&headers).is_none(), "logged out");
 }

@@ -18,7 +18,7 @@ use tokio::sync::Semaphore;
 use crate::html::AnsiToHtml;
 use crate::limits::StreamPermit;
 use crate::pages::{job_id, Expansions, Filter, FilterParams};
-use crate::{Failure, Peer, State};
+use crate::{Failure, State};
 
 /// Bytes of log read (and at most sent as one piece of a line) per event.
 pub(crate) const CHUNK: usize = 64 * 1024;
@@ -71,7 +71,7 @@ pub(crate) async fn history(
 ) -> Response {
     let filter = match params.map_err(|e| crate::refused_input(&e.body_text())).and_then(|Query(p)| Filter::parse(p)) {
         Ok(f) => f,
-        Err(e) => return Failure::new(StatusCode::BAD_REQUEST, e).into_response(),
+        Err(e) => return Failure::new(StatusCode::BAD_REQUEST, crate::refused_input(&e)).into_response(),
     };
     match state.ctx.store.history(filter.query(100)).await {
         Ok(page) => Json(page).into_response(),
@@ -230,6 +230,13 @@ impl Follow {
         html
     }
 
+    /// The id of the event just made: where a reconnecting client resumes,
+    /// `<offset sent>.<lines started>.<1 if at a line start, else 0>`, so
+    /// resuming costs nothing (no count of the lines before it).
+    fn event_id(&self) -> String {
+        format!("{}.{}.{}", self.sent, self.line, u8::from(self.at_line_start))
+    }
+
     /// Reads the next chunk and converts it (blocking: file I/O and work).
     fn step_blocking(&mut self) -> Step {
         if self.done {
@@ -248,13 +255,13 @@ impl Follow {
             if html.is_empty() {
                 return self.step_blocking(); // the middle of a line: read on
             }
-            return Step::Event(Event::default().event("log").id(self.sent.to_string()).data(html));
+            return Step::Event(Event::default().event("log").id(self.event_id()).data(html));
         }
         if complete {
             self.done = true;
             let rest = self.convert(&[], true);
             if !rest.is_empty() {
-                return Step::Event(Event::default().event("log").id(self.sent.to_string()).data(rest));
+                return Step::Event(Event::default().event("log").id(self.event_id()).data(rest));
             }
             return Step::Event(Event::default().event("end").data("finished"));
         }
@@ -282,28 +289,25 @@ impl Follow {
     }
 }
 
-/// Where a reconnecting client stopped (`Last-Event-ID`, the offset of
-/// what it was sent), the number of lines started before that point, and
-/// whether that point begins a line (counted by reading the log in chunks).
+/// Where a reconnecting client stopped: its `Last-Event-ID` (an id this
+/// site made, see [`Follow::event_id`]) gives the offset, the lines started
+/// before it and whether it begins a line. Nothing is read to find it; an
+/// id that is malformed or past the end of the log starts from the top.
 fn resume_point(jobs: &Jobs, id: &str, headers: &HeaderMap) -> (u64, u64, bool) {
-    let Some(offset) = headers.get("last-event-id").and_then(|v| v.to_str().ok()).and_then(|v| v.parse::<u64>().ok())
+    let from_top = (0, 0, true);
+    let Some(text) = headers.get("last-event-id").and_then(|v| v.to_str().ok()) else { return from_top };
+    let mut parts = text.split('.');
+    let (Some(offset), Some(lines), Some(start), None) = (parts.next(), parts.next(), parts.next(), parts.next())
     else {
-        return (0, 0, true);
+        return from_top;
     };
-    let (mut at, mut lines, mut last) = (0u64, 0u64, b'\n');
-    while at < offset {
-        let Ok((bytes, _)) = jobs.read_log(id, at, CHUNK.min((offset - at) as usize)) else { break };
-        let Some(&end) = bytes.last() else { break };
-        lines += bytes.iter().filter(|&&b| b == b'\n').count() as u64;
-        at += bytes.len() as u64;
-        last = end;
+    let (Ok(offset), Ok(lines), Ok(start)) = (offset.parse::<u64>(), lines.parse::<u64>(), start.parse::<u8>()) else {
+        return from_top;
+    };
+    if start > 1 || lines > offset.saturating_add(1) || jobs.log_file(id).ok().and_then(|p| std::fs::metadata(p).ok()).is_none_or(|m| offset > m.len()) {
+        return from_top;
     }
-    // A point inside a line: that line was started (and numbered) already.
-    let at_line_start = last == b'\n';
-    if !at_line_start {
-        lines += 1;
-    }
-    (at, lines, at_line_start)
+    (offset, lines, start == 1)
 }
 
 /// `GET /job/<id>/events`: the log as server-sent events, from the start
@@ -313,7 +317,7 @@ fn resume_point(jobs: &Jobs, id: &str, headers: &HeaderMap) -> (u64, u64, bool) 
 /// the answer is 429.
 pub(crate) async fn log_events(
     AxState(state): AxState<State>,
-    Peer(peer): Peer,
+    crate::Who(who): crate::Who,
     headers: HeaderMap,
     Path((date, file)): Path<(String, String)>,
 ) -> Response {
@@ -321,7 +325,7 @@ pub(crate) async fn log_events(
         Ok(id) => id,
         Err((status, msg)) => return Failure::new(status, msg).into_response(),
     };
-    let permit = match state.streams.admit(&id, peer.map(|p| p.ip())) {
+    let permit = match state.streams.admit(&id, who.client) {
         Ok(p) => p,
         Err(why) => {
             let mut r =

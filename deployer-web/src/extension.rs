@@ -141,6 +141,15 @@ pub(crate) async fn serve_page(
     }
 }
 
+/// Whether `next` is a path on this site as a browser reads it: browsers
+/// drop tabs and newlines from URLs and read `\` as `/`, so `/\t/evil.example`
+/// is `//evil.example`, another site. Only a path of printable ASCII (no
+/// backslash) that starts with one `/` is accepted.
+pub(crate) fn is_site_path(next: &str) -> bool {
+    let printable = next.bytes().all(|b| (0x21..0x7f).contains(&b) && b != b'\\');
+    printable && next.starts_with('/') && !next.starts_with("//")
+}
+
 /// Runs an action after the site's checks; redirects (303) where it says.
 pub(crate) async fn run_action(
     f: ActionFn,
@@ -158,15 +167,39 @@ pub(crate) async fn run_action(
     let fields = fields.into_iter().filter(|(k, _)| k != "csrf").collect();
     let request = ActionRequest { who: who.clone(), params: params(&raw), fields };
     match f(request).await {
-        // A path on this site: not `//host` or `/\host`, which browsers
-        // read as another site.
-        Ok(next) if next.starts_with('/') && !next.starts_with("//") && !next.starts_with("/\\") => {
+        Ok(next) if is_site_path(&next) => {
             Redirect::to(&next).into_response()
         }
         Ok(_) => error_page(&state, &who, StatusCode::INTERNAL_SERVER_ERROR, "The action redirected off the site."),
         Err(r) => {
             let (status, message) = r.parts();
             error_page(&state, &who, status, message)
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::is_site_path;
+
+    #[test]
+    fn only_paths_a_browser_reads_as_this_site_are_redirect_targets() {
+        for ok in ["/", "/services", "/services/a/b?x=1#top", "/a//b"] {
+            assert!(is_site_path(ok), "{ok}");
+        }
+        for bad in [
+            "//evil.example/",
+            "/\\evil.example/",
+            "/\t/evil.example/",
+            "/\n/evil.example/",
+            "/\r/evil.example",
+            "\t//evil.example",
+            " /x",
+            "https://evil.example/",
+            "evil",
+            "",
+        ] {
+            assert!(!is_site_path(bad), "{bad:?}");
         }
     }
 }

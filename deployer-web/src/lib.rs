@@ -61,7 +61,7 @@ use axum::routing::{get, post};
 use axum::Router;
 use deployer_core::{Context, EngineHandle};
 
-pub use access::{Login, Requester, Role, User};
+pub use access::{ClientHeader, LocalAdmin, Login, Logout, Requester, Role, User};
 pub use extension::{ActionRequest, Page, PageRequest, Refused};
 pub use limits::Limits;
 
@@ -90,14 +90,17 @@ pub struct Site {
     pages: Vec<(String, extension::PageFn)>,
     actions: Vec<(String, Role, extension::ActionFn)>,
     hosts: Vec<String>,
-    proxy: Option<IpAddr>,
+    proxy: Option<(IpAddr, ClientHeader)>,
+    local: Option<LocalAdmin>,
     limits: Limits,
     listen: Option<SocketAddr>,
 }
 
 impl Site {
     /// A site called `name` (shown in the header) for `engine`, reading jobs
-    /// and history from `ctx`. Without a login, only the machine itself acts.
+    /// and history from `ctx`. Without a login, only whoever shows the admin
+    /// token acts (see [`LocalAdmin`]; by default the token is in
+    /// `<state dir>/web-admin-token`).
     /// It answers to `localhost`, `127.0.0.1`, `[::1]` and the address it
     /// listens on; add public names with [`Site::allow_host`].
     pub fn new(name: &str, engine: EngineHandle, ctx: Context) -> Site {
@@ -112,6 +115,7 @@ impl Site {
             actions: Vec::new(),
             hosts: Vec::new(),
             proxy: None,
+            local: None,
             limits: Limits::default(),
             listen: None,
         }
@@ -132,10 +136,20 @@ impl Site {
     }
 
     /// Believes the client address that the reverse proxy at `proxy` puts in
-    /// `X-Forwarded-For` (its last entry), `Forwarded` or `X-Real-IP`.
-    /// Without this, any request carrying those headers is remote.
-    pub fn trust_proxy(mut self, proxy: IpAddr) -> Site {
-        self.proxy = Some(proxy);
+    /// `header` (its last hop, over every line of it; other forwarding
+    /// headers are ignored), for requests whose TCP peer is that proxy. The
+    /// address counts for per-client limits, and, with
+    /// [`LocalAdmin::Loopback`], for who is local. Without this, any request
+    /// carrying a forwarding header is remote.
+    pub fn trust_proxy(mut self, proxy: IpAddr, header: ClientHeader) -> Site {
+        self.proxy = Some((proxy, header));
+        self
+    }
+
+    /// Who acts when there is no login (default:
+    /// [`LocalAdmin::TokenFile`] in the state directory).
+    pub fn local_admin(mut self, local: LocalAdmin) -> Site {
+        self.local = Some(local);
         self
     }
 
@@ -193,11 +207,17 @@ impl Site {
     pub fn router(self) -> Router {
         let mut hosts = access::default_hosts(self.listen);
         hosts.extend(self.hosts);
+        let local = self.local.unwrap_or_else(|| LocalAdmin::TokenFile(self.ctx.state_dir().join("web-admin-token")));
         let state: State = Arc::new(AppState {
             name: self.name,
             engine: self.engine,
             ctx: self.ctx,
-            access: access::Access::new(self.login, hosts, self.proxy),
+            access: access::Access::new(
+                self.login,
+                local,
+                hosts,
+                self.proxy,
+            ),
             nav: self.nav,
             streams: limits::StreamGate::new(self.limits),
             metrics: metrics::Http::default(),
@@ -240,6 +260,7 @@ impl Site {
             .route("/static/style.css", get(|| static_file("text/css", include_str!("../static/style.css"))))
             .route("/static/log.js", get(|| static_file("text/javascript", include_str!("../static/log.js"))))
             .with_state(state.clone());
+        router = router.merge(pages::admin_login_routes(state.clone(), self.limits.form_bytes));
         for routes in self.mounted {
             router = router.merge(routes);
         }
@@ -292,7 +313,11 @@ async fn static_file(content_type: &'static str, body: &'static str) -> Response
 
 /// Refuses requests naming a host the site does not answer to (DNS
 /// rebinding: a page on evil.example resolving to 127.0.0.1).
-async fn host_check(AxState(state): AxState<State>, request: Request, next: Next) -> Response {
+/// Also notes the client's address for every route ([`ClientAddr`]).
+async fn host_check(AxState(state): AxState<State>, mut request: Request, next: Next) -> Response {
+    let peer = request.extensions().get::<ConnectInfo<SocketAddr>>().map(|c| c.0);
+    let client = state.access.client(request.headers(), peer);
+    request.extensions_mut().insert(ClientAddr(client));
     match state.access.check_host(request.headers()) {
         Ok(()) => next.run(request).await,
         Err(access::Refusal::Host(msg) | access::Refusal::CrossSite(msg)) => {
@@ -351,6 +376,17 @@ pub(crate) fn refused_input(message: &str) -> String {
     short
 }
 
+/// A value from a request, quoted for an error message: at most 32
+/// characters of it.
+pub(crate) fn quoted(value: &str) -> String {
+    let short: String = value.chars().take(32).collect();
+    if short.len() < value.len() {
+        format!("{short:?}…")
+    } else {
+        format!("{short:?}")
+    }
+}
+
 /// Checks that every `%` in `query` starts a two-digit hex escape.
 fn check_percent_encoding(query: &str) -> Result<(), String> {
     let b = query.as_bytes();
@@ -405,6 +441,21 @@ impl<S: Send + Sync> FromRequestParts<S> for Who {
             .cloned()
             .map(Who)
             .ok_or_else(|| Failure::new(StatusCode::INTERNAL_SERVER_ERROR, "the request was not checked"))
+    }
+}
+
+/// The address of a request's client, for routes mounted on a [`Site`]
+/// (per-client limits): the TCP peer, or, for requests from the trusted
+/// proxy, the client it names ([`Site::trust_proxy`]). `None` when the
+/// server gives no peer addresses.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub struct ClientAddr(pub Option<IpAddr>);
+
+impl<S: Send + Sync> FromRequestParts<S> for ClientAddr {
+    type Rejection = std::convert::Infallible;
+
+    async fn from_request_parts(parts: &mut Parts, _: &S) -> Result<ClientAddr, Self::Rejection> {
+        Ok(parts.extensions.get::<ClientAddr>().copied().unwrap_or(ClientAddr(None)))
     }
 }
 

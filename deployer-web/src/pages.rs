@@ -20,6 +20,7 @@ pub(crate) struct Nav {
     links: Vec<(String, String)>,
     user: Option<String>,
     login_url: Option<String>,
+    logout: Option<crate::access::Logout>,
     role: &'static str,
 }
 
@@ -27,12 +28,14 @@ fn nav(state: &State, who: &Requester) -> Nav {
     Nav {
         site: state.name.clone(),
         links: state.nav.clone(),
-        user: who.user.as_ref().map(|u| u.id.clone()),
-        login_url: state.access.login_url(),
+        user: who.user.as_ref().map(|u| u.name.clone()),
+        logout: who.logout.clone(),
+        // Someone who may act already has what a login would give them.
+        login_url: if who.role > Role::Viewer { None } else { state.access.login_url() },
         role: match who.role {
             Role::Viewer => "view only",
             Role::Builder => "builder",
-            Role::Admin => "admin (local)",
+            Role::Admin => "admin",
         },
     }
 }
@@ -80,7 +83,7 @@ pub(crate) fn forbidden(state: &State, who: &Requester, role: Role) -> Response 
     let msg = if state.access.has_login() {
         format!("This needs the {role:?} role.")
     } else {
-        format!("This needs the {role:?} role: without a login, only the deployer's own machine may act.")
+        format!("This needs the {role:?} role: without a login, only whoever has the site's admin token may act.")
     };
     error_page(state, who, StatusCode::FORBIDDEN, &msg)
 }
@@ -479,27 +482,27 @@ impl Filter {
         if let Some(v) = non_empty(p.result) {
             match v.as_str() {
                 "passed" | "failed" => f.result = Some(v),
-                _ => return Err(format!("result must be \"passed\" or \"failed\", not {v:?}")),
+                _ => return Err(format!("result must be \"passed\" or \"failed\", not {}", crate::quoted(&v))),
             }
         }
         if let Some(v) = non_empty(p.rebuild) {
-            f.rebuild = Some(v.parse().map_err(|_| format!("rebuild must be true or false, not {v:?}"))?);
+            f.rebuild = Some(v.parse().map_err(|_| format!("rebuild must be true or false, not {}", crate::quoted(&v)))?);
         }
         if let Some(v) = non_empty(p.date) {
             let shaped = v.len() == 10
                 && v.bytes().enumerate().all(|(i, b)| if i == 4 || i == 7 { b == b'-' } else { b.is_ascii_digit() });
             if !shaped || chrono::NaiveDate::parse_from_str(&v, "%Y-%m-%d").is_err() {
-                return Err(format!("date must look like 2026-11-24, not {v:?}"));
+                return Err(format!("date must look like 2026-11-24, not {}", crate::quoted(&v)));
             }
             f.date = Some(v);
         }
         if let Some(v) = non_empty(p.after) {
-            let bad = || format!("after must be <finished>.<row> as given by the Older link, not {v:?}");
+            let bad = || format!("after must be <finished>.<row> as given by the Older link, not {}", crate::quoted(&v));
             let (a, b) = v.split_once('.').ok_or_else(bad)?;
             f.after = Some(Cursor { finished: a.parse().map_err(|_| bad())?, row: b.parse().map_err(|_| bad())? });
         }
         if let Some(v) = non_empty(p.limit) {
-            let n: usize = v.parse().map_err(|_| format!("limit must be a number from 1 to 1000, not {v:?}"))?;
+            let n: usize = v.parse().map_err(|_| format!("limit must be a number from 1 to 1000, not {}", crate::quoted(&v)))?;
             if !(1..=1000).contains(&n) {
                 return Err(format!("limit must be a number from 1 to 1000, not {n}"));
             }
@@ -632,7 +635,7 @@ pub(crate) async fn query(
     };
     match Filter::parse(params) {
         Ok(filter) => query_page(&state, &who, filter, notice).await,
-        Err(e) => error_page(&state, &who, StatusCode::BAD_REQUEST, &e),
+        Err(e) => error_page(&state, &who, StatusCode::BAD_REQUEST, &crate::refused_input(&e)),
     }
 }
 
@@ -662,6 +665,77 @@ pub(crate) async fn rebuild_selected(
     Redirect::to(&format!("/query?rebuilt={started}&not_rebuilt={failed}")).into_response()
 }
 
+/// `GET /admin-login` (a form, or `?token=` from a link the operator
+/// made) and `POST /admin-login` for a site without login: the right token
+/// sets the `HttpOnly` admin cookie and goes to `/`. Outside the guard (a
+/// viewer must be able to post it), so it checks the origin itself.
+pub(crate) fn admin_login_routes(state: State, body_limit: usize) -> axum::Router {
+    use axum::routing::get;
+    axum::Router::new()
+        .route(crate::access::ADMIN_LOGIN, get(admin_login_page).post(admin_login_submit))
+        .layer(axum::extract::DefaultBodyLimit::max(body_limit))
+        .with_state(state)
+}
+
+#[derive(Deserialize)]
+struct TokenQuery {
+    token: Option<String>,
+}
+
+async fn admin_login_page(
+    AxState(state): AxState<State>,
+    crate::Peer(peer): crate::Peer,
+    headers: HeaderMap,
+    query: Result<Query<TokenQuery>, QueryRejection>,
+) -> Response {
+    let who = state.access.requester(&headers, peer);
+    if state.access.login_url().as_deref() != Some(crate::access::ADMIN_LOGIN) {
+        return error_page(&state, &who, StatusCode::NOT_FOUND, "This site does not log in with a token.");
+    }
+    match query {
+        Ok(Query(TokenQuery { token: Some(token) })) => admin_login(&state, &who, &token),
+        Ok(_) => {
+            let body = r#"<p>Without a login, acting on this site needs its admin token: the file
+<code>web-admin-token</code> in the deployer's state directory.</p>
+<form method="post" action="/admin-login"><label>Token
+<input type="password" name="token" autocomplete="off" required></label>
+<button>Log in</button></form>"#;
+            extension_page(&state, &who, "Log in".into(), body.into())
+        }
+        Err(e) => error_page(&state, &who, StatusCode::BAD_REQUEST, &crate::refused_input(&e.body_text())),
+    }
+}
+
+async fn admin_login_submit(
+    AxState(state): AxState<State>,
+    crate::Peer(peer): crate::Peer,
+    headers: HeaderMap,
+    fields: Fields,
+) -> Response {
+    let who = state.access.requester(&headers, peer);
+    if let Err(crate::access::Refusal::CrossSite(msg) | crate::access::Refusal::Host(msg)) =
+        state.access.check_origin(&axum::http::Method::POST, &headers)
+    {
+        return error_page(&state, &who, StatusCode::FORBIDDEN, &format!("Refused: {msg}."));
+    }
+    let Ok(Form(fields)) = fields else {
+        return error_page(&state, &who, StatusCode::BAD_REQUEST, "The form could not be read.");
+    };
+    let token = fields.iter().find(|(k, _)| k == "token").map_or("", |(_, v)| v.as_str());
+    admin_login(&state, &who, token)
+}
+
+fn admin_login(state: &State, who: &Requester, token: &str) -> Response {
+    if !state.access.is_admin_token(token) {
+        return error_page(state, who, StatusCode::FORBIDDEN, "That is not this site's admin token.");
+    }
+    let mut response = Redirect::to("/").into_response();
+    if let Ok(v) = axum::http::HeaderValue::from_str(&crate::access::admin_cookie(token.trim())) {
+        response.headers_mut().append(axum::http::header::SET_COOKIE, v);
+    }
+    response
+}
+
 pub(crate) async fn not_found(AxState(state): AxState<State>, Who(who): Who) -> Response {
     error_page(&state, &who, StatusCode::NOT_FOUND, "There is no such page.")
 }
@@ -682,6 +756,11 @@ mod tests {
             assert!(e.contains("date must look like"), "{bad}: {e}");
         }
         assert!(Filter::parse(params("after=x")).unwrap_err().contains("after must be"));
+        // A long bad value is not quoted whole (security issue 14).
+        for key in ["result", "rebuild", "date", "after", "limit"] {
+            let e = Filter::parse(params(&format!("{key}={}", "A".repeat(4000)))).unwrap_err();
+            assert!(e.chars().count() <= 120, "{key}: {} characters", e.chars().count());
+        }
         assert!(serde_urlencoded::from_str::<FilterParams>("colour=red").unwrap_err().to_string().contains("colour"));
         let f = Filter::parse(params("op=docker-build&result=failed&date=2026-11-24&after=5.7")).unwrap();
         let q = f.query(50);

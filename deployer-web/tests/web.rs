@@ -20,7 +20,7 @@ use axum::http::{HeaderMap, Request, StatusCode};
 use deployer_core::cache::{BuildCache, Builder};
 use deployer_core::job::JobStatus;
 use deployer_core::{Config, Context, Current, Engine, Error, Job, Level, Pool};
-use deployer_web::{Limits, Login, Role, Site, User};
+use deployer_web::{ClientHeader, LocalAdmin, Limits, Login, Role, Site, User};
 use http_body_util::BodyExt;
 use tokio::sync::Notify;
 use tower::ServiceExt;
@@ -86,6 +86,12 @@ fn setup_with(name: &str, level: Level, confirm: Option<Level>, pool: Option<Poo
     let e = engine.clone();
     let run = tokio::spawn(async move { e.run().await });
     Setup { ctx, engine, go, _run: run }
+}
+
+/// The site of most tests: without login, the old loopback rule (each
+/// test of another rule builds its own site).
+fn site(s: &Setup) -> Site {
+    Site::new("d", s.engine.handle(), s.ctx.clone()).local_admin(LocalAdmin::Loopback)
 }
 
 struct Reply {
@@ -179,7 +185,7 @@ async fn local_browser(app: &axum::Router, page: &str) -> (String, String) {
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_foreign_host_name_is_refused_dns_rebinding() {
     let s = setup("host");
-    let app = Site::new("d", s.engine.handle(), s.ctx.clone()).allow_host("deployer.example.org").router();
+    let app = site(&s).allow_host("deployer.example.org").router();
     // A page on evil.example whose name now resolves to 127.0.0.1.
     let evil = send(&app, with(get("/"), &[("host", "evil.example:8080")]), LOCAL).await;
     assert_eq!(evil.status, StatusCode::MISDIRECTED_REQUEST);
@@ -203,7 +209,7 @@ async fn a_foreign_host_name_is_refused_dns_rebinding() {
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_cross_site_post_is_refused_even_with_a_valid_token() {
     let s = setup("origin");
-    let app = Site::new("d", s.engine.handle(), s.ctx.clone()).router();
+    let app = site(&s).router();
     let (cookie, token) = local_browser(&app, "/").await;
     let form = format!("csrf={token}&level=dangerous");
     for headers in [
@@ -226,7 +232,7 @@ async fn a_cross_site_post_is_refused_even_with_a_valid_token() {
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn csrf_tokens_are_bound_to_the_browser() {
     let s = setup("csrf");
-    let app = Site::new("d", s.engine.handle(), s.ctx.clone()).router();
+    let app = site(&s).router();
     let (cookie_a, token_a) = local_browser(&app, "/").await;
     let (cookie_b, token_b) = local_browser(&app, "/").await;
     assert_ne!(cookie_a, cookie_b, "each browser gets its own random cookie");
@@ -257,7 +263,7 @@ async fn csrf_tokens_are_bound_to_the_browser() {
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn only_clients_that_may_act_get_a_token() {
     let s = setup("token");
-    let app = Site::new("d", s.engine.handle(), s.ctx.clone()).router();
+    let app = site(&s).router();
     let job = wait_for_job(&s.ctx).await;
     for page in ["/", "/query", &format!("/job/{job}"), "/jobs"] {
         let remote = send(&app, get(page), REMOTE).await;
@@ -275,7 +281,7 @@ async fn only_clients_that_may_act_get_a_token() {
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn proxy_headers_make_a_request_remote_unless_the_proxy_is_trusted() {
     let s = setup("proxy");
-    let app = Site::new("d", s.engine.handle(), s.ctx.clone()).router();
+    let app = site(&s).router();
     let (cookie, token) = local_browser(&app, "/").await;
     for (name, value) in [
         ("x-forwarded-for", "203.0.113.9"),
@@ -290,7 +296,7 @@ async fn proxy_headers_make_a_request_remote_unless_the_proxy_is_trusted() {
     }
     assert_eq!(s.ctx.config().confirm(), None);
     // With the proxy named, the client it forwards decides.
-    let app = Site::new("d", s.engine.handle(), s.ctx.clone()).trust_proxy("127.0.0.1".parse().unwrap()).router();
+    let app = site(&s).trust_proxy("127.0.0.1".parse().unwrap(), ClientHeader::XForwardedFor).router();
     let via = |client: &str| with(get("/"), &[("x-forwarded-for", client)]);
     assert!(send(&app, via("203.0.113.9"), LOCAL).await.token().is_none());
     assert!(send(&app, via("127.0.0.1"), LOCAL).await.token().is_some());
@@ -301,7 +307,7 @@ async fn proxy_headers_make_a_request_remote_unless_the_proxy_is_trusted() {
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_viewer_post_is_refused_before_its_body_is_read() {
     let s = setup("body");
-    let app = Site::new("d", s.engine.handle(), s.ctx.clone()).router();
+    let app = site(&s).router();
     let polled = Arc::new(AtomicBool::new(false));
     let p = polled.clone();
     // A 2 MB body that notes when the server starts reading it.
@@ -325,7 +331,7 @@ async fn a_viewer_post_is_refused_before_its_body_is_read() {
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn rebuild_selected_redirects_and_notices_are_fixed_texts() {
     let s = setup("selected");
-    let app = Site::new("d", s.engine.handle(), s.ctx.clone()).router();
+    let app = site(&s).router();
     let job = wait_for_job(&s.ctx).await;
     s.go.notify_one();
     let row = async {
@@ -363,7 +369,7 @@ async fn rebuild_selected_redirects_and_notices_are_fixed_texts() {
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn pages_api_and_bad_input() {
     let s = setup("http");
-    let app = Site::new("test deployer", s.engine.handle(), s.ctx.clone()).router();
+    let app = Site::new("test deployer", s.engine.handle(), s.ctx.clone()).local_admin(LocalAdmin::Loopback).router();
     let job = wait_for_job(&s.ctx).await;
 
     let reply = send(&app, get("/"), REMOTE).await;
@@ -442,7 +448,7 @@ async fn pages_api_and_bad_input() {
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn metrics_are_openmetrics_with_escaped_labels_and_latency_histograms() {
     let s = setup_with("metrics", Level::Harmless, None, Some(Pool::new("we\"ird\\pool\nname", 1)));
-    let app = Site::new("d", s.engine.handle(), s.ctx.clone()).router();
+    let app = site(&s).router();
     let job = wait_for_job(&s.ctx).await;
     wait_status(&s.ctx, &job, JobStatus::Running).await;
     send(&app, get("/"), REMOTE).await;
@@ -463,7 +469,7 @@ async fn an_admin_starts_a_waiting_job_and_plugins_mount_routes() {
     let s = setup_with("start", Level::Dangerous, Some(Level::Dangerous), None);
     let hook = axum::Router::new().route("/webhooks/test", axum::routing::post(|| async { "hook ran" }));
     let app =
-        Site::new("d", s.engine.handle(), s.ctx.clone()).mount(hook).nav_link("Webhooks", "/webhooks/test").router();
+        site(&s).mount(hook).nav_link("Webhooks", "/webhooks/test").router();
     let job = wait_for_job(&s.ctx).await;
     let page = send(&app, get(&format!("/job/{job}")), LOCAL).await;
     assert!(page.body.contains("waiting for confirmation") && page.body.contains("id=\"start\""), "{}", page.body);
@@ -492,7 +498,7 @@ async fn added_pages_and_actions_are_guarded_like_the_sites_own() {
     let s = setup("extension");
     let acted: Arc<std::sync::Mutex<Vec<(String, String)>>> = Arc::default();
     let app =
-        Site::new("d", s.engine.handle(), s.ctx.clone())
+        site(&s)
             .login(HeaderLogin)
             .page("/things/{name}", |r| async move {
                 let name = r.param("name").unwrap_or_default().to_owned();
@@ -557,7 +563,8 @@ async fn added_pages_and_actions_are_guarded_like_the_sites_own() {
     assert_eq!(reply.headers["location"], "/things/done?notice=poked");
     assert_eq!(*acted.lock().unwrap(), [("a".to_owned(), "github:alice".to_owned())]);
     // An action may not send the browser to another site.
-    for to in ["//evil.example/x", "/%5Cevil.example", "https://evil.example/"] {
+    // `/%09/evil.example/` is "/\t/evil.example/": browsers drop the tab.
+    for to in ["//evil.example/x", "/%5Cevil.example", "https://evil.example/", "/%09/evil.example/", "/%0A/evil.example"] {
         let req = with(post_from("/things/a/away", &format!("csrf={token}&to={to}"), &cookie), &alice);
         let reply = send(&app, req, REMOTE).await;
         assert_eq!(reply.status, StatusCode::INTERNAL_SERVER_ERROR, "{to}");
@@ -571,7 +578,7 @@ struct HeaderLogin;
 impl Login for HeaderLogin {
     fn user(&self, headers: &HeaderMap) -> Option<User> {
         let id = headers.get("x-user")?.to_str().ok()?;
-        Some(User { id: id.to_owned(), role: Role::Builder })
+        Some(User { id: id.to_owned(), name: id.to_owned(), role: Role::Builder })
     }
     fn login_url(&self) -> String {
         "/login".into()
@@ -581,7 +588,7 @@ impl Login for HeaderLogin {
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn with_a_login_anonymous_users_only_view() {
     let s = setup("login");
-    let app = Site::new("d", s.engine.handle(), s.ctx.clone()).login(HeaderLogin).router();
+    let app = site(&s).login(HeaderLogin).router();
     let job = wait_for_job(&s.ctx).await;
     let page = send(&app, get(&format!("/job/{job}")), LOCAL).await;
     assert!(!page.body.contains("id=\"cancel\""), "anonymous, even on loopback: view only");
@@ -603,14 +610,14 @@ async fn with_a_login_anonymous_users_only_view() {
 }
 
 /// Parses server-sent events into (id, data) pairs (the `end` event has no id).
-fn events(body: &str) -> Vec<(Option<u64>, String, String)> {
+fn events(body: &str) -> Vec<(Option<String>, String, String)> {
     body.split("\n\n")
         .filter(|e| !e.trim().is_empty() && !e.starts_with(':'))
         .map(|e| {
             let (mut id, mut kind, mut data) = (None, String::new(), Vec::new());
             for line in e.lines() {
                 if let Some(v) = line.strip_prefix("id: ") {
-                    id = Some(v.parse().unwrap());
+                    id = Some(v.to_owned());
                 } else if let Some(v) = line.strip_prefix("event: ") {
                     kind = v.to_owned();
                 } else if let Some(v) = line.strip_prefix("data: ") {
@@ -685,7 +692,7 @@ fn shown_text(html: &str) -> (String, Vec<u64>) {
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_stream_resumed_at_any_of_its_own_event_ids_continues_byte_for_byte() {
     let s = setup("resume");
-    let app = Site::new("d", s.engine.handle(), s.ctx.clone()).router();
+    let app = site(&s).router();
     let job = s.ctx.jobs.create("raw-log", "raw log").unwrap();
     // Lines of many lengths, colours and a window title (not log text),
     // and one line longer than a chunk: several chunk boundaries fall
@@ -727,8 +734,8 @@ async fn a_stream_resumed_at_any_of_its_own_event_ids_continues_byte_for_byte() 
     assert_eq!(numbers, (1..=expected.lines().count() as u64).collect::<Vec<_>>());
     // Reconnect after every event with the server's own id.
     for k in 0..log_events.len() - 1 {
-        let id = log_events[k].0.expect("log events have ids");
-        let req = with(get(&uri), &[("last-event-id", &id.to_string())]);
+        let id = log_events[k].0.clone().expect("log events have ids");
+        let req = with(get(&uri), &[("last-event-id", &id)]);
         let rest = events(&send(&app, req, REMOTE).await.body);
         let html: String = log_events[..=k]
             .iter()
@@ -744,7 +751,7 @@ async fn a_stream_resumed_at_any_of_its_own_event_ids_continues_byte_for_byte() 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn an_8_mb_line_is_sent_in_pieces() {
     let s = setup("long-line");
-    let app = Site::new("d", s.engine.handle(), s.ctx.clone()).router();
+    let app = site(&s).router();
     let job = s.ctx.jobs.create("raw-log", "raw log").unwrap();
     let line = "é".repeat(4 << 20); // 8 MB, two bytes a character
     std::fs::write(job.log_path(), format!("{line}\nafter\n")).unwrap();
@@ -764,7 +771,7 @@ async fn an_8_mb_line_is_sent_in_pieces() {
 async fn live_log_streams_are_capped() {
     let s = setup("caps");
     let limits = Limits { streams_per_job: 2, streams_per_client: 3, ..Limits::default() };
-    let app = Site::new("d", s.engine.handle(), s.ctx.clone()).limits(limits).router();
+    let app = site(&s).limits(limits).router();
     let job = wait_for_job(&s.ctx).await;
     let uri = format!("/job/{job}/events");
     let open = |from: &'static str| {
@@ -801,7 +808,18 @@ async fn in_chromium_follow_a_job_watch_its_log_and_rebuild() {
 
     let mut chrome = browser::Chromium::launch().await;
     chrome.size(1280, 800, false).await;
-    chrome.navigate(&format!("http://{addr}/")).await;
+    // No login: the operator logs in with the site's admin token (the
+    // default), typed into the form, as a browser would.
+    let token = std::fs::read_to_string(s.ctx.state_dir().join("web-admin-token")).unwrap();
+    chrome.navigate(&format!("http://{addr}/admin-login")).await;
+    chrome.wait_for("document.querySelector('input[name=token]') ? true : null").await;
+    chrome
+        .eval(&format!(
+            "document.querySelector('input[name=token]').value = {:?}; document.querySelector('form').submit()",
+            token.trim()
+        ))
+        .await;
+    chrome.wait_for("location.pathname === '/' && document.querySelector('.who').textContent.includes('admin') || null").await;
     let href = chrome.wait_for("document.querySelector('svg a[href^=\"/job/\"]')?.getAttribute('href')").await;
     assert_eq!(href, format!("/job/{first_job}"));
     chrome.screenshot(&shots.join("pipeline-laptop.png")).await;
@@ -859,12 +877,156 @@ async fn a_connection_that_sends_no_headers_is_closed() {
     let limits = Limits { header_read: Duration::from_millis(500), ..Limits::default() };
     let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
     let addr = listener.local_addr().unwrap();
-    tokio::spawn(Site::new("d", s.engine.handle(), s.ctx.clone()).limits(limits).serve(listener));
+    tokio::spawn(site(&s).limits(limits).serve(listener));
     // Half a request line, then nothing: the server hangs up.
     let mut conn = tokio::net::TcpStream::connect(addr).await.unwrap();
     tokio::io::AsyncWriteExt::write_all(&mut conn, b"GET / HT").await.unwrap();
     let mut buf = Vec::new();
     let read = tokio::time::timeout(Duration::from_secs(10), conn.read_to_end(&mut buf)).await;
     assert!(read.is_ok(), "the connection was still open after 10 s");
+    s.go.notify_one();
+}
+
+/// Security issue 2: with no login, a plain `proxy_pass` from this machine
+/// (loopback peer, no forwarding header, `Host: 127.0.0.1:8080`) used to
+/// make every client of the proxy an admin. Now only the admin token acts.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn without_login_a_plain_proxy_pass_gets_no_admin_only_the_token_does() {
+    let s = setup("admin-token");
+    let app = Site::new("d", s.engine.handle(), s.ctx.clone()).router();
+    let token = std::fs::read_to_string(s.ctx.state_dir().join("web-admin-token")).unwrap().trim().to_owned();
+    let host = [("host", "127.0.0.1:8080")];
+    // The proxied GET: no CSRF cookie, no token, no forms.
+    let page = send(&app, with(get("/"), &host), LOCAL).await;
+    assert_eq!(page.status, StatusCode::OK);
+    assert!(page.token().is_none() && page.cookie().is_none(), "a proxied client got a token");
+    assert!(page.body.contains("href=\"/admin-login\""), "the page offers the token login");
+    // curl's POST without Origin or Sec-Fetch-Site.
+    let reply = send(&app, with(post("/set/confirm", "level=none"), &host), LOCAL).await;
+    assert_eq!(reply.status, StatusCode::FORBIDDEN);
+    assert_eq!(s.ctx.config().confirm(), None);
+    // A wrong token is refused; a cross-site login form is refused.
+    let wrong = send(&app, with(post("/admin-login", "token=0000"), &host), LOCAL).await;
+    assert_eq!(wrong.status, StatusCode::FORBIDDEN);
+    assert!(!wrong.headers.contains_key("set-cookie"));
+    let cross = with(post("/admin-login", &format!("token={token}")), &[("origin", "http://evil.example")]);
+    assert_eq!(send(&app, cross, LOCAL).await.status, StatusCode::FORBIDDEN);
+    // The right token sets the admin cookie (HttpOnly, SameSite=Strict)...
+    let login = send(&app, post("/admin-login", &format!("token={token}")), REMOTE).await;
+    assert_eq!(login.status, StatusCode::SEE_OTHER, "{}", login.body);
+    let set = login.headers["set-cookie"].to_str().unwrap().to_owned();
+    assert!(set.contains("HttpOnly") && set.contains("SameSite=Strict"), "{set}");
+    let admin = set.split(';').next().unwrap().to_owned();
+    // ... with which a browser gets a token and acts, from anywhere.
+    let page = send(&app, with(get("/"), &[("cookie", &admin)]), REMOTE).await;
+    let (csrf_cookie, csrf) = (page.cookie().expect("a CSRF cookie"), page.token().expect("a token"));
+    let form = with(
+        post("/set/confirm", &format!("csrf={csrf}&level=dangerous")),
+        &[("cookie", &format!("{admin}; deployer-csrf={csrf_cookie}"))],
+    );
+    assert_eq!(send(&app, form, REMOTE).await.status, StatusCode::SEE_OTHER);
+    assert_eq!(s.ctx.config().confirm(), Some(Level::Dangerous));
+    // Without the CSRF token the cookie alone does nothing.
+    let no_csrf = with(post("/set/confirm", "level=average"), &[("cookie", &admin)]);
+    assert_eq!(send(&app, no_csrf, REMOTE).await.status, StatusCode::FORBIDDEN);
+    // A script sends the token as a bearer header (no CSRF token needed:
+    // browsers never add that header by themselves).
+    let script = with(post("/set/confirm", "level=harmless"), &[("authorization", &format!("Bearer {token}"))]);
+    assert_eq!(send(&app, script, REMOTE).await.status, StatusCode::SEE_OTHER);
+    assert_eq!(s.ctx.config().confirm(), Some(Level::Harmless));
+    let bad = with(post("/set/confirm", "level=none"), &[("authorization", "Bearer nope")]);
+    assert_eq!(send(&app, bad, REMOTE).await.status, StatusCode::FORBIDDEN);
+    assert_eq!(s.ctx.config().confirm(), Some(Level::Harmless));
+    // A link with the token works too (for a URL the operator prints).
+    let link = send(&app, get(&format!("/admin-login?token={token}")), REMOTE).await;
+    assert_eq!(link.status, StatusCode::SEE_OTHER);
+    s.go.notify_one();
+}
+
+/// Security issue 1 over HTTP: behind HAProxy (`option forwardfor` adds a
+/// second line) and nginx (sets X-Real-IP, passes the client's
+/// X-Forwarded-For through), a client-sent `127.0.0.1` is not believed.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn behind_a_trusted_proxy_only_its_own_hop_counts() {
+    let s = setup("proxy-hops");
+    let proxy = "127.0.0.1".parse().unwrap();
+    let haproxy = site(&s).trust_proxy(proxy, ClientHeader::XForwardedFor).router();
+    let mut req = get("/");
+    req.headers_mut().append("x-forwarded-for", "127.0.0.1".parse().unwrap());
+    req.headers_mut().append("x-forwarded-for", "203.0.113.9".parse().unwrap());
+    assert!(send(&haproxy, req, LOCAL).await.token().is_none(), "the client's own line was believed");
+    let nginx = site(&s).trust_proxy(proxy, ClientHeader::XRealIp).router();
+    let req = with(get("/"), &[("x-forwarded-for", "127.0.0.1"), ("x-real-ip", "203.0.113.9")]);
+    assert!(send(&nginx, req, LOCAL).await.token().is_none(), "X-Forwarded-For was read instead of X-Real-IP");
+    let req = with(get("/"), &[("x-real-ip", "127.0.0.1")]);
+    assert!(send(&nginx, req, LOCAL).await.token().is_some(), "the proxy's own header is believed");
+    s.go.notify_one();
+}
+
+/// Security issue 13: behind a trusted proxy, the per-client stream cap
+/// is per forwarded client, not one cap shared by every user of the proxy;
+/// and resuming a stream reads nothing before the point (the id says it).
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn stream_caps_are_per_forwarded_client_and_resuming_costs_no_scan() {
+    let s = setup("stream-clients");
+    let limits = Limits { streams_per_client: 1, ..Limits::default() };
+    let app = site(&s).limits(limits).trust_proxy("127.0.0.1".parse().unwrap(), ClientHeader::XRealIp).router();
+    let job = wait_for_job(&s.ctx).await;
+    let open = |client: &'static str| {
+        let app = app.clone();
+        let req = with(get(&format!("/job/{job}/events")), &[("x-real-ip", client), ("host", "localhost")]);
+        async move {
+            let mut r = req;
+            r.extensions_mut().insert(ConnectInfo(LOCAL.parse::<SocketAddr>().unwrap()));
+            app.oneshot(r).await.unwrap()
+        }
+    };
+    let a = open("198.51.100.1").await;
+    assert_eq!(a.status(), StatusCode::OK);
+    let b = open("198.51.100.2").await;
+    assert_eq!(b.status(), StatusCode::OK, "another user of the same proxy has a place of their own");
+    assert_eq!(open("198.51.100.1").await.status(), StatusCode::TOO_MANY_REQUESTS, "the first user's cap");
+    drop((a, b));
+    // A finished job with a 30 MB log: a made-up id far past its end starts
+    // from the top, and the top is what is sent (nothing was counted).
+    let big = s.ctx.jobs.create("big-log", "big log").unwrap();
+    let line = "x".repeat(999) + "\n";
+    std::fs::write(big.log_path(), line.repeat(30_000)).unwrap();
+    big.finish();
+    let uri = format!("/job/{}/events", big.id());
+    for id in ["999999999999", "999999999999.5.1", "29000000.29000.1", "10.1.1.1"] {
+        let started = std::time::Instant::now();
+        let mut req = with(get(&uri), &[("last-event-id", id), ("host", "localhost")]);
+        req.extensions_mut().insert(ConnectInfo(REMOTE.parse::<SocketAddr>().unwrap()));
+        let reply = app.clone().oneshot(req).await.unwrap();
+        assert_eq!(reply.status(), StatusCode::OK);
+        let mut body = reply.into_body();
+        let first = body.frame().await.unwrap().unwrap().into_data().unwrap();
+        let text = String::from_utf8_lossy(&first);
+        let elapsed = started.elapsed();
+        if id.starts_with("29000000.") {
+            assert!(text.contains("id=\"L29001\""), "{id}: resumed at line 29001: {}", &text[..200.min(text.len())]);
+        } else {
+            assert!(text.contains("id=\"L1\""), "{id}: from the top: {}", &text[..200.min(text.len())]);
+        }
+        assert!(elapsed < Duration::from_millis(500), "{id}: {elapsed:?}");
+    }
+    s.go.notify_one();
+}
+
+/// Security issue 14: error pages quote little of a bad query value.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn error_pages_quote_little_of_a_bad_value() {
+    let s = setup("quote");
+    let app = site(&s).router();
+    let long = "A".repeat(4000);
+    for key in ["result", "date", "limit", "after", "rebuild"] {
+        for path in ["/query", "/api/history"] {
+            let reply = send(&app, get(&format!("{path}?{key}={long}")), REMOTE).await;
+            assert_eq!(reply.status, StatusCode::BAD_REQUEST, "{path} {key}");
+            let run = reply.body.matches('A').count();
+            assert!(run <= 120, "{path} {key}: {run} characters of the value quoted");
+        }
+    }
     s.go.notify_one();
 }

@@ -483,8 +483,12 @@ async fn deployment_status(
 async fn oauth_token(State(c): State<Ctx>, headers: HeaderMap, body: Bytes) -> Response {
     let body: Value = serde_json::from_slice(&body).unwrap_or(Value::Null);
     record(&c.world, "POST", "/login/oauth/access_token", &headers, body.clone());
-    if body["code"] == json!("good-code") && body["client_secret"] == json!("oauth-secret") {
+    let code = body["code"].as_str().unwrap_or("");
+    if code == "good-code" && body["client_secret"] == json!("oauth-secret") {
         Json(json!({"access_token": "gho_fakeuser", "token_type": "bearer", "scope": "read:user"})).into_response()
+    } else if let (Some(user), true) = (code.strip_prefix("code-"), body["client_secret"] == json!("oauth-secret")) {
+        // `code-<login>-<id>`: that user (a test logs in as several).
+        Json(json!({"access_token": format!("gho_u-{user}"), "token_type": "bearer"})).into_response()
     } else {
         Json(json!({"error": "bad_verification_code"})).into_response()
     }
@@ -495,6 +499,8 @@ async fn user(State(c): State<Ctx>, headers: HeaderMap) -> Response {
     let auth = headers.get("authorization").and_then(|v| v.to_str().ok()).unwrap_or("");
     if auth.ends_with("gho_fakeuser") {
         Json(json!({"login": "Alice", "id": 1})).into_response()
+    } else if let Some((login, id)) = auth.split("gho_u-").nth(1).and_then(|u| u.rsplit_once('-')) {
+        Json(json!({"login": login, "id": id.parse::<u64>().unwrap()})).into_response()
     } else {
         (StatusCode::UNAUTHORIZED, Json(json!({"message": "Bad credentials"}))).into_response()
     }
