@@ -290,6 +290,16 @@ impl Api {
         Ok(found)
     }
 
+    /// Whether this client is a GitHub App (installations and their tokens).
+    pub(crate) fn is_app(&self) -> bool {
+        matches!(self.auth, Auth::App { .. })
+    }
+
+    /// The installation that serves `repo`, as last listed.
+    pub(crate) fn installation_of(&self, repo: &Repo) -> Option<u64> {
+        self.lock().repo_installation.get(&repo.key()).copied()
+    }
+
     /// The client for `repo`: its installation's (finding installations
     /// first if needed), or the token or anonymous one.
     pub(crate) async fn client_for(&self, repo: &Repo) -> Result<Octocrab, Error> {

@@ -68,6 +68,8 @@ pub struct Rerequest {
     pub hash: String,
     /// The job id the check named, if any.
     pub external_id: Option<String>,
+    /// The App installation the delivery came through (`installation.id`).
+    pub installation: Option<u64>,
 }
 
 /// What the App can see, compared with what the pipeline uses.
@@ -247,7 +249,25 @@ impl GitHub {
 
     /// A check's re-run was asked for: the job it names is rebuilt, else
     /// the hooks are called.
+    ///
+    /// As a GitHub App, a request is acted on only if it came through the
+    /// installation that serves its repository: another account's
+    /// repository of the same name, where the App is also installed, does
+    /// not re-run this one's jobs.
     pub fn rerequested(&self, r: &Rerequest) {
+        if self.api.is_app() {
+            let serving = self.api.installation_of(&r.repo);
+            if serving.is_none() || serving != r.installation {
+                tracing::warn!(
+                    "ignored a re-run request for {} from installation {:?}: {} is served by {:?}",
+                    r.repo,
+                    r.installation,
+                    r.repo,
+                    serving
+                );
+                return;
+            }
+        }
         if let Some(id) = &r.external_id {
             if let Some(actions) = self.ctx.jobs.actions(id) {
                 match actions.rebuild() {

@@ -213,7 +213,8 @@ async fn deliver(State(hook): State<Arc<Hook>>, headers: HeaderMap, body: Body) 
                 (Some(repo), Some(hash)) => {
                     let external_id =
                         object.get("external_id").and_then(Value::as_str).filter(|s| !s.is_empty()).map(str::to_owned);
-                    hook.github.rerequested(&Rerequest { repo, hash: hash.to_owned(), external_id });
+                    let installation = payload.pointer("/installation/id").and_then(Value::as_u64);
+                    hook.github.rerequested(&Rerequest { repo, hash: hash.to_owned(), external_id, installation });
                 }
                 _ => tracing::warn!("a {event} re-run request without a repository or commit"),
             }

@@ -347,13 +347,28 @@ async fn checks_statuses_deployments_and_reruns() {
         move |r| heard.lock().unwrap().push(r.clone())
     });
     let addr = site(&ctx, engine.handle(), &github).await;
-    let rerun = payload("check_run.rerequested.json");
+    // The real payload, as if for our repository through each installation.
+    let rerun_via = |full_name: &str, installation: u64| {
+        let mut v: serde_json::Value = serde_json::from_slice(&payload("check_run.rerequested.json")).unwrap();
+        v["repository"]["full_name"] = full_name.into();
+        v["installation"]["id"] = installation.into();
+        serde_json::to_vec(&v).unwrap()
+    };
+    // Security issue 9: through another installation (another account,
+    // where the App is also installed), nothing is re-run, whatever the
+    // payload names; a repository no installation of ours serves, neither.
+    for (name, installation) in [("Codertocat/Hello-World", 2), ("other/repo", 2), ("github/hello-world", 1)] {
+        let body = rerun_via(name, installation);
+        assert_eq!(deliver(addr, "check_run", &body, Some(sign(SECRET, &body))).await, 200);
+    }
+    assert!(heard.lock().unwrap().is_empty(), "a re-run from another installation: {:?}", heard.lock().unwrap());
+    let rerun = rerun_via("Codertocat/Hello-World", 1);
     assert_eq!(deliver(addr, "check_run", &rerun, Some(sign(SECRET, &rerun))).await, 200);
     let heard = heard.lock().unwrap().clone();
     assert_eq!(heard.len(), 1);
     assert_eq!(
-        (heard[0].repo.to_string(), heard[0].hash.as_str()),
-        ("github/hello-world".into(), "d6fde92930d4715a2b49857d24b940956b26d2d3")
+        (heard[0].repo.to_string(), heard[0].hash.as_str(), heard[0].installation),
+        ("Codertocat/Hello-World".into(), "d6fde92930d4715a2b49857d24b940956b26d2d3", Some(1))
     );
 }
 

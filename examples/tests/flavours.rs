@@ -212,3 +212,55 @@ fn the_services_list_is_the_table() {
         flavours::by_name(name).unwrap().check().unwrap_or_else(|e| panic!("{name}: {}", e.message()));
     }
 }
+
+/// Security issue 6: a deployer served under `--web-url`'s name answers to
+/// that name (webhooks included), not only to the flavour's default; and
+/// without a login nobody acts by being local (the admin token does).
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn the_site_answers_to_the_web_url_and_needs_the_admin_token() {
+    use tower::ServiceExt;
+    let (_listener, silent) = silent_api();
+    let dir = work("web-url");
+    let (_, webhook, _) = secrets(&dir);
+    let args = vec![
+        "deployer".to_owned(),
+        "--flavour=tarides".into(),
+        format!("--state-dir={}", dir.join("state").display()),
+        "--docker=unix:///nonexistent/docker.sock".into(),
+        format!("--github-api={silent}"),
+        format!("--github-webhook-secret-file={}", webhook.display()),
+        "--web-url=https://deployer.internal.example:8443/".into(),
+        "--trust-proxy=127.0.0.1=x-real-ip".into(),
+    ];
+    let m = command(Mode::Full).try_get_matches_from(args).unwrap();
+    let deployer = build(Mode::Full, &m).unwrap_or_else(|e| panic!("{}", e.message()));
+    let engine = Engine::new(deployer.pipeline.clone());
+    let app = deployer.site(engine.handle()).router();
+    let peer: std::net::SocketAddr = "127.0.0.1:40000".parse().unwrap();
+    let send = |method: &str, path: &str, host: &str| {
+        let mut req = axum::http::Request::builder().method(method).uri(path).header("host", host);
+        if method == "POST" {
+            req = req.header("x-hub-signature-256", format!("sha256={}", "0".repeat(64))).header("content-length", "2");
+        }
+        let mut req = req.body(axum::body::Body::from(if method == "POST" { "{}" } else { "" })).unwrap();
+        req.extensions_mut().insert(axum::extract::ConnectInfo(peer));
+        let app = app.clone();
+        async move { app.oneshot(req).await.unwrap().status().as_u16() }
+    };
+    assert_eq!(send("GET", "/", "deployer.internal.example:8443").await, 200);
+    // A webhook reaches its handler (401: the signature is wrong), not 421.
+    assert_eq!(send("POST", "/webhooks/github", "deployer.internal.example").await, 401);
+    assert_eq!(send("GET", "/", "evil.example").await, 421);
+    // The confirmation form is refused to a loopback client without the token.
+    assert_eq!(send("POST", "/set/confirm", "127.0.0.1:8080").await, 403);
+    assert!(dir.join("state/web-admin-token").exists(), "the token file is made");
+    // A bad --web-url or --trust-proxy is one clear line.
+    for (flag, want) in [("--web-url=deployer.example", "--web-url"), ("--trust-proxy=1.2.3.4", "--trust-proxy")] {
+        let args = vec!["deployer".to_owned(), "--flavour=tarides".into(), flag.into(),
+            format!("--state-dir={}", dir.join("state2").display()), "--docker=unix:///nonexistent/docker.sock".into(),
+            format!("--github-api={silent}")];
+        let m = command(Mode::Full).try_get_matches_from(args).unwrap();
+        let e = build(Mode::Full, &m).err().unwrap_or_else(|| panic!("{flag} accepted"));
+        assert!(e.message().contains(want), "{flag}: {}", e.message());
+    }
+}

@@ -728,4 +728,8 @@ impl<O: Operation> JobActions for RebuildAction<O> {
         let st = i.lock();
         st.running.as_ref().map(|r| r.job.id().to_owned()).or_else(|| st.shown_job.clone())
     }
+
+    fn key_json(&self) -> Option<serde_json::Value> {
+        serde_json::to_value(&self.0.upgrade()?.key).ok()
+    }
 }

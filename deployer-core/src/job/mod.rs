@@ -130,6 +130,13 @@ pub trait JobActions: Send + Sync {
     fn latest_job(&self) -> Option<String> {
         None
     }
+
+    /// The key of the stage's work as JSON (as its digest was taken), so
+    /// that a program can tell which subject a job is about (a commit, an
+    /// image) without reading its description.
+    fn key_json(&self) -> Option<serde_json::Value> {
+        None
+    }
 }
 
 struct JobsInner {

@@ -84,6 +84,11 @@ pub fn command(mode: Mode) -> Command {
         .arg(Arg::new("web-url").long("web-url").value_name("URL").help(
             "The web UI's public address, for links in checks and notices (default: the flavour's)",
         ))
+        .arg(Arg::new("trust-proxy").long("trust-proxy").value_name("ADDR=HEADER").help(
+            "The reverse proxy at ADDR sets HEADER (x-forwarded-for, x-real-ip or forwarded) to its client's \
+             address: believe it (per-client limits). Without a login, acting needs the admin token in \
+             <state-dir>/web-admin-token either way",
+        ))
         .arg(Arg::new("docker-config").long("docker-config").value_name("DIR").help(
             "The docker CLI configuration with the services' contexts (default: DOCKER_CONFIG or ~/.docker)",
         ))
@@ -214,6 +219,11 @@ pub struct Deployer {
     pub inventory: Inventory,
     /// The albatross daemon's name, if unikernels are deployed.
     pub daemon: Option<String>,
+    /// The web UI's public address (`--web-url`): its host name is one the
+    /// site answers to.
+    pub web_url: String,
+    /// The reverse proxy whose client addresses are believed, and its header.
+    pub trust_proxy: Option<(std::net::IpAddr, deployer_web::ClientHeader)>,
 }
 
 /// A file's content, trimmed; the error names the flag.
@@ -301,7 +311,12 @@ pub fn build(mode: Mode, m: &ArgMatches) -> Result<Deployer, Error> {
     let login = match (get(m, "github-oauth-client-id"), get(m, "github-oauth-secret-file")) {
         (Some(id), Some(file)) => {
             let admins: Vec<&str> = flavour.admins.iter().map(String::as_str).collect();
-            Some(GitHubLogin::new(id, read_secret("github-oauth-secret-file", file)?, &admins))
+            // Bare logins are pinned to the id of their first login, kept
+            // in the state directory (see deployer_github::login).
+            Some(
+                GitHubLogin::new(id, read_secret("github-oauth-secret-file", file)?, &admins)
+                    .pin_file(state_dir.join("github-admin-ids.json")),
+            )
         }
         (None, None) => None,
         _ => return Err(Error::msg("--github-oauth-client-id and --github-oauth-secret-file go together")),
@@ -402,7 +417,28 @@ pub fn build(mode: Mode, m: &ArgMatches) -> Result<Deployer, Error> {
     }
     let daemon = plan.albatross.as_ref().map(|(_, d)| d.name().to_owned());
     let inventory = plan.inventory.clone();
-    Ok(Deployer { ctx, flavour, pipeline, github, webhook_secret, login, listen, inventory, daemon })
+    let web_url = plan.web_url.clone();
+    web_host(&web_url).map_err(|e| Error::msg(format!("--web-url {web_url}: {e}")))?;
+    let trust_proxy = match get(m, "trust-proxy") {
+        None => None,
+        Some(text) => Some(parse_trust_proxy(text).map_err(|e| Error::msg(format!("--trust-proxy {text}: {e}")))?),
+    };
+    Ok(Deployer { ctx, flavour, pipeline, github, webhook_secret, login, listen, inventory, daemon, web_url, trust_proxy })
+}
+
+/// `ADDR=HEADER`: the proxy's address and the header it sets
+/// (`x-forwarded-for`, `x-real-ip` or `forwarded`).
+fn parse_trust_proxy(text: &str) -> Result<(std::net::IpAddr, deployer_web::ClientHeader), String> {
+    use deployer_web::ClientHeader;
+    let (addr, header) = text.split_once('=').ok_or("write ADDR=HEADER, such as 127.0.0.1=x-forwarded-for")?;
+    let addr = addr.parse().map_err(|_| format!("{addr:?} is not an IP address"))?;
+    let header = match header.to_ascii_lowercase().as_str() {
+        "x-forwarded-for" => ClientHeader::XForwardedFor,
+        "x-real-ip" => ClientHeader::XRealIp,
+        "forwarded" => ClientHeader::Forwarded,
+        other => return Err(format!("{other:?} is not x-forwarded-for, x-real-ip or forwarded")),
+    };
+    Ok((addr, header))
 }
 
 /// The albatross daemon unikernels go to: a local socket, or the remote TLS
@@ -453,8 +489,12 @@ impl Deployer {
     /// The web site: the pipeline, webhooks and login mounted.
     pub fn site(&self, engine: deployer_core::EngineHandle) -> Site {
         let mut site = Site::new(&format!("{} deployer", self.flavour.name), engine, self.ctx.clone());
-        if let Ok(url) = reqwest_host(&self.flavour.base_url) {
-            site = site.allow_host(&url);
+        // The name it is served under (`--web-url`), not the flavour's.
+        if let Ok(host) = web_host(&self.web_url) {
+            site = site.allow_host(&host);
+        }
+        if let Some((proxy, header)) = self.trust_proxy {
+            site = site.trust_proxy(proxy, header);
         }
         if let Some(secret) = &self.webhook_secret {
             site = site.mount(self.github.webhook_routes(secret.clone()));
@@ -484,14 +524,16 @@ impl Deployer {
 }
 
 /// The host name of a URL (`https://deploy.ci.dev` → `deploy.ci.dev`).
-fn reqwest_host(url: &str) -> Result<String, ()> {
-    let rest = url.split_once("://").map(|(_, r)| r).ok_or(())?;
-    let host = rest.split('/').next().unwrap_or("");
-    if host.is_empty() {
-        Err(())
-    } else {
-        Ok(host.to_owned())
+fn web_host(url: &str) -> Result<String, String> {
+    let rest = url
+        .strip_prefix("https://")
+        .or_else(|| url.strip_prefix("http://"))
+        .ok_or("the web UI's address starts with https:// (or http://)")?;
+    let host = rest.split(['/', '?', '#']).next().unwrap_or("");
+    if host.is_empty() || host.contains('@') {
+        return Err("it names no host (or carries credentials)".into());
     }
+    Ok(host.to_owned())
 }
 
 /// The whole `main` of both binaries: parse, list or build, run. Errors

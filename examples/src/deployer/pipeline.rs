@@ -76,10 +76,10 @@ pub fn pipeline(flavour: &Flavour, plan: &Plan) -> Result<Current<()>, Error> {
         // GitHub's "Re-run" on a check: every job of that commit runs again.
         let ctx = plan.ctx.clone();
         plan.github.on_rerequest(move |r| {
-            let (ctx, name, hash) = (ctx.clone(), r.repo.name.clone(), r.hash.clone());
+            let (ctx, repo, hash) = (ctx.clone(), r.repo.clone(), r.hash.clone());
             tokio::spawn(async move {
-                let n = rerun_commit(&ctx, &name, &hash).await;
-                tracing::info!("re-run asked for {name}@{hash}: {n} jobs run again");
+                let n = rerun_commit(&ctx, &repo, &hash).await;
+                tracing::info!("re-run asked for {repo}@{hash}: {n} jobs run again");
             });
         });
         let watched: Result<Vec<Repo>, _> = repos.iter().map(|r| Repo::parse(&r.full_name())).collect();
@@ -329,23 +329,30 @@ fn deploy_unikernel(
     Ok(Current::all(parts).ignore_value())
 }
 
-/// Runs again every job of commit `hash` of the repository `name` that is
-/// still in the pipeline (its fetch, each image and architecture's build —
-/// not only the last one, as ocurrent-deployer's index did), found by the
-/// commit (`name#abcdef1`) in the jobs' descriptions in the last thousand
-/// history rows. Returns how many were asked to run again.
-pub async fn rerun_commit(ctx: &Context, name: &str, hash: &str) -> usize {
-    let short = format!("{name}#{}", &hash[..hash.len().min(7)]);
+/// Runs again every job of commit `hash` (all 40 hex digits) of `repo`
+/// that is still in the pipeline (its fetch, each image and architecture's
+/// build — not only the last one, as ocurrent-deployer's index did): the
+/// jobs whose key ([`JobActions::key_json`](deployer_core::job::JobActions::key_json))
+/// names that commit of a remote whose path ends in `owner/name` (`.git`
+/// or not), found from the last thousand history rows. Another
+/// owner's same-named repository, or a commit sharing a prefix, matches
+/// nothing. Returns how many were asked to run again.
+pub async fn rerun_commit(ctx: &Context, repo: &Repo, hash: &str) -> usize {
+    if hash.len() != 40 || !hash.bytes().all(|b| b.is_ascii_hexdigit()) {
+        tracing::warn!("a re-run request for {repo} names no full commit hash: ignored");
+        return 0;
+    }
     let query = deployer_core::store::HistoryQuery { limit: 1000, ..Default::default() };
     let rows = ctx.store.history(query).await.map(|p| p.rows).unwrap_or_default();
     let mut done = std::collections::BTreeSet::new();
     let mut n = 0;
     // Newest first: the latest job of each (operation, key).
-    for row in rows.iter().filter(|r| r.description.contains(&short)) {
+    for row in rows {
         if !done.insert((row.op.clone(), row.key.clone())) {
             continue;
         }
-        if let Some(actions) = ctx.jobs.actions(&row.job_id) {
+        let Some(actions) = ctx.jobs.actions(&row.job_id) else { continue };
+        if actions.key_json().is_some_and(|key| key_names_commit(&key, repo, hash)) {
             match actions.rebuild() {
                 Ok(()) => n += 1,
                 Err(e) => tracing::warn!("re-running {}: {}", row.job_id, e.message()),
@@ -353,6 +360,32 @@ pub async fn rerun_commit(ctx: &Context, name: &str, hash: &str) -> usize {
         }
     }
     n
+}
+
+/// Whether a key (as JSON) holds a commit (`{"repo": URL, "hash": …}`,
+/// as `deployer_git::CommitId` is stored) of `repo` with this `hash`.
+fn key_names_commit(key: &serde_json::Value, repo: &Repo, hash: &str) -> bool {
+    fn walk(v: &serde_json::Value, tail: &str, hash: &str) -> bool {
+        match v {
+            serde_json::Value::Object(map) => {
+                let url = map.get("repo").and_then(|u| u.as_str());
+                let h = map.get("hash").and_then(|h| h.as_str());
+                if let (Some(url), Some(h)) = (url, h) {
+                    let path = url.trim_end_matches('/').to_ascii_lowercase();
+                    let path = path.strip_suffix(".git").unwrap_or(&path);
+                    let named = path.ends_with(tail) && path[..path.len() - tail.len()].ends_with(['/', ':']);
+                    if named && h.eq_ignore_ascii_case(hash) {
+                        return true;
+                    }
+                }
+                map.values().any(|v| walk(v, tail, hash))
+            }
+            serde_json::Value::Array(items) => items.iter().any(|v| walk(v, tail, hash)),
+            _ => false,
+        }
+    }
+    let tail = format!("{}/{}", repo.owner, repo.name).to_ascii_lowercase();
+    walk(key, &tail, hash)
 }
 
 /// The commit of each `head`, fetched; as a build source.
