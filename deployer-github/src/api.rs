@@ -158,7 +158,15 @@ impl Api {
             "PATCH" => client._patch(uri.as_str(), body).await,
             other => return Err(Error::msg(format!("unsupported method {other}"))),
         }
-        .map_err(|e| Error::msg(format!("{method} {path} on GitHub: {}", octocrab_message(&e))))?;
+        .map_err(|e| {
+            let refused = token_refused(&e);
+            let e = Error::msg(format!("{method} {path} on GitHub: {}", octocrab_message(&e)));
+            if refused {
+                e.context(TOKEN_REFUSED)
+            } else {
+                e
+            }
+        })?;
         let status = response.status();
         let header = |name: &str| response.headers().get(name).and_then(|v| v.to_str().ok()).map(str::to_owned);
         let link = header("link");
@@ -326,12 +334,17 @@ impl Api {
     /// (the App was uninstalled or the repository removed from it, and no
     /// webhook said so): then what is known of the installations is
     /// dropped, so the next client is found by listing them again.
+    /// The installation's client (and its cached token) is dropped too, so
+    /// the retry mints a new token rather than sending the refused one again.
     fn revoked(&self, repo: &Repo, status: Option<u16>) -> bool {
         if status != Some(401) || !matches!(self.auth, Auth::App { .. }) {
             return false;
         }
         tracing::warn!("GitHub refused the installation token for {repo}: listing the App's installations again");
         let mut state = self.lock();
+        if let Some(id) = state.repo_installation.get(&repo.key()).copied() {
+            state.installations.remove(&id);
+        }
         state.repo_installation.clear();
         true
     }
@@ -349,9 +362,10 @@ impl Api {
         match self.exchange(&client, method, path, body).await {
             Ok(Ok(answer)) => return Ok(Ok(answer)),
             Ok(Err(refused)) if !self.revoked(repo, Some(refused.status)) => return Ok(Err(refused)),
-            // Not an answer: octocrab failed, possibly minting the token of
-            // an installation that is gone.
-            Err(e) if !self.revoked(repo, Some(401)) => return Err(e),
+            // Not an answer. Only GitHub refusing to mint the token (an
+            // installation that is gone) means the token is revoked; a
+            // transport error is just an error, retried on the next read.
+            Err(e) if !(e.message().contains(TOKEN_REFUSED) && self.revoked(repo, Some(401))) => return Err(e),
             _ => {}
         }
         let client = self.client_for(repo).await?;
@@ -373,7 +387,10 @@ impl Api {
     pub(crate) async fn list(&self, repo: &Repo, path: &str) -> Result<Vec<Value>, Error> {
         let client = self.client_for(repo).await?;
         match self.all_pages(&client, path, None).await {
-            Err(e) if e.message().contains(" 401 Unauthorized") && self.revoked(repo, Some(401)) => {
+            Err(e)
+                if (e.message().contains(" 401 Unauthorized") || e.message().contains(TOKEN_REFUSED))
+                    && self.revoked(repo, Some(401)) =>
+            {
                 let client = self.client_for(repo).await?;
                 self.all_pages(&client, path, None).await
             }
@@ -385,6 +402,15 @@ impl Api {
     pub(crate) async fn send(&self, repo: &Repo, method: &str, path: &str, body: &Value) -> Result<Value, Error> {
         Ok(self.exchange_for(repo, method, path, Some(body)).await?.map_err(|r| Error::msg(r.message))?.0)
     }
+}
+
+/// What an error says when GitHub refused to mint an installation token.
+const TOKEN_REFUSED: &str = "GitHub refused the App's installation token";
+
+/// Whether octocrab failed because GitHub refused the installation token
+/// (401, 403 or 404 from minting it), not because of the transport.
+fn token_refused(e: &octocrab::Error) -> bool {
+    matches!(e, octocrab::Error::GitHub { source, .. } if matches!(source.status_code.as_u16(), 401 | 403 | 404))
 }
 
 /// What octocrab's error says: GitHub's status and message when it carries

@@ -599,3 +599,40 @@ async fn logging_in_with_github() {
     assert_eq!(http(addr, "POST", "/logout", &same, body.as_bytes()).await.0, 303);
     assert!(login.user(&headers).is_none(), "logged out");
 }
+
+/// Security issue 20: a transport error is not a revoked token (what is
+/// known of the installations stays), and after a token is refused the
+/// retry mints a new one instead of sending the refused token again.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_refused_token_is_replaced_and_a_transport_error_is_only_an_error() {
+    let dir = work("token-refresh");
+    let gh = fake(&dir).await;
+    let ctx = Context::open(&dir.join("state"), Config::default()).unwrap();
+    let github = app(&gh, &ctx).poll_every(Duration::from_secs(3600));
+    let repo = Repo::parse("Codertocat/Hello-World").unwrap();
+    let engine = Engine::new(github.head_of(&repo, "master"));
+    settle(&engine, "the first head", |o| matches!(o, Output::Ok(_))).await;
+    let listings = || gh.seen("/app/installations").len();
+    let (listed, minted) = (listings(), gh.world.lock().unwrap().minted);
+    // The connection breaks in the middle of an answer.
+    gh.world.lock().unwrap().break_bodies = 10; // octocrab retries a few times itself
+    gh.set_branch("Codertocat/Hello-World", "master", &sha(3));
+    github.repository_changed("Codertocat/Hello-World");
+    let out = settle(&engine, "the broken read", |o| o.err().is_some()).await;
+    assert!(!out.err().unwrap().message().contains("cannot see"), "{out:?}");
+    assert_eq!(listings(), listed, "a transport error made the installations be listed again");
+    assert_eq!(gh.world.lock().unwrap().minted, minted, "nor a new token minted");
+    gh.world.lock().unwrap().break_bodies = 0;
+    github.repository_changed("Codertocat/Hello-World");
+    settle(&engine, "read again", |o| matches!(o, Output::Ok(r) if r.hash == sha(3))).await;
+    // Now GitHub revokes the token in use (401 Bad credentials).
+    {
+        let mut w = gh.world.lock().unwrap();
+        let current = format!("1x{}", w.minted);
+        w.revoked.push(current);
+    }
+    gh.set_branch("Codertocat/Hello-World", "master", &sha(4));
+    github.repository_changed("Codertocat/Hello-World");
+    settle(&engine, "the head with a new token", |o| matches!(o, Output::Ok(r) if r.hash == sha(4))).await;
+    assert!(gh.world.lock().unwrap().minted > minted, "a new token was minted");
+}

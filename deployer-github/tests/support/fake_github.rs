@@ -57,6 +57,11 @@ pub struct World {
     pub protection: HashMap<String, Option<Vec<String>>>,
     /// The App's public key (PEM), to check JWTs.
     pub public_key: String,
+    /// Installation tokens revoked one by one (401 "Bad credentials").
+    pub revoked: Vec<String>,
+    /// Answers to break: this many branch reads send headers, then reset
+    /// the connection mid-body (a transport error, not a refusal).
+    pub break_bodies: u32,
     next_id: u64,
 }
 
@@ -166,7 +171,9 @@ fn jwt_ok(world: &Shared, headers: &HeaderMap) -> bool {
 fn revoked_token(world: &Shared, headers: &HeaderMap) -> Option<Response> {
     let token = headers.get("authorization")?.to_str().ok()?.strip_prefix("Bearer ghs_fake")?;
     let id: u64 = token.split('x').next()?.parse().ok()?;
-    let known = world.lock().unwrap().installations.iter().any(|(i, _, _)| *i == id);
+    let w = world.lock().unwrap();
+    let known = w.installations.iter().any(|(i, _, _)| *i == id) && !w.revoked.iter().any(|t| t == token);
+    drop(w);
     (!known).then(|| (StatusCode::UNAUTHORIZED, Json(json!({"message": "Bad credentials"}))).into_response())
 }
 
@@ -332,6 +339,22 @@ async fn branch(
     }
     if let Some(l) = limited(&c.world) {
         return l;
+    }
+    let broken = {
+        let mut w = c.world.lock().unwrap();
+        let n = w.break_bodies;
+        w.break_bodies = n.saturating_sub(1);
+        n > 0
+    };
+    if broken {
+        let broken = futures_util::stream::once(async {
+            Err::<axum::body::Bytes, _>(std::io::Error::other("the fake breaks this answer"))
+        });
+        return Response::builder()
+            .header("content-type", "application/json")
+            .header("content-length", "1000")
+            .body(axum::body::Body::from_stream(broken))
+            .unwrap();
     }
     let sha =
         c.world.lock().unwrap().branches.get(&format!("{o}/{r}").to_ascii_lowercase()).and_then(|m| m.get(&b).cloned());
