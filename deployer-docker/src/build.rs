@@ -51,6 +51,31 @@ pub struct BuildOptions {
     pub pull: bool,
     /// The platform to build for (`linux/arm64`), if not the host's.
     pub platform: Option<String>,
+    /// Which registry credentials the daemon may use to pull the build's
+    /// base images. A build of code from outside (a pull request, a fork)
+    /// must get [`RegistryAuth::None`] ([`BuildOptions::untrusted`]): its
+    /// Dockerfile's `FROM private-registry/secret` would otherwise be
+    /// pulled with the deployer's rights.
+    #[serde(default, skip_serializing_if = "RegistryAuth::is_default")]
+    pub registry_auth: RegistryAuth,
+}
+
+/// The registry credentials a build is given (see
+/// [`BuildOptions::registry_auth`]).
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "lowercase")]
+pub enum RegistryAuth {
+    /// Every credential the deployer has (for the operator's own branches).
+    #[default]
+    Deployer,
+    /// None: base images are pulled anonymously.
+    None,
+}
+
+impl RegistryAuth {
+    fn is_default(&self) -> bool {
+        *self == RegistryAuth::Deployer
+    }
 }
 
 impl Default for BuildOptions {
@@ -62,6 +87,7 @@ impl Default for BuildOptions {
             labels: BTreeMap::new(),
             pull: false,
             platform: None,
+            registry_auth: RegistryAuth::Deployer,
         }
     }
 }
@@ -70,6 +96,12 @@ impl BuildOptions {
     /// The Dockerfile at `path` in the context.
     pub fn dockerfile(path: &str) -> BuildOptions {
         BuildOptions { dockerfile: path.into(), ..BuildOptions::default() }
+    }
+
+    /// The same options for a build of untrusted code: no registry
+    /// credentials go with it.
+    pub fn untrusted(self) -> BuildOptions {
+        BuildOptions { registry_auth: RegistryAuth::None, ..self }
     }
 }
 
@@ -211,7 +243,13 @@ impl Build {
         if let Some(platform) = &options.platform {
             builder = builder.platform(platform);
         }
-        let credentials = self.shared.build_credentials().await?;
+        let credentials = match options.registry_auth {
+            RegistryAuth::Deployer => self.shared.build_credentials().await?,
+            RegistryAuth::None => {
+                job.log("No registry credentials go with this build (untrusted code)");
+                std::collections::HashMap::new()
+            }
+        };
         let platform = options.platform.as_deref().map(|p| format!(" for {p}")).unwrap_or_default();
         job.log(&format!(
             "Building {} ({}){platform} on {}",

@@ -61,7 +61,7 @@ use deployer_git::Git;
 use deployer_ssh::Ssh;
 
 pub use auth::Credentials;
-pub use build::{BuildKey, BuildOptions, BuildSource};
+pub use build::{BuildKey, BuildOptions, BuildSource, RegistryAuth};
 pub use context::{config_dir, context_name, Endpoint, TlsFiles, DEFAULT_SOCKET};
 pub use drift::LiveService;
 pub use error::DockerError;
@@ -210,6 +210,7 @@ pub struct Docker {
     extracts: BuildCache<extract::Extract>,
     services: OutputCache<service::UpdateService>,
     service_options: Arc<RwLock<HashMap<ServiceKey, ServiceOptions>>>,
+    plain_tcp: Arc<std::sync::atomic::AtomicBool>,
 }
 
 /// The key file and known_hosts file for `ssh://` contexts.
@@ -257,6 +258,7 @@ impl Docker {
                 service::UpdateService { shared: shared.clone(), options: service_options.clone() },
             ),
             service_options,
+            plain_tcp: Arc::default(),
             builds: BuildCache::new(ctx, build(build::Target::Hosts)),
             pool_builds: Arc::default(),
             pulls: BuildCache::new(ctx, images::Pull { shared: shared.clone() }),
@@ -313,8 +315,24 @@ impl Docker {
         }
     }
 
-    /// The host of an endpoint, called `name`.
+    /// Allows `tcp://` daemons without TLS on other machines (off by
+    /// default: registry credentials and build contexts would cross the
+    /// network in clear, and anyone on the path could drive the daemon).
+    pub fn allow_plain_tcp(&self, allow: bool) {
+        self.plain_tcp.store(allow, std::sync::atomic::Ordering::Relaxed);
+    }
+
+    /// The host of an endpoint, called `name`. A `tcp://` endpoint without
+    /// TLS must be on loopback, unless [`Docker::allow_plain_tcp`].
     pub fn host(&self, name: &str, endpoint: Endpoint) -> Result<DockerHost, DockerError> {
+        if let Endpoint::Tcp { address, tls: None } = &endpoint {
+            if !registry::is_loopback(address) && !self.plain_tcp.load(std::sync::atomic::Ordering::Relaxed) {
+                return Err(DockerError::Config(format!(
+                    "the Docker host {name} is tcp://{address} without TLS: registry credentials would cross the \
+                     network in clear. Use TLS (a context with certificates), ssh://, or allow plain TCP explicitly"
+                )));
+            }
+        }
         let ssh = match &endpoint {
             Endpoint::Ssh { destination, .. } => Some((self.ssh.clone(), self.ssh_host(destination)?)),
             _ => None,

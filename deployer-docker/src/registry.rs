@@ -91,10 +91,24 @@ pub(crate) struct Registry {
     authorization: tokio::sync::Mutex<Option<String>>,
 }
 
-/// Whether `registry` is on this machine (plain HTTP is allowed there).
-fn is_loopback(registry: &str) -> bool {
-    let host = registry.rsplit_once(':').map_or(registry, |(h, _)| h);
-    host == "localhost" || host.starts_with("127.") || host == "[::1]"
+/// Whether `authority` (`host`, `host:port`, `[v6]:port`) is on this
+/// machine, by its parsed address: `localhost`, `127.0.0.0/8` or `::1`.
+/// A name such as `127.example.com` is not (plain HTTP and plain TCP are
+/// allowed only on loopback).
+pub(crate) fn is_loopback(authority: &str) -> bool {
+    let host = if let Some(rest) = authority.strip_prefix('[') {
+        match rest.split_once(']') {
+            Some((ip, after)) if after.is_empty() || after.starts_with(':') => ip,
+            _ => return false,
+        }
+    } else {
+        match authority.rsplit_once(':') {
+            Some((h, port)) if !h.contains(':') && port.bytes().all(|b| b.is_ascii_digit()) => h,
+            Some(_) => return false,
+            None => authority,
+        }
+    };
+    host.eq_ignore_ascii_case("localhost") || host.parse::<std::net::IpAddr>().is_ok_and(|ip| ip.is_loopback())
 }
 
 /// A TLS client with the system's roots and aws-lc-rs.
@@ -395,6 +409,13 @@ mod tests {
         assert_eq!(challenge_param(c, "realm").as_deref(), Some("https://auth.docker.io/token"));
         assert_eq!(challenge_param(c, "service").as_deref(), Some("registry.docker.io"));
         assert!(is_loopback("127.0.0.1:5000") && is_loopback("localhost:5000") && !is_loopback("ghcr.io"));
+        // By parsed address, not by prefix (security issue 17).
+        for yes in ["127.0.0.1", "127.1.2.3:5000", "[::1]:5000", "[::1]", "LOCALHOST:80"] {
+            assert!(is_loopback(yes), "{yes}");
+        }
+        for no in ["127.example.com:5000", "127.0.0.1.nip.io:5000", "localhost.evil.example", "[::2]:5000", "10.0.0.1:5000", "[::1]x:5000", "::1"] {
+            assert!(!is_loopback(no), "{no}");
+        }
         assert_eq!(sha256(b""), "sha256:e3b0c44298fc1c149afbf4c8996fb92427ae41e4649b934ca495991b7852b855");
     }
 }

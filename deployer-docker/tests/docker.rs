@@ -400,6 +400,30 @@ async fn registry_credentials_from_config_json_and_wrong_ones_fail_without_showi
     let engine = Engine::new(manifest);
     let out = settle(&engine, "the authenticated push and manifest", 120, |o| !matches!(o, Output::Active(_))).await;
     assert!(matches!(out, Output::Ok(_)), "{out:?}");
+    // Security issue 8: a build of untrusted code (a fork's PR) whose
+    // Dockerfile names the private image gets no credentials: the daemon's
+    // pull is refused. The same build for the operator's branch pulls it.
+    let fork = d.join("fork");
+    std::fs::create_dir_all(&fork).unwrap();
+    std::fs::write(fork.join("Dockerfile"), format!("FROM {tag}\nCMD [\"/bin/busybox\", \"true\"]\n")).unwrap();
+    let fork_source = Current::constant(BuildSource::Dir(fork.clone()));
+    let pulling = BuildOptions { pull: true, ..BuildOptions::default() };
+    let ctx3 = Context::open(&d.join("state3"), Config::default()).unwrap();
+    let docker = Docker::new(&ctx3).config_dir(&d.join("no-config"));
+    docker.credentials(&registry, Credentials { username: "alice".into(), password: Secret::new(password.into()) });
+    let host = docker.unix("test", &services().socket).unwrap();
+    let untrusted = docker.build("build the fork's PR", &host, &fork_source, pulling.clone().untrusted());
+    let engine = Engine::new(untrusted);
+    let out = settle(&engine, "the untrusted build", 120, |o| !matches!(o, Output::Active(_))).await;
+    let message = out.err().unwrap_or_else(|| panic!("the fork's build pulled the private image")).message().to_owned();
+    assert!(
+        message.contains("unauthorized") || message.contains("authentication required") || message.contains("no basic auth"),
+        "{message}"
+    );
+    let trusted = docker.build("build the live branch", &host, &fork_source, pulling);
+    let engine = Engine::new(trusted);
+    let out = settle(&engine, "the trusted build", 120, |o| !matches!(o, Output::Active(_))).await;
+    assert!(matches!(out, Output::Ok(_)), "{out:?}");
     // Wrong credentials, given as a secret: a clear failure, no password.
     let ctx2 = Context::open(&d.join("state2"), Config::default()).unwrap();
     let wrong = Docker::new(&ctx2).config_dir(&d.join("no-config"));
@@ -418,7 +442,7 @@ async fn registry_credentials_from_config_json_and_wrong_ones_fail_without_showi
             && (message.contains("unauthorized") || message.contains("authentication required")),
         "{message}"
     );
-    for c in [&ctx, &ctx2] {
+    for c in [&ctx, &ctx2, &ctx3] {
         for row in c.store.history(Default::default()).await.unwrap().rows {
             let text = format!("{}{}", log(c, &row.job_id), row.outcome);
             assert!(!text.contains(password) && !text.contains("not-the-password") && !text.contains(&auth), "{text}");
@@ -457,6 +481,15 @@ async fn a_tls_context_with_client_certificates() {
     let plain = docker.host("plain", Endpoint::Tcp { address: s.tcp.clone(), tls: None }).unwrap();
     let e = plain.client().await.unwrap_err().to_string();
     assert!(e.contains("cannot reach the Docker daemon of plain"), "{e}");
+    // Security issue 16: plain TCP to another machine is refused unless
+    // asked for; a name that merely starts with 127. is another machine.
+    for address in ["10.9.8.7:2375", "127.example.com:2375", "deployer-builder:2375"] {
+        let e = docker.host("remote", Endpoint::Tcp { address: address.into(), tls: None }).unwrap_err().to_string();
+        assert!(e.contains("without TLS") && e.contains(address), "{address}: {e}");
+    }
+    docker.allow_plain_tcp(true);
+    assert!(docker.host("remote", Endpoint::Tcp { address: "10.9.8.7:2375".into(), tls: None }).is_ok());
+    docker.allow_plain_tcp(false);
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]

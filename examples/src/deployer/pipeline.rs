@@ -173,17 +173,27 @@ fn deployability(plan: &Plan, spec: &RepoSpec, repo: &Repo) -> Result<Current<()
         |r: &CiRef| r.gref.clone(),
         move |r| {
             let source = fetch(&git, &clone_base, &r, "fetch");
+            // Refs that are not deploy branches hold code from outside
+            // (pull requests, forks): their builds get no registry
+            // credentials unless the table says so for this repository.
+            let deploy_refs: Vec<String> =
+                spec.deploy_branches().into_iter().map(|b| format!("refs/heads/{b}")).collect();
+            let trusted = spec.untrusted_credentials;
+            let trust = r.map(move |r: &CiRef| trusted || deploy_refs.contains(&r.gref));
             let mut builds = Vec::new();
             for d in &spec.images {
                 for arch in &d.archs {
-                    let options = options(d, &BTreeMap::new());
+                    let d2 = d.clone();
+                    let options = trust.map(move |t| trust_options(options(&d2, &BTreeMap::new()), *t));
                     let label = format!("build {} {}", d.dockerfile, arch.docker());
                     builds.push(docker.build_on_pool(&label, &pools[arch], &source, options).ignore_value());
                 }
             }
             for u in &spec.unikernels {
                 let label = format!("build {} unikernel", u.target);
-                builds.push(docker.build(&label, &local, &source, unikernel_options(u)).ignore_value());
+                let u2 = u.clone();
+                let options = trust.map(move |t| trust_options(unikernel_options(&u2), *t));
+                builds.push(docker.build(&label, &local, &source, options).ignore_value());
             }
             let url = url.clone();
             let status = Current::all(builds).state_hidden().map(move |o| CheckStatus::of(o, Some(url.clone())));
@@ -438,6 +448,15 @@ fn options(d: &DockerSpec, extra: &BTreeMap<String, String>) -> BuildOptions {
     let mut build_args = d.build_args.clone();
     build_args.extend(extra.iter().map(|(k, v)| (k.clone(), v.clone())));
     BuildOptions { dockerfile: d.dockerfile.clone(), build_args, ..BuildOptions::default() }
+}
+
+/// `options`, as they are for code the operator trusts (`trusted`) or not.
+fn trust_options(options: BuildOptions, trusted: bool) -> BuildOptions {
+    if trusted {
+        options
+    } else {
+        options.untrusted()
+    }
 }
 
 /// A unikernel's build options: `TARGET` and `EXTRA_FLAGS`.

@@ -233,11 +233,21 @@ pub struct RepoSpec {
     pub images: Vec<DockerSpec>,
     /// Unikernels.
     pub unikernels: Vec<UnikernelSpec>,
+    /// Whether builds of refs that are not deploy branches (pull requests,
+    /// forks, other branches) get the deployer's registry credentials to
+    /// pull base images. Off: their code is not the operator's.
+    pub untrusted_credentials: bool,
 }
 
 /// `repo(owner, name, images)`.
 pub fn repo(owner: &str, name: &str, images: impl IntoIterator<Item = DockerSpec>) -> RepoSpec {
-    RepoSpec { owner: owner.into(), name: name.into(), images: images.into_iter().collect(), unikernels: Vec::new() }
+    RepoSpec {
+        owner: owner.into(),
+        name: name.into(),
+        images: images.into_iter().collect(),
+        unikernels: Vec::new(),
+        untrusted_credentials: false,
+    }
 }
 
 impl RepoSpec {
@@ -249,6 +259,14 @@ impl RepoSpec {
     /// With these unikernels.
     pub fn unikernels(mut self, u: impl IntoIterator<Item = UnikernelSpec>) -> RepoSpec {
         self.unikernels.extend(u);
+        self
+    }
+
+    /// Gives builds of every ref (pull requests too) the deployer's
+    /// registry credentials: only for a repository whose every PR author
+    /// the operator trusts with them.
+    pub fn credentials_for_every_ref(mut self) -> RepoSpec {
+        self.untrusted_credentials = true;
         self
     }
 
