@@ -59,6 +59,50 @@ use mirror::Mirrors;
 /// waits before it is tried again.
 pub const RETRY_FAILED_FETCH: Duration = Duration::from_secs(60);
 
+/// Whose code a commit is, which decides where its submodules may come
+/// from.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Hash, serde::Serialize, serde::Deserialize)]
+pub enum Trust {
+    /// The operator's own (a deploy branch): submodules from anywhere its
+    /// `.gitmodules` says, with the deployer's tokens and keys.
+    Operator,
+    /// From outside (a pull request, a fork): submodules only over https
+    /// from the superproject's own host, without any token, at most
+    /// [`MAX_UNTRUSTED_SUBMODULES`] of them and [`MAX_UNTRUSTED_DEPTH`]
+    /// deep; any other is refused and the fetch fails.
+    Untrusted,
+}
+
+/// Submodules an untrusted commit may have, in all.
+pub const MAX_UNTRUSTED_SUBMODULES: usize = 16;
+
+/// How deep an untrusted commit's submodules may nest.
+pub const MAX_UNTRUSTED_DEPTH: usize = 2;
+
+/// A fetch's key: a trusted one is stored as the bare commit id (as it
+/// always was), an untrusted one as `{"untrusted": id}`.
+#[derive(Clone, Debug, PartialEq, Eq, Hash, serde::Serialize, serde::Deserialize)]
+#[serde(untagged)]
+enum FetchKey {
+    Operator(CommitId),
+    Untrusted { untrusted: CommitId },
+}
+
+impl FetchKey {
+    fn id(&self) -> &CommitId {
+        match self {
+            FetchKey::Operator(id) | FetchKey::Untrusted { untrusted: id } => id,
+        }
+    }
+
+    fn trust(&self) -> Trust {
+        match self {
+            FetchKey::Operator(_) => Trust::Operator,
+            FetchKey::Untrusted { .. } => Trust::Untrusted,
+        }
+    }
+}
+
 /// Fetches commits into mirrors (the builder behind [`Git::fetch`]).
 struct Fetch {
     mirrors: Arc<Mirrors>,
@@ -67,14 +111,17 @@ struct Fetch {
 #[async_trait]
 impl Builder for Fetch {
     const ID: &'static str = "git-fetch";
-    type Key = CommitId;
+    type Key = FetchKey;
     type Value = Commit;
 
-    fn describe(&self, id: &CommitId) -> Option<String> {
-        Some(format!("fetch {id}"))
+    fn describe(&self, key: &FetchKey) -> Option<String> {
+        match key {
+            FetchKey::Operator(id) => Some(format!("fetch {id}")),
+            FetchKey::Untrusted { untrusted } => Some(format!("fetch {untrusted} (untrusted)")),
+        }
     }
-    fn level(&self, id: &CommitId) -> Level {
-        if id.repo.is_local() {
+    fn level(&self, key: &FetchKey) -> Level {
+        if key.id().repo.is_local() {
             Level::Harmless
         } else {
             Level::MostlyHarmless
@@ -83,8 +130,8 @@ impl Builder for Fetch {
     fn retry_failures_after(&self) -> Option<Duration> {
         Some(RETRY_FAILED_FETCH)
     }
-    async fn build(&self, job: &Job, id: &CommitId) -> Result<Commit, Error> {
-        self.mirrors.fetch(job, id).await
+    async fn build(&self, job: &Job, key: &FetchKey) -> Result<Commit, Error> {
+        self.mirrors.fetch(job, key.id(), key.trust()).await
     }
 }
 
@@ -115,7 +162,17 @@ impl Git {
     /// submodules) into the mirror of its remote. A failed fetch is tried
     /// again after [`RETRY_FAILED_FETCH`].
     pub fn fetch(&self, label: &str, id: &Current<CommitId>) -> Current<Commit> {
-        self.fetches.get(label, id)
+        self.fetches.get(label, id.map(|id| FetchKey::Operator(id.clone())))
+    }
+
+    /// [`Git::fetch`], for commits whose code is trusted as `trust` says:
+    /// an untrusted commit's submodules are limited (see [`Trust`]).
+    pub fn fetch_with_trust(&self, label: &str, id: &Current<CommitId>, trust: &Current<Trust>) -> Current<Commit> {
+        let key = id.pair(trust).map(|(id, trust)| match trust {
+            Trust::Operator => FetchKey::Operator(id.clone()),
+            Trust::Untrusted => FetchKey::Untrusted { untrusted: id.clone() },
+        });
+        self.fetches.get(label, key)
     }
 
     /// The head of `branch` on `remote`, read with `git ls-remote` every

@@ -12,6 +12,7 @@ use sha2::{Digest, Sha256};
 use tokio::process::Command;
 
 use crate::commit::{Commit, CommitId, Hash, RefName, Remote};
+use crate::{Trust, MAX_UNTRUSTED_DEPTH, MAX_UNTRUSTED_SUBMODULES};
 
 /// Submodules nested deeper than this are refused (a cycle, say).
 const MAX_DEPTH: usize = 8;
@@ -114,15 +115,27 @@ impl Mirrors {
 
     /// Fetches `id` into its remote's mirror, pins it, and fetches its
     /// submodules likewise.
-    pub(crate) async fn fetch(&self, job: &Job, id: &CommitId) -> Result<Commit, Error> {
-        self.fetch_at(job, id, 0).await
+    pub(crate) async fn fetch(&self, job: &Job, id: &CommitId, trust: Trust) -> Result<Commit, Error> {
+        let mut count = 0;
+        let policy = match trust {
+            Trust::Operator => None,
+            Trust::Untrusted => {
+                job.log("Untrusted code: submodules only over https from the same host, without credentials");
+                Some(Untrusted { host: id.repo.host().map(str::to_ascii_lowercase), count: &mut count })
+            }
+        };
+        self.fetch_at(job, id, 0, policy, false).await
     }
 
+    /// `as_submodule_of_untrusted`: this commit is an untrusted commit's
+    /// submodule, fetched without any token.
     fn fetch_at<'a>(
         &'a self,
         job: &'a Job,
         id: &'a CommitId,
         depth: usize,
+        mut policy: Option<Untrusted<'a>>,
+        as_submodule_of_untrusted: bool,
     ) -> std::pin::Pin<Box<dyn std::future::Future<Output = Result<Commit, Error>> + Send + 'a>> {
         Box::pin(async move {
             if depth > MAX_DEPTH {
@@ -132,20 +145,26 @@ impl Mirrors {
             let submodules = {
                 let lock = self.lock(&mirror);
                 let _held = lock.lock().await;
-                self.fetch_one(job, id, &mirror).await?;
+                self.fetch_one(job, id, &mirror, as_submodule_of_untrusted).await?;
                 self.submodules(job, id, &mirror).await?
             };
+            if let Some(p) = policy.as_mut() {
+                p.check(id, &submodules, depth)?;
+            }
             let mut fetched = Vec::new();
             for (path, sub) in submodules {
                 job.log(&format!("Submodule {path}: {}", sub.hash));
-                fetched.push((path, self.fetch_at(job, &sub, depth + 1).await?));
+                let untrusted = policy.is_some();
+                let inner = policy.as_mut().map(|p| Untrusted { host: p.host.clone(), count: &mut *p.count });
+                fetched.push((path, self.fetch_at(job, &sub, depth + 1, inner, untrusted).await?));
             }
             Ok(Commit { id: id.clone(), mirror, submodules: fetched })
         })
     }
 
-    /// Under the mirror's lock: the commit in the mirror, pinned.
-    async fn fetch_one(&self, job: &Job, id: &CommitId, mirror: &Path) -> Result<(), Error> {
+    /// Under the mirror's lock: the commit in the mirror, pinned. Without
+    /// `token`, no token goes with the fetch.
+    async fn fetch_one(&self, job: &Job, id: &CommitId, mirror: &Path, no_token: bool) -> Result<(), Error> {
         self.ensure(job, &id.repo, mirror).await?;
         if self.has(mirror, &id.hash).await {
             job.log(&format!("{} is already in the mirror", id.hash));
@@ -157,13 +176,19 @@ impl Mirrors {
                 let full = id.gref.full();
                 format!("+{full}:refs/deployer/remote/{}", full.trim_start_matches("refs/"))
             };
-            let mut fetch = self.git(Some(&id.repo));
+            let credentials = if no_token { None } else { Some(&id.repo) };
+            let mut fetch = self.git(credentials);
+            if no_token {
+                // No credential helper, and no protocol but https.
+                fetch.args(["-c", "credential.helper=", "-c", "protocol.allow=never"]);
+                fetch.args(["-c", "protocol.file.allow=never", "-c", "protocol.https.allow=always"]);
+            }
             fetch.arg("-C").arg(mirror).args(["fetch", "--no-tags", "--no-recurse-submodules", "-f", "--"]);
             fetch.arg(id.repo.as_str()).arg(&refspec);
             job.exec(&mut fetch).await.map_err(|e| e.context(format!("fetching {} from {}", id.gref, id.repo)))?;
             if !self.has(mirror, &id.hash).await {
                 // Servers may give a commit by hash if it is reachable.
-                let mut by_hash = self.git(Some(&id.repo));
+                let mut by_hash = self.git(credentials);
                 by_hash.arg("-C").arg(mirror).args(["fetch", "--no-tags", "-q", "--"]).arg(id.repo.as_str());
                 by_hash.arg(id.hash.as_str());
                 let _ = job.exec(&mut by_hash).await;
@@ -180,6 +205,50 @@ impl Mirrors {
         job.exec(self.git(None).arg("-C").arg(mirror).args(["update-ref", &pin, id.hash.as_str()])).await
     }
 
+}
+
+/// The limits on an untrusted commit's submodules, while it is fetched.
+struct Untrusted<'a> {
+    /// The superproject's host: submodules come from there.
+    host: Option<String>,
+    /// Submodules so far, over every level.
+    count: &'a mut usize,
+}
+
+impl Untrusted<'_> {
+    /// Refuses submodules of an untrusted commit that are not https URLs
+    /// on the superproject's host, or too many, or too deep.
+    fn check(&mut self, id: &CommitId, subs: &[(String, CommitId)], depth: usize) -> Result<(), Error> {
+        if subs.is_empty() {
+            return Ok(());
+        }
+        if depth >= MAX_UNTRUSTED_DEPTH {
+            return Err(Error::msg(format!(
+                "{id} is untrusted code with submodules nested more than {MAX_UNTRUSTED_DEPTH} deep: refused"
+            )));
+        }
+        *self.count += subs.len();
+        if *self.count > MAX_UNTRUSTED_SUBMODULES {
+            return Err(Error::msg(format!(
+                "{id} is untrusted code with more than {MAX_UNTRUSTED_SUBMODULES} submodules: refused"
+            )));
+        }
+        for (path, sub) in subs {
+            let url = sub.repo.as_str();
+            let same_host = sub.repo.host().map(str::to_ascii_lowercase).is_some_and(|h| Some(&h) == self.host.as_ref());
+            if !url.starts_with("https://") || !same_host {
+                let host = self.host.as_deref().unwrap_or("the superproject's host");
+                return Err(Error::msg(format!(
+                    "submodule {path} of {id} (untrusted code) is at {url:?}: only https:// on {host} is fetched \
+                     for untrusted code; nothing was fetched from it"
+                )));
+            }
+        }
+        Ok(())
+    }
+}
+
+impl Mirrors {
     /// The submodules of `id`: (path, commit id), from its `.gitmodules` and
     /// tree. Paths must stay inside the checkout.
     async fn submodules(&self, job: &Job, id: &CommitId, mirror: &Path) -> Result<Vec<(String, CommitId)>, Error> {

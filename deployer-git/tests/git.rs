@@ -429,3 +429,69 @@ fn bad_input_is_refused_before_any_command_runs() {
     assert!(local_branch(Path::new("relative/path"), "main").is_err());
     assert!(local_branch(Path::new("/srv/app"), "$(id)").is_err());
 }
+
+/// Security issue 7: an untrusted commit (a pull request's) whose
+/// `.gitmodules` names the deployer's own mirror by path, a `file://` URL,
+/// an `ssh://` URL or plain `http://` gets none of them fetched: the fetch
+/// fails naming the submodule, and nothing connects to the hosts named.
+/// The operator's own commit with a local submodule still works.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn an_untrusted_commits_hostile_submodules_are_not_fetched() {
+    use deployer_git::Trust;
+    let dir = work("hostile-submodules");
+    let ctx = context(&dir);
+    let git_ = Git::new(&ctx);
+    // A private repository the deployer has mirrored for its own use.
+    let secret = repo(&dir.join("secret"));
+    let secret_hash = commit(&secret, "token.txt", "s3cr3t-deploy-key");
+    let id = CommitId::new(secret.to_str().unwrap(), "main", &secret_hash).unwrap();
+    let engine = Engine::new(git_.fetch("fetch secret", &Current::constant(id.clone())));
+    settle(&engine, "the secret's fetch", is_commit(&secret_hash)).await;
+    let mirror = git_.mirror_path(&id.repo);
+    assert!(mirror.exists());
+    // Listeners that count connections, standing for ssh and http hosts.
+    let ssh = TcpListener::bind("127.0.0.1:0").unwrap();
+    let http = TcpListener::bind("127.0.0.1:0").unwrap();
+    for l in [&ssh, &http] {
+        l.set_nonblocking(true).unwrap();
+    }
+    let hostile = [
+        mirror.display().to_string(),
+        format!("file://{}", mirror.display()),
+        format!("ssh://git@127.0.0.1:{}/secret.git", ssh.local_addr().unwrap().port()),
+        format!("git@127.0.0.1:secret.git"),
+        format!("http://127.0.0.1:{}/secret.git", http.local_addr().unwrap().port()),
+    ];
+    for (i, url) in hostile.iter().enumerate() {
+        let pr = repo(&dir.join(format!("pr{i}")));
+        commit(&pr, "main.txt", "a pull request");
+        std::fs::write(pr.join(".gitmodules"), format!("[submodule \"x\"]\n\tpath = deps/x\n\turl = {url}\n")).unwrap();
+        git(&pr, &["add", ".gitmodules"]);
+        git(&pr, &["update-index", "--add", "--cacheinfo", &format!("160000,{secret_hash},deps/x")]);
+        git(&pr, &["commit", "-q", "-m", "hostile submodule"]);
+        let hash = git(&pr, &["rev-parse", "HEAD"]);
+        let pr_id = CommitId::new(pr.to_str().unwrap(), "main", &hash).unwrap();
+        let fetch = git_.fetch_with_trust(
+            &format!("fetch pr{i}"),
+            &Current::constant(pr_id),
+            &Current::constant(Trust::Untrusted),
+        );
+        let engine = Engine::new(fetch);
+        let out = settle(&engine, url, |o| !matches!(o, Output::Active(_))).await;
+        let e = out.err().unwrap_or_else(|| panic!("{url}: the untrusted commit's submodule was fetched")).message().to_owned();
+        assert!(e.contains("submodule deps/x") && e.contains("untrusted"), "{url}: {e}");
+    }
+    assert!(ssh.accept().is_err() && http.accept().is_err(), "something connected to the hosts .gitmodules named");
+    // The operator's own commit: the same kind of submodule is fetched.
+    let own = repo(&dir.join("own"));
+    commit(&own, "main.txt", "ours");
+    git(&own, &["submodule", "add", "-q", secret.to_str().unwrap(), "deps/x"]);
+    git(&own, &["commit", "-q", "-m", "our submodule"]);
+    let hash = git(&own, &["rev-parse", "HEAD"]);
+    let own_id = CommitId::new(own.to_str().unwrap(), "main", &hash).unwrap();
+    let fetch =
+        git_.fetch_with_trust("fetch own", &Current::constant(own_id), &Current::constant(Trust::Operator));
+    let engine = Engine::new(fetch);
+    let Output::Ok(c) = settle(&engine, "our fetch", is_commit(&hash)).await else { unreachable!() };
+    assert_eq!(c.submodules.len(), 1);
+}

@@ -10,7 +10,7 @@ use std::collections::BTreeMap;
 use deployer_albatross::{Albatross, Daemon, Unikernel};
 use deployer_core::{with_context, Context, Current, Error, Output, Schedule};
 use deployer_docker::{BuildOptions, BuildSource, Deployed, Docker, DockerHost, HostPool, Image, ServiceOptions};
-use deployer_git::{CommitId, Git};
+use deployer_git::{CommitId, Git, Trust};
 use deployer_github::{CheckStatus, CiRef, DeploymentState, GitHub, Repo};
 use deployer_slack::Slack;
 use deployer_ssh::{Host, Ssh};
@@ -172,14 +172,19 @@ fn deployability(plan: &Plan, spec: &RepoSpec, repo: &Repo) -> Result<Current<()
     let checked = refs.list_map_by(
         |r: &CiRef| r.gref.clone(),
         move |r| {
-            let source = fetch(&git, &clone_base, &r, "fetch");
             // Refs that are not deploy branches hold code from outside
-            // (pull requests, forks): their builds get no registry
-            // credentials unless the table says so for this repository.
+            // (pull requests, forks): their submodules are limited, and
+            // their builds get no registry credentials unless the table
+            // says so for this repository.
             let deploy_refs: Vec<String> =
                 spec.deploy_branches().into_iter().map(|b| format!("refs/heads/{b}")).collect();
+            let is_deploy_ref = r.map(move |r: &CiRef| deploy_refs.contains(&r.gref));
             let trusted = spec.untrusted_credentials;
-            let trust = r.map(move |r: &CiRef| trusted || deploy_refs.contains(&r.gref));
+            let trust = is_deploy_ref.map(move |deploy| trusted || *deploy);
+            let code = is_deploy_ref.map(|deploy| if *deploy { Trust::Operator } else { Trust::Untrusted });
+            let base = clone_base.clone();
+            let id = r.try_map(move |r: &CiRef| commit_id(&base, r));
+            let source = git.fetch_with_trust("fetch", &id, &code).map(|c| BuildSource::Commit(c.clone()));
             let mut builds = Vec::new();
             for d in &spec.images {
                 for arch in &d.archs {
