@@ -225,7 +225,20 @@ pub(crate) fn resolve(alias: &str, path: &Path) -> Result<Host, SshError> {
     };
     host.host_keys = match settings.get("stricthostkeychecking").map(str::to_ascii_lowercase).as_deref() {
         // "no" would also accept a changed key in OpenSSH; here it never does.
-        Some("accept-new" | "no" | "off") => HostKeyPolicy::LearnUnknown(known),
+        Some("accept-new" | "no" | "off") => {
+            // Learning into a file that forgets (OpenSSH's "none", or
+            // /dev/null) would accept any key every time.
+            if settings.get("userknownhostsfile").is_some_and(|f| f.eq_ignore_ascii_case("none"))
+                || crate::known_hosts::forgets(&known)
+            {
+                return Err(SshError::Config(format!(
+                    "host {alias}: StrictHostKeyChecking learns new keys but UserKnownHostsFile is {}, which keeps \
+                     none, so every key would be accepted: name a real known_hosts file, or pin the key",
+                    known.display()
+                )));
+            }
+            HostKeyPolicy::LearnUnknown(known)
+        }
         _ => HostKeyPolicy::KnownHosts(known),
     };
     if let Some(t) = settings.get("connecttimeout") {
@@ -292,6 +305,25 @@ mod tests {
         let other = resolve("other.example", &config).unwrap();
         assert_eq!(other.destination(), "someone-else@other.example:22");
         assert!(matches!(other.host_keys, HostKeyPolicy::KnownHosts(_)), "strict by default");
+    }
+
+    #[test]
+    fn learning_into_a_file_that_forgets_is_refused() {
+        let dir = tmp("devnull");
+        for file in ["/dev/null", "none"] {
+            for strict in ["no", "accept-new"] {
+                let config = write(
+                    &dir,
+                    "config",
+                    &format!("Host box\n\tHostName 127.0.0.1\n\tUserKnownHostsFile {file}\n\tStrictHostKeyChecking {strict}\n"),
+                );
+                let e = resolve("box", &config).err().unwrap_or_else(|| panic!("{file} {strict} accepted")).to_string();
+                assert!(e.contains("every key would be accepted"), "{file} {strict}: {e}");
+            }
+        }
+        // Checking against /dev/null (nothing known) is no hole: it refuses.
+        let config = write(&dir, "config", "Host box\n\tUserKnownHostsFile /dev/null\n");
+        assert!(matches!(resolve("box", &config).unwrap().host_keys, HostKeyPolicy::KnownHosts(_)));
     }
 
     #[test]

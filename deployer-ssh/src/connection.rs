@@ -68,7 +68,15 @@ fn verify(host: &Host, key: &PublicKey) -> Result<(), SshError> {
         Verdict::Revoked(line) => {
             Err(SshError::RevokedHostKey { host: destination, fingerprint, file: (path.clone(), line) })
         }
-        Verdict::Unknown if learn => learn_key(path, host, key),
+        // Trust on first use is for a host not known at all: a known host
+        // showing a key of another type (a man in the middle offering only
+        // another algorithm) is refused like a changed key.
+        Verdict::Unknown if learn => match known_hosts::first_listed(&text, &host.hostname, host.port) {
+            Some(line) => {
+                Err(SshError::ChangedHostKey { host: destination, fingerprint, file: Some((path.clone(), line)) })
+            }
+            None => learn_key(path, host, key),
+        },
         Verdict::Unknown => Err(SshError::UnknownHostKey { host: destination, fingerprint, file: Some(path.clone()) }),
     }
 }
@@ -80,7 +88,16 @@ fn learn_key(path: &Path, host: &Host, key: &PublicKey) -> Result<(), SshError> 
     if let Some(dir) = path.parent() {
         std::fs::create_dir_all(dir).map_err(cannot)?;
     }
+    if known_hosts::forgets(path) {
+        return Err(SshError::Config(format!(
+            "cannot learn host keys into {}: it keeps nothing, so every key would be accepted",
+            path.display()
+        )));
+    }
     let mut file = std::fs::OpenOptions::new().create(true).append(true).open(path).map_err(cannot)?;
+    // A file whose last line has no newline would run into the new one.
+    let before = std::fs::read(path).map_err(cannot)?;
+    let line = if before.last().is_some_and(|&b| b != b'\n') { format!("\n{line}") } else { line };
     file.write_all(line.as_bytes()).map_err(cannot)?;
     tracing::info!(
         "learned the host key of {} ({}) into {}",
@@ -369,5 +386,52 @@ impl Pool {
                 open(session).await.map_err(|e| SshError::Session { host: host.destination(), why: describe(&e) })
             }
         }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    const ED: &str = "ssh-ed25519 AAAAC3NzaC1lZDI1NTE5AAAAIHERYbVActYdOJlXncfi0+ejMA0oDcgh1KTWLBpDe9QK";
+    const ECDSA: &str = "ecdsa-sha2-nistp256 AAAAE2VjZHNhLXNoYTItbmlzdHAyNTYAAAAIbmlzdHAyNTYAAABBBFvafbIl2BSmKWAPzCUVG9olX4GPK9j9ROm5vNbL2Mk/YdEq8Ws+l3i6sDlIYTc2EdjpnkK6cjxVkvH7odZ5xps=";
+
+    fn key(line: &str) -> PublicKey {
+        PublicKey::from_openssh(line).unwrap()
+    }
+
+    fn tmp(name: &str) -> std::path::PathBuf {
+        let dir = std::env::temp_dir().join(format!("deployer-ssh-verify-{name}-{}", std::process::id()));
+        let _ = std::fs::remove_dir_all(&dir);
+        std::fs::create_dir_all(&dir).unwrap();
+        dir
+    }
+
+    #[test]
+    fn trust_on_first_use_does_not_learn_another_type_for_a_known_host() {
+        let dir = tmp("other-type");
+        let file = dir.join("known_hosts");
+        std::fs::write(&file, format!("[127.0.0.1]:2222 {ED}\n")).unwrap();
+        let host = Host::new("deploy@127.0.0.1:2222").unwrap().learn_unknown_hosts(&file);
+        // The man in the middle offers only ECDSA.
+        let e = verify(&host, &key(ECDSA)).unwrap_err();
+        assert!(matches!(e, SshError::ChangedHostKey { .. }), "{e}");
+        assert_eq!(std::fs::read_to_string(&file).unwrap().lines().count(), 1, "nothing was learned");
+        assert!(verify(&host, &key(ED)).is_ok());
+        // A host not known at all is learned, on a line of its own even
+        // when the file's last line had no newline.
+        std::fs::write(&file, format!("[127.0.0.1]:2222 {ED}")).unwrap();
+        let other = Host::new("deploy@127.0.0.2:2222").unwrap().learn_unknown_hosts(&file);
+        verify(&other, &key(ECDSA)).unwrap();
+        let text = std::fs::read_to_string(&file).unwrap();
+        assert_eq!(text.lines().count(), 2, "{text}");
+        assert!(verify(&host, &key(ED)).is_ok() && verify(&other, &key(ECDSA)).is_ok(), "both lines still read");
+    }
+
+    #[test]
+    fn learning_into_dev_null_is_refused() {
+        let host = Host::new("deploy@127.0.0.1:2222").unwrap().learn_unknown_hosts("/dev/null");
+        let e = verify(&host, &key(ED)).unwrap_err().to_string();
+        assert!(e.contains("every key would be accepted"), "{e}");
     }
 }

@@ -42,13 +42,30 @@ pub(crate) enum Verdict {
     Unknown,
 }
 
-/// The name a host is listed under: `host`, or `[host]:port` off port 22.
+/// The name a host is listed under: `host`, or `[host]:port` off port 22,
+/// in lower case (OpenSSH lower-cases the name before it looks it up or
+/// hashes it).
 pub(crate) fn lookup_name(host: &str, port: u16) -> String {
+    let host = host.to_ascii_lowercase();
     if port == 22 {
-        host.to_owned()
+        host
     } else {
         format!("[{host}]:{port}")
     }
+}
+
+/// Whether `path` keeps nothing written to it (`/dev/null`, or another
+/// file that is not a regular file): learning into it learns nothing.
+pub(crate) fn forgets(path: &Path) -> bool {
+    match std::fs::metadata(path) {
+        Ok(m) => !m.is_file(),
+        Err(_) => false, // made when the first key is learned
+    }
+}
+
+/// The first line listing any (not revoked) key for `host:port`, of any type.
+pub(crate) fn first_listed(text: &str, host: &str, port: u16) -> Option<usize> {
+    entries(text, &lookup_name(host, port)).into_iter().find(|e| !e.revoked).map(|e| e.line)
 }
 
 /// Whether one host pattern (plain, wildcard or hashed) names `name`.
@@ -217,6 +234,17 @@ mod tests {
             format!("h ssh-ed25519 {ED_A}\n@revoked * ssh-ed25519 {ED_A}\n@cert-authority * ssh-ed25519 {ED_B}\n");
         assert_eq!(check(&text, "h", 22, &a), Verdict::Revoked(2));
         assert_eq!(check(&text, "h", 22, &key(ED_B)), Verdict::Changed(1), "a CA line is no listing");
+    }
+
+    #[test]
+    fn hashed_names_are_looked_up_in_lower_case_as_openssh_does() {
+        let a = key(ED_A);
+        // `ssh-keygen -H` hashes the lower-case name.
+        let text = format!("{} ssh-ed25519 {ED_A}\n", hashed("build.example.org", b"salt-salt-salt-salt!"));
+        assert_eq!(check(&text, "Build.Example.ORG", 22, &a), Verdict::Known);
+        let text = format!("{} ssh-ed25519 {ED_A}\n", hashed("[build.example.org]:2222", b"another-salt-20bytes"));
+        assert_eq!(check(&text, "BUILD.example.org", 2222, &a), Verdict::Known);
+        assert_eq!(line_for("Build.Example.org", 22, &a).unwrap().split(' ').next(), Some("build.example.org"));
     }
 
     #[test]
