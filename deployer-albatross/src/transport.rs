@@ -26,8 +26,11 @@ pub const EXTENSION_OID: &[u64] = &[1, 3, 6, 1, 4, 1, 49836, 42];
 /// refuses certificates over 16 MiB).
 pub const STREAM_ABOVE: usize = 4 << 20;
 
-/// The largest reply frame accepted (an image from `get` can be large).
-const MAX_FRAME: usize = 1 << 31;
+/// The largest reply frame accepted. The deployer asks for no image back
+/// (`get`), and info replies carry digests, not images: a daemon (or a
+/// man in the middle) announcing more is refused before anything is
+/// allocated.
+pub const MAX_REPLY: usize = 16 << 20;
 
 /// Why an exchange with the daemon failed.
 #[derive(Clone, Debug, PartialEq, Eq)]
@@ -99,8 +102,11 @@ pub(crate) async fn read_frame<R: AsyncRead + Unpin>(r: &mut R) -> Result<Option
         return Ok(None);
     }
     let len = len as usize;
-    if len > MAX_FRAME {
-        return Err(std::io::Error::new(std::io::ErrorKind::InvalidData, "a frame over 2 GiB"));
+    if len > MAX_REPLY {
+        return Err(std::io::Error::new(
+            std::io::ErrorKind::InvalidData,
+            format!("a reply frame of {len} bytes (at most {MAX_REPLY} are read)"),
+        ));
     }
     let mut buf = vec![0u8; len];
     r.read_exact(&mut buf).await?;
@@ -170,12 +176,19 @@ fn read_certs(path: &Path) -> Result<Vec<CertificateDer<'static>>, TransportErro
 
 /// Verifies the endpoint's certificate against the configured CA only:
 /// albatross's server certificates name no host (no subjectAltName), so
-/// there is no name to check.
+/// there is no name to check. The certificate must be signed by that CA
+/// itself (intermediates the server sends are not used: albatross's CA
+/// also signs operators' sub-CAs, and an operator could make a server
+/// certificate under one), and must say it is a server's (EKU serverAuth,
+/// as `albatross-client generate` makes it).
 #[derive(Debug)]
 struct CaOnly {
     roots: Vec<rustls::pki_types::TrustAnchor<'static>>,
     provider: Arc<CryptoProvider>,
 }
+
+/// id-kp-serverAuth (1.3.6.1.5.5.7.3.1), DER-encoded without tag and length.
+const EKU_SERVER_AUTH: &[u8] = &[0x2b, 0x06, 0x01, 0x05, 0x05, 0x07, 0x03, 0x01];
 
 impl ServerCertVerifier for CaOnly {
     fn verify_server_cert(
@@ -188,12 +201,13 @@ impl ServerCertVerifier for CaOnly {
     ) -> Result<ServerCertVerified, rustls::Error> {
         let cert = webpki::EndEntityCert::try_from(end_entity)
             .map_err(|e| rustls::Error::General(format!("the endpoint's certificate: {e}")))?;
+        let _ = intermediates;
         cert.verify_for_usage(
             self.provider.signature_verification_algorithms.all,
             &self.roots,
-            intermediates,
+            &[],
             now,
-            webpki::KeyUsage::server_auth(),
+            webpki::KeyUsage::required(EKU_SERVER_AUTH),
             None,
             None,
         )
@@ -310,4 +324,19 @@ pub(crate) async fn remote(
         read_reply(&mut tls).await
     };
     tokio::time::timeout(timeout, exchange).await.map_err(|_| TransportError::Timeout(timeout))?
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[tokio::test]
+    async fn a_huge_reply_is_refused_before_anything_is_allocated() {
+        // A reply announcing 2 GiB - 1 bytes, and then nothing.
+        let announced = (i32::MAX).to_be_bytes();
+        let e = read_frame(&mut &announced[..]).await.unwrap_err();
+        assert!(e.to_string().contains("at most 16777216"), "{e}");
+        let small = [0, 0, 0, 2, 0x30, 0x00];
+        assert_eq!(read_frame(&mut &small[..]).await.unwrap(), Some(vec![0x30, 0x00]));
+    }
 }

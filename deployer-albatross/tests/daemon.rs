@@ -225,3 +225,35 @@ async fn over_tls_the_command_rides_in_the_certificate_and_big_images_stream() {
     assert!(message.contains("stranger") && (message.contains("TLS") || message.contains("reply")), "{message}");
     assert!(!message.contains(&pki.stranger_key[40..80]), "no key material in errors");
 }
+
+/// Security issue 19: the endpoint must be the one the server CA made for
+/// it. An operator holding a sub-CA of the same root (albatross's
+/// delegation) can make a server-auth certificate: an endpoint showing it
+/// is refused, as is one whose certificate is not for a server (no EKU).
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn an_endpoint_certificate_made_by_an_operator_is_refused() {
+    let dir = work("impostor");
+    let pki = Pki::make(&dir.join("pki"));
+    let daemon = TestDaemon::start(&dir.join("d"), Behaviour::Current).await;
+    let ctx = context(&dir);
+    let albatross = Albatross::new(&ctx);
+    let small = albatross.image_file("small", &Current::constant(image(&dir, "small.hvt", 50_000, 3)));
+    let cases = [("operator-made", pki.operator_made_server()), ("no-eku", pki.server_without_eku(&dir))];
+    for (what, (chain, key)) in cases {
+        let address = daemon.serve_tls_as(&pki, chain, key).await;
+        let remote = albatross.remote(
+            what,
+            Remote {
+                address,
+                server_ca: pki.root_pem.clone(),
+                client_ca: pki.operator_pem.clone(),
+                client_ca_key: Secret::new(pki.operator_key.clone()),
+            },
+        );
+        let engine = Engine::new(albatross.deploy(&remote, "small", &small, www()).unwrap());
+        let out = settle(&engine, what, done).await;
+        let message = out.err().unwrap_or_else(|| panic!("{what}: deployed to an impostor")).message().to_owned();
+        assert!(message.contains("certificate"), "{what}: {message}");
+    }
+    assert!(daemon.received.lock().unwrap().is_empty(), "an impostor endpoint was sent a command");
+}

@@ -125,6 +125,17 @@ impl TestDaemon {
     /// server certificate, accepting clients whose chain leads to `pki`'s
     /// root. Returns `127.0.0.1:port`.
     pub async fn serve_tls(&self, pki: &Pki) -> String {
+        self.serve_tls_as(pki, vec![pki.server_der.clone()], pki.server_key_der()).await
+    }
+
+    /// [`TestDaemon::serve_tls`], presenting `chain` (leaf first) with `key`
+    /// as the endpoint's certificate: an impostor's, say.
+    pub async fn serve_tls_as(
+        &self,
+        pki: &Pki,
+        chain: Vec<rustls::pki_types::CertificateDer<'static>>,
+        key: rustls::pki_types::PrivateKeyDer<'static>,
+    ) -> String {
         let provider = Arc::new(rustls::crypto::aws_lc_rs::default_provider());
         let mut roots = rustls::RootCertStore::empty();
         roots.add(pki.root_der.clone()).unwrap();
@@ -135,7 +146,7 @@ impl TestDaemon {
             .with_protocol_versions(&[&rustls::version::TLS13])
             .unwrap()
             .with_client_cert_verifier(verifier)
-            .with_single_cert(vec![pki.server_der.clone()], pki.server_key_der())
+            .with_single_cert(chain, key)
             .unwrap();
         let acceptor = tokio_rustls::TlsAcceptor::from(Arc::new(config));
         let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
@@ -301,12 +312,14 @@ pub struct Pki {
     /// The root CA (`cacert.pem`), which also signs the endpoint.
     pub root_pem: PathBuf,
     root_der: rustls::pki_types::CertificateDer<'static>,
+    root_key: String,
     server_der: rustls::pki_types::CertificateDer<'static>,
     server_key: Vec<u8>,
     /// The operator's sub-CA certificate and key (`user.pem`, `user.key`).
     pub operator_pem: PathBuf,
     /// The operator's sub-CA key, in PEM.
     pub operator_key: String,
+    operator_der: rustls::pki_types::CertificateDer<'static>,
     /// A CA the endpoint does not know, and its key (for a refused client).
     pub stranger_pem: PathBuf,
     /// Its key, in PEM.
@@ -327,6 +340,7 @@ impl Pki {
         std::fs::create_dir_all(dir).unwrap();
         let root_key = KeyPair::generate_for(&rcgen::PKCS_ED25519).unwrap();
         let root = ca_params("test root").self_signed(&root_key).unwrap();
+        let root_issuer_key_pem = root_key.serialize_pem();
         let root_issuer = Issuer::new(ca_params("test root"), root_key);
         let server_key = KeyPair::generate_for(&rcgen::PKCS_ECDSA_P256_SHA256).unwrap();
         let mut sp = CertificateParams::default();
@@ -347,13 +361,52 @@ impl Pki {
         Pki {
             root_pem: write("cacert.pem", &root.pem()),
             root_der: root.der().clone(),
+            root_key: root_issuer_key_pem,
             server_der: server.der().clone(),
             server_key: server_key.serialize_der(),
             operator_pem: write("user.pem", &operator.pem()),
             operator_key: operator_key.serialize_pem(),
+            operator_der: operator.der().clone(),
             stranger_pem: write("stranger.pem", &stranger.pem()),
             stranger_key: stranger_key.serialize_pem(),
         }
+    }
+
+    /// An endpoint certificate that an operator could make with its own
+    /// sub-CA (signed by the same root): a server-auth leaf under the
+    /// operator's CA, sent with that CA as the intermediate; its key.
+    pub fn operator_made_server(
+        &self,
+    ) -> (Vec<rustls::pki_types::CertificateDer<'static>>, rustls::pki_types::PrivateKeyDer<'static>) {
+        let issuer = Issuer::from_ca_cert_der(&self.operator_der, KeyPair::from_pem(&self.operator_key).unwrap()).unwrap();
+        let key = KeyPair::generate_for(&rcgen::PKCS_ECDSA_P256_SHA256).unwrap();
+        let mut sp = CertificateParams::default();
+        sp.distinguished_name.push(DnType::CommonName, "server");
+        sp.is_ca = IsCa::ExplicitNoCa;
+        sp.key_usages = vec![KeyUsagePurpose::DigitalSignature, KeyUsagePurpose::KeyEncipherment];
+        sp.extended_key_usages = vec![rcgen::ExtendedKeyUsagePurpose::ServerAuth];
+        let leaf = sp.signed_by(&key, &issuer).unwrap();
+        (
+            vec![leaf.der().clone(), self.operator_der.clone()],
+            rustls::pki_types::PrivateKeyDer::Pkcs8(key.serialize_der().into()),
+        )
+    }
+
+    /// An endpoint certificate signed by the root itself but with no
+    /// extended key usage (not made to be a server's).
+    pub fn server_without_eku(
+        &self,
+        dir: &Path,
+    ) -> (Vec<rustls::pki_types::CertificateDer<'static>>, rustls::pki_types::PrivateKeyDer<'static>) {
+        let _ = dir;
+        let root_key = KeyPair::from_pem(&self.root_key).unwrap();
+        let issuer = Issuer::from_ca_cert_der(&self.root_der, root_key).unwrap();
+        let key = KeyPair::generate_for(&rcgen::PKCS_ECDSA_P256_SHA256).unwrap();
+        let mut sp = CertificateParams::default();
+        sp.distinguished_name.push(DnType::CommonName, "server");
+        sp.is_ca = IsCa::ExplicitNoCa;
+        let leaf = sp.signed_by(&key, &issuer).unwrap();
+        (vec![leaf.der().clone()], rustls::pki_types::PrivateKeyDer::Pkcs8(key.serialize_der().into()))
     }
 
     fn server_key_der(&self) -> rustls::pki_types::PrivateKeyDer<'static> {
