@@ -82,7 +82,7 @@ pub use monitor::{BoxFuture, Monitor};
 pub use node::Metadata;
 pub use output::{ActiveState, Error, ErrorKind, NodeState, Output, ResultExt};
 pub use primitive::{Hooks, Source};
-pub use secret::Secret;
+pub use secret::{register_secret, scrub_secrets, Secret};
 pub use store::StoreError;
 pub use term::{Current, TermId, Value};
 pub use var::Var;

@@ -95,8 +95,13 @@ impl Error {
     }
 
     /// An error of `kind` with `message`.
+    ///
+    /// Registered secrets are scrubbed from the message
+    /// ([`register_secret`](crate::register_secret)), so an error never
+    /// carries one to a page, the API or the store.
     pub fn new(kind: ErrorKind, message: impl Into<String>) -> Error {
-        Error { inner: Arc::new(ErrorInner { message: message.into(), kind, origin: None }) }
+        let message = crate::secret::scrub_secrets(&message.into());
+        Error { inner: Arc::new(ErrorInner { message, kind, origin: None }) }
     }
 
     /// The error message.
@@ -122,9 +127,8 @@ impl Error {
 
     /// The same error (kind, origin) with another message.
     pub fn with_message(&self, message: impl Into<String>) -> Error {
-        Error {
-            inner: Arc::new(ErrorInner { message: message.into(), kind: self.inner.kind, origin: self.inner.origin }),
-        }
+        let message = crate::secret::scrub_secrets(&message.into());
+        Error { inner: Arc::new(ErrorInner { message, kind: self.inner.kind, origin: self.inner.origin }) }
     }
 
     /// This error attributed to `origin`, unless it already has an origin.

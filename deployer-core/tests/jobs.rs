@@ -345,3 +345,36 @@ async fn a_process_output_can_be_streamed_and_its_status_checked() {
     let err = failing.finish().await.unwrap_err();
     assert_eq!(err.kind(), ErrorKind::Exit { code: Some(5), signal: None });
 }
+
+/// Security issue 15: a secret straddling the 64 KiB cut of a long line,
+/// a secret with quotes and backslashes in a command line, and a secret in
+/// an error message never reach the log or the error unscrubbed.
+#[tokio::test]
+async fn secrets_survive_no_line_cut_no_quoting_and_no_error() {
+    let jobs = jobs("secret-forms", Config::new(None));
+    let secret = "tok\"en\\with-quotes-0123456789";
+    jobs.register_secret(secret);
+    let job = jobs.create("leaky", "leaky").unwrap();
+    job.start(Level::Harmless, None, None).await.unwrap();
+    // One line of 100 KiB whose secret spans byte 65,536.
+    let mut line = "x".repeat(64 * 1024 - 10);
+    line.push_str(secret);
+    line.push_str(&"y".repeat(100 * 1024 - line.len()));
+    let mut out = job.lines();
+    out.push(line.as_bytes());
+    out.push(b"\n");
+    out.finish();
+    // An argument holding the secret, quoted in the "Exec:" line.
+    job.exec(Command::new("true").arg(format!("--token={secret}"))).await.unwrap();
+    let log = log_of(&jobs, job.id());
+    for half in [&secret[..10], &secret[10..]] {
+        assert!(!log.contains(half), "a piece of the secret ({half:?}) reached the log");
+    }
+    assert!(!log.contains(&format!("{secret:?}")[1..20]), "the quoted secret reached the log");
+    assert!(log.matches("[redacted]").count() >= 2, "{}", &log[..200]);
+    // An error's message is scrubbed where it is made.
+    let e = deployer_core::Error::msg(format!("the server said: bad token {secret}"));
+    assert_eq!(e.message(), "the server said: bad token [redacted]");
+    let e = e.context(format!("with {secret:?}"));
+    assert!(!e.message().contains("with-quotes"), "{}", e.message());
+}

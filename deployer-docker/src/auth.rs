@@ -8,7 +8,7 @@ use std::path::{Path, PathBuf};
 use std::sync::{Arc, RwLock};
 
 use base64::Engine as _;
-use deployer_core::{Context, Secret};
+use deployer_core::Secret;
 use serde::Deserialize;
 
 use crate::error::DockerError;
@@ -77,7 +77,6 @@ struct HelperAnswer {
 /// The registry credentials a [`Docker`](crate::Docker) uses.
 #[derive(Clone)]
 pub(crate) struct Auth {
-    ctx: Context,
     given: Arc<RwLock<HashMap<String, Credentials>>>,
     config: Arc<RwLock<Option<PathBuf>>>,
 }
@@ -91,14 +90,27 @@ fn config_keys(registry: &str) -> Vec<String> {
     }
 }
 
+/// Registers `c`'s password as a secret in every form it travels in: as
+/// it is, inside `user:password` (a `Basic` header's base64), and
+/// JSON-escaped (an `X-Registry-Auth` or `X-Registry-Config` header is the
+/// base64 of JSON holding it); the register derives the base64 forms.
+fn register(c: &Credentials) {
+    let password = c.password.expose();
+    deployer_core::register_secret(password);
+    deployer_core::register_secret(&format!("{}:{password}", c.username));
+    if let Ok(json) = serde_json::to_string(password) {
+        deployer_core::register_secret(&json);
+    }
+}
+
 impl Auth {
-    pub(crate) fn new(ctx: &Context) -> Auth {
-        Auth { ctx: ctx.clone(), given: Arc::default(), config: Arc::default() }
+    pub(crate) fn new() -> Auth {
+        Auth { given: Arc::default(), config: Arc::default() }
     }
 
     /// Uses `credentials` for `registry`.
     pub(crate) fn set(&self, registry: &str, credentials: Credentials) {
-        self.ctx.jobs.register_secret(credentials.password.expose());
+        register(&credentials);
         self.given.write().unwrap_or_else(|e| e.into_inner()).insert(registry.to_owned(), credentials);
     }
 
@@ -155,7 +167,7 @@ impl Auth {
         } else {
             return Ok(None);
         };
-        self.ctx.jobs.register_secret(found.password.expose());
+        register(&found);
         Ok(Some(found))
     }
 
@@ -190,7 +202,8 @@ impl Auth {
         }
         let answer: HelperAnswer = serde_json::from_slice(&out.stdout)
             .map_err(|e| DockerError::Config(format!("{program} gave no credentials for {registry}: {e}")))?;
-        self.ctx.jobs.register_secret(&answer.secret);
-        Ok(Some(Credentials { username: answer.username, password: Secret::new(answer.secret) }))
+        let found = Credentials { username: answer.username, password: Secret::new(answer.secret) };
+        register(&found);
+        Ok(Some(found))
     }
 }

@@ -231,7 +231,7 @@ impl Docker {
 
     /// Like [`Docker::new`], sharing `git`'s mirrors and `ssh`'s connections.
     pub fn with(ctx: &Context, git: Git, ssh: Ssh) -> Docker {
-        let auth = auth::Auth::new(ctx);
+        let auth = auth::Auth::new();
         let config_dir = context::config_dir();
         auth.use_config_dir(&config_dir);
         let shared = Shared {

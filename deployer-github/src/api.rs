@@ -195,7 +195,8 @@ impl Api {
             let message = serde_json::from_str::<Value>(&text)
                 .ok()
                 .and_then(|v| v.get("message").and_then(Value::as_str).map(str::to_owned))
-                .unwrap_or_else(|| text.chars().take(200).collect());
+                .unwrap_or_else(|| text.clone());
+            let message = without_tokens(&message);
             return Ok(Err(Refused {
                 status: status.as_u16(),
                 message: format!("{method} {path} on GitHub: {status}: {message}"),
@@ -404,6 +405,34 @@ impl Api {
     }
 }
 
+/// `text` (what a server answered) made safe to show: at most 300
+/// characters, with anything shaped like a credential GitHub uses — a JWT
+/// (`eyJ….….…`), a `gh?_` or `github_pat_` token, a `Bearer`/`token`
+/// value — replaced by `[redacted]`. A broken or hostile server may echo
+/// the request's `Authorization` header back in its error.
+pub(crate) fn without_tokens(text: &str) -> String {
+    let short: String = text.chars().take(300).collect();
+    let mut out = String::with_capacity(short.len());
+    let mut after_scheme = false;
+    for word in short.split_inclusive(|c: char| c.is_whitespace() || c == '"' || c == ',') {
+        let bare = word.trim_end_matches(|c: char| c.is_whitespace() || c == '"' || c == ',');
+        let tail = &word[bare.len()..];
+        let jwt = bare.starts_with("eyJ") && bare.matches('.').count() >= 2;
+        let token = ["ghp_", "gho_", "ghs_", "ghu_", "ghr_", "github_pat_", "v1."].iter().any(|p| bare.starts_with(p));
+        if (jwt || token || after_scheme) && bare.len() >= 8 {
+            out.push_str("[redacted]");
+            out.push_str(tail);
+        } else {
+            out.push_str(word);
+        }
+        after_scheme = (bare.eq_ignore_ascii_case("bearer") || bare.eq_ignore_ascii_case("token") || bare.eq_ignore_ascii_case("basic"));
+    }
+    if short.len() < text.len() {
+        out.push('…');
+    }
+    out
+}
+
 /// What an error says when GitHub refused to mint an installation token.
 const TOKEN_REFUSED: &str = "GitHub refused the App's installation token";
 
@@ -417,8 +446,8 @@ fn token_refused(e: &octocrab::Error) -> bool {
 /// one (minting an installation token, say), else its own text.
 fn octocrab_message(e: &octocrab::Error) -> String {
     match e {
-        octocrab::Error::GitHub { source, .. } => format!("{}: {}", source.status_code, source.message),
-        other => other.to_string(),
+        octocrab::Error::GitHub { source, .. } => format!("{}: {}", source.status_code, without_tokens(&source.message)),
+        other => without_tokens(&other.to_string()),
     }
 }
 
@@ -440,6 +469,18 @@ pub const FALLBACK_POLL: Duration = Duration::from_secs(600);
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn credentials_a_server_echoes_are_not_repeated() {
+        let echoed = "GET /app/installations HTTP/1.1\r\nauthorization: Bearer eyJhbGciOiJSUzI1NiJ9.eyJpc3MiOjF9.c2lnbmF0dXJl\r\n\
+                      x-token: ghs_16C7e42F292c6912E7710c838347Ae178B4a token abcdefghijklmnop";
+        let safe = without_tokens(echoed);
+        for leaked in ["eyJhbGciOiJSUzI1NiJ9", "ghs_16C7e42F", "abcdefghijklmnop"] {
+            assert!(!safe.contains(leaked), "{safe}");
+        }
+        assert!(safe.contains("GET /app/installations"), "{safe}");
+        assert!(without_tokens(&"x".repeat(1000)).chars().count() <= 301);
+    }
 
     #[test]
     fn link_headers() {

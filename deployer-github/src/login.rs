@@ -149,6 +149,7 @@ impl GitHubLogin {
     /// GitHub users in `admins` the admin role (entries as in the
     /// [module docs](self): `583231`, `octocat=583231` or `octocat`).
     pub fn new(client_id: &str, client_secret: Secret<String>, admins: &[&str]) -> GitHubLogin {
+        deployer_core::register_secret(client_secret.expose());
         GitHubLogin {
             inner: Arc::new(Inner {
                 client_id: client_id.to_owned(),

@@ -167,6 +167,7 @@ impl Host {
     /// Authenticates with the private key in `path`, encrypted with
     /// `passphrase`.
     pub fn encrypted_key_file(mut self, path: impl Into<PathBuf>, passphrase: Secret<String>) -> Host {
+        deployer_core::register_secret(passphrase.expose());
         self.identity = Identity::KeyFile { path: path.into(), passphrase: Some(passphrase) };
         self
     }

@@ -17,7 +17,7 @@ use std::collections::BTreeMap;
 use std::fmt;
 use std::io::Write as _;
 use std::path::{Path, PathBuf};
-use std::sync::{Arc, Mutex, RwLock};
+use std::sync::{Arc, Mutex};
 use std::time::Duration;
 
 use serde::Serialize;
@@ -145,7 +145,6 @@ struct JobsInner {
     clock: Clock,
     active: Mutex<BTreeMap<String, Job>>,
     actions: Mutex<BTreeMap<String, Arc<dyn JobActions>>>,
-    secrets: RwLock<Vec<String>>,
     pools: Mutex<BTreeMap<String, Pool>>,
 }
 
@@ -173,7 +172,6 @@ impl Jobs {
                 clock,
                 active: Mutex::default(),
                 actions: Mutex::default(),
-                secrets: RwLock::default(),
                 pools: Mutex::default(),
             }),
         }
@@ -319,24 +317,16 @@ impl Jobs {
     }
 
     /// Registers a secret: it is replaced by `[redacted]` in every log line
-    /// written from now on. Each line of a multi-line secret (a PEM key) is
-    /// also registered on its own, since processes' output is logged line by
-    /// line.
+    /// written from now on, and in every error message, in its common
+    /// encodings (see [`register_secret`](crate::register_secret), which
+    /// this calls: the register is the process's).
     pub fn register_secret(&self, secret: &str) {
-        let mut secrets = self.inner.secrets.write().unwrap_or_else(|e| e.into_inner());
-        let parts = std::iter::once(secret).chain(secret.lines().map(str::trim));
-        for part in parts {
-            if part.len() >= 3 && !secrets.iter().any(|s| s == part) {
-                secrets.push(part.to_owned());
-            }
-        }
-        // Longest first, so a secret containing another is replaced whole.
-        secrets.sort_by_key(|s| std::cmp::Reverse(s.len()));
+        crate::secret::register_secret(secret);
     }
 
     /// `text` with every registered secret replaced by `[redacted]`.
     pub fn scrub(&self, text: &str) -> String {
-        scrub(&self.inner.secrets.read().unwrap_or_else(|e| e.into_inner()), text)
+        crate::secret::scrub_secrets(text)
     }
 
     /// Deletes the logs of `ids` (after the store pruned their history).
@@ -361,16 +351,6 @@ pub(crate) fn human_duration(d: Duration) -> String {
     } else {
         format!("{} ms", d.as_millis())
     }
-}
-
-fn scrub(secrets: &[String], text: &str) -> String {
-    let mut out = text.to_owned();
-    for s in secrets {
-        if out.contains(s.as_str()) {
-            out = out.replace(s.as_str(), "[redacted]");
-        }
-    }
-    out
 }
 
 /// Why a job was cancelled.
@@ -447,10 +427,7 @@ impl Job {
 
     /// Appends a line to the log, timestamped, with secrets scrubbed.
     pub fn log(&self, line: &str) {
-        let text = match self.inner.jobs.upgrade() {
-            Some(jobs) => scrub(&jobs.secrets.read().unwrap_or_else(|e| e.into_inner()), line),
-            None => line.to_owned(),
-        };
+        let text = crate::secret::scrub_secrets(line);
         let now = self.inner.jobs.upgrade().map_or_else(chrono::Utc::now, |j| j.clock.now());
         let stamp = now.format("%Y-%m-%d %H:%M.%S");
         let mut out = String::with_capacity(text.len() + 24);

@@ -26,10 +26,13 @@ const DRAIN: Duration = Duration::from_secs(2);
 /// A log line longer than this is logged in pieces.
 const MAX_LINE: usize = 64 * 1024;
 
+/// The command line as the log shows it: each argument scrubbed of
+/// secrets *before* it is quoted (quoting escapes `"`, `\` and control
+/// characters, after which a secret holding them would no longer match).
 fn describe(cmd: &Command) -> String {
     let std = cmd.as_std();
-    let mut parts = vec![std.get_program().to_string_lossy().into_owned()];
-    parts.extend(std.get_args().map(|a| format!("{:?}", a.to_string_lossy())));
+    let mut parts = vec![crate::secret::scrub_secrets(&std.get_program().to_string_lossy())];
+    parts.extend(std.get_args().map(|a| format!("{:?}", crate::secret::scrub_secrets(&a.to_string_lossy()))));
     parts.join(" ")
 }
 
@@ -106,7 +109,7 @@ impl LogLines {
                     self.line.extend_from_slice(&bytes[..n]);
                     bytes = &bytes[n..];
                     if self.line.len() == MAX_LINE {
-                        self.flush();
+                        self.flush_piece();
                     }
                 }
             }
@@ -124,6 +127,27 @@ impl LogLines {
         let text = String::from_utf8_lossy(&self.line);
         self.job.log(&text);
         self.line.clear();
+    }
+
+    /// Logs a piece of a line too long for one: secrets are scrubbed from
+    /// the whole piece first, and its last bytes (as many as the longest
+    /// secret, less one) are kept for the next piece, so a secret that
+    /// straddles the cut is still seen whole. The cut falls between
+    /// characters.
+    fn flush_piece(&mut self) {
+        let scrubbed = crate::secret::scrub_bytes(&self.line);
+        let keep = crate::secret::longest_secret().saturating_sub(1).min(scrubbed.len() / 2);
+        let mut cut = scrubbed.len() - keep;
+        let mut back = 0;
+        while cut > 0 && cut < scrubbed.len() && back < 3 && (scrubbed[cut] & 0b1100_0000) == 0b1000_0000 {
+            cut -= 1;
+            back += 1;
+        }
+        if cut == 0 {
+            cut = scrubbed.len() - keep;
+        }
+        self.job.log(&String::from_utf8_lossy(&scrubbed[..cut]));
+        self.line = scrubbed[cut..].to_vec();
     }
 }
 
