@@ -1,6 +1,8 @@
 //! Webhook benchmark: signed `push` deliveries (the real payload shape) at
 //! 1,000 per second for 30 s to a running deployer-web server, each after
-//! moving the branch on a local stand-in for GitHub's API. Measured: every
+//! moving the branch on a local stand-in for GitHub's API, while 50 stalled
+//! senders (a signature-shaped header, then no body) hold connections
+//! open, each opened again as soon as the server drops it. Measured: every
 //! delivery accepted, the latency from sending a delivery to the engine
 //! showing that head (or a later one) — p99 under 10 ms — and resident
 //! memory before and after.
@@ -27,6 +29,31 @@ const SECRET: &str = "benchmark webhook secret";
 
 fn sha(n: u64) -> String {
     format!("{n:040x}")
+}
+
+/// Keeps `n` connections that sent a delivery's headers and then nothing:
+/// each is opened again when the server drops it. Counts the drops.
+fn stalled_senders(addr: SocketAddr, n: usize, dropped: Arc<AtomicU64>) {
+    for _ in 0..n {
+        let dropped = dropped.clone();
+        tokio::spawn(async move {
+            loop {
+                let Ok(mut s) = tokio::net::TcpStream::connect(addr).await else {
+                    tokio::time::sleep(Duration::from_millis(50)).await;
+                    continue;
+                };
+                let head = format!(
+                    "POST /webhooks/github HTTP/1.1\r\nHost: {addr}\r\nX-GitHub-Event: push\r\n\
+                     X-Hub-Signature-256: sha256={}\r\nContent-Length: 1000\r\n\r\n",
+                    "0".repeat(64)
+                );
+                let _ = s.write_all(head.as_bytes()).await;
+                let mut out = Vec::new();
+                let _ = s.read_to_end(&mut out).await; // until the server drops it
+                dropped.fetch_add(1, Ordering::SeqCst);
+            }
+        });
+    }
 }
 
 /// One delivery on its own connection; the status code.
@@ -106,6 +133,9 @@ fn main() {
         })
         .await
         .expect("the first head within 10 s");
+        let stalled_dropped = Arc::new(AtomicU64::new(0));
+        stalled_senders(addr, 50, stalled_dropped.clone());
+        tokio::time::sleep(Duration::from_millis(200)).await;
         let _ = std::fs::write("/proc/self/clear_refs", "5");
         let rss_before = rss().1;
         // The load: one delivery every 1/rate s, each after moving the branch.
@@ -168,11 +198,13 @@ fn main() {
         let accepted = ok.load(Ordering::SeqCst);
         let reads = gh.world.lock().unwrap().counts.get("/repos/Codertocat/Hello-World/branches/master").copied().unwrap_or(0);
         eprintln!(
-            "github: {total} signed deliveries in {:.1} s ({:.0}/s), {accepted} accepted; head seen after p50 {:.2} ms, \
-             p99 {:.2} ms, max {:.2} ms; {reads} branch reads (refreshes coalesced); RSS {} MB before, {} MB after a \
-             sixth, {} MB at the end",
+            "github: {total} signed deliveries in {:.1} s ({:.0}/s) beside 50 stalled senders ({} of their connections \
+             dropped by the server), {accepted} accepted, {} lost; head seen after p50 {:.2} ms, p99 {:.2} ms, max \
+             {:.2} ms; {reads} branch reads (refreshes coalesced); RSS {} MB before, {} MB after a sixth, {} MB at the end",
             sending.as_secs_f64(),
             total as f64 / sending.as_secs_f64(),
+            stalled_dropped.load(Ordering::SeqCst),
+            total - accepted,
             pick(0.5),
             pick(0.99),
             pick(1.0),

@@ -425,7 +425,7 @@ pub(crate) fn without_tokens(text: &str) -> String {
         } else {
             out.push_str(word);
         }
-        after_scheme = (bare.eq_ignore_ascii_case("bearer") || bare.eq_ignore_ascii_case("token") || bare.eq_ignore_ascii_case("basic"));
+        after_scheme = bare.eq_ignore_ascii_case("bearer") || bare.eq_ignore_ascii_case("token") || bare.eq_ignore_ascii_case("basic");
     }
     if short.len() < text.len() {
         out.push('…');

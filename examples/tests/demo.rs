@@ -28,6 +28,9 @@ fn the_demo_deploys_twice_and_rolls_a_broken_version_back() {
     {
         assert!(stdout.contains(expected), "{expected:?} is missing from:\n{stdout}");
     }
+    // The UI is view-only but for its operator, who is given the link that
+    // logs in with the site's admin token.
+    assert!(stdout.contains("/admin-login?token="), "no admin link in:\n{stdout}");
     for phase in ["detect", "fetch", "build", "push", "update", "converge", "confirm"] {
         assert!(stdout.contains(&format!("{phase} ")), "no {phase} phase in:\n{stdout}");
     }

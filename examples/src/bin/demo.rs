@@ -379,8 +379,23 @@ async fn run(args: Args) -> Result<(), Error> {
         Err(_) => tokio::net::TcpListener::bind("127.0.0.1:0").await?,
     };
     let ui = listener.local_addr()?;
-    tokio::spawn(Site::new("deployer demo", engine.handle(), ctx.clone()).serve(listener));
-    println!("web UI: http://{ui}/ — the service will answer on http://127.0.0.1:{}/\n", args.port);
+    let site = Site::new("deployer demo", engine.handle(), ctx.clone());
+    // Without a login, acting on the UI (rebuild, confirm) needs the admin
+    // token the site keeps in the state directory: the demo's operator is
+    // the person at this terminal, so the demo prints the link that logs in.
+    let token_file = ctx.state_dir().join("web-admin-token");
+    tokio::spawn(site.serve(listener));
+    println!("web UI: http://{ui}/ — the service will answer on http://127.0.0.1:{}/", args.port);
+    for _ in 0..50 {
+        if token_file.exists() {
+            break;
+        }
+        tokio::time::sleep(std::time::Duration::from_millis(20)).await;
+    }
+    match std::fs::read_to_string(&token_file) {
+        Ok(token) => println!("to act on it as the admin, open http://{ui}/admin-login?token={}\n", token.trim()),
+        Err(_) => println!("(no admin token in {}: the UI is view-only)\n", token_file.display()),
+    }
 
     let started = Instant::now();
     let v1 = deploy_version(&repo, "v1", &engine, &stages, &client, &args).await?;
