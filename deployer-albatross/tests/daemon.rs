@@ -238,7 +238,7 @@ async fn an_endpoint_certificate_made_by_an_operator_is_refused() {
     let ctx = context(&dir);
     let albatross = Albatross::new(&ctx);
     let small = albatross.image_file("small", &Current::constant(image(&dir, "small.hvt", 50_000, 3)));
-    let cases = [("operator-made", pki.operator_made_server()), ("no-eku", pki.server_without_eku(&dir))];
+    let cases = [("operator-made", pki.operator_made_server()), ("no-eku", pki.server_without_eku())];
     for (what, (chain, key)) in cases {
         let address = daemon.serve_tls_as(&pki, chain, key).await;
         let remote = albatross.remote(

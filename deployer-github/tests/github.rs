@@ -372,15 +372,22 @@ async fn checks_statuses_deployments_and_reruns() {
     );
 }
 
-#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-async fn the_rate_limit_is_waited_out_not_hammered() {
-    let dir = work("ratelimit");
+/// A fake, an App on it polling hourly, and an engine showing the master
+/// head of Codertocat/Hello-World, read once.
+async fn master_head(name: &str) -> (FakeGitHub, Context, GitHub, Engine<CiRef>) {
+    let dir = work(name);
     let gh = fake(&dir).await;
     let ctx = Context::open(&dir.join("state"), Config::default()).unwrap();
     let github = app(&gh, &ctx).poll_every(Duration::from_secs(3600));
     let repo = Repo::parse("Codertocat/Hello-World").unwrap();
     let engine = Engine::new(github.head_of(&repo, "master"));
     settle(&engine, "the first head", |o| matches!(o, Output::Ok(_))).await;
+    (gh, ctx, github, engine)
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn the_rate_limit_is_waited_out_not_hammered() {
+    let (gh, _ctx, github, engine) = master_head("ratelimit").await;
     let now = std::time::SystemTime::now().duration_since(std::time::UNIX_EPOCH).unwrap().as_secs();
     gh.world.lock().unwrap().limited_until = now + 600;
     assert_eq!(github.repository_changed("Codertocat/Hello-World"), 1);
@@ -605,13 +612,7 @@ async fn logging_in_with_github() {
 /// retry mints a new one instead of sending the refused token again.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_refused_token_is_replaced_and_a_transport_error_is_only_an_error() {
-    let dir = work("token-refresh");
-    let gh = fake(&dir).await;
-    let ctx = Context::open(&dir.join("state"), Config::default()).unwrap();
-    let github = app(&gh, &ctx).poll_every(Duration::from_secs(3600));
-    let repo = Repo::parse("Codertocat/Hello-World").unwrap();
-    let engine = Engine::new(github.head_of(&repo, "master"));
-    settle(&engine, "the first head", |o| matches!(o, Output::Ok(_))).await;
+    let (gh, _ctx, github, engine) = master_head("token-refresh").await;
     let listings = || gh.seen("/app/installations").len();
     let (listed, minted) = (listings(), gh.world.lock().unwrap().minted);
     // The connection breaks in the middle of an answer.

@@ -242,8 +242,9 @@ fn deployer_local_deploys_itself_and_finishes_after_being_killed_mid_update() {
         // No login configured: the operator logs in with the admin token
         // the deployer made in its state directory (nobody else may act).
         let token = std::fs::read_to_string(work.join("state/web-admin-token")).expect("the admin token file");
-        chrome.navigate(&format!("{base}/admin-login?token={}", token.trim())).await;
-        chrome.wait_for("location.pathname === '/' || null").await;
+        chrome.navigate(&format!("{base}/admin-login")).await;
+        chrome.eval(&format!("location.href = '/admin-login?token={}'", token.trim())).await;
+        chrome.wait_for("(document.readyState === 'complete' && location.pathname === '/') || null").await;
         let text = service_row(&mut chrome, &format!("{base}/services"), SERVICE, &["converged", &hash2[..8]]).await;
         assert!(text.contains("chives.caelum.ci.dev") && text.contains("deploy.ci.dev"), "{text}");
         assert!(text.contains(&short(&image2)), "the running image's digest: {text}");

@@ -334,6 +334,19 @@ fn ca_params(cn: &str) -> CertificateParams {
     p
 }
 
+/// An endpoint certificate's parameters, as `albatross-client generate`
+/// makes them (CN "server", no SAN), with EKU serverAuth or with no EKU.
+fn server_params(server_auth: bool) -> CertificateParams {
+    let mut sp = CertificateParams::default();
+    sp.distinguished_name.push(DnType::CommonName, "server");
+    sp.is_ca = IsCa::ExplicitNoCa;
+    if server_auth {
+        sp.key_usages = vec![KeyUsagePurpose::DigitalSignature, KeyUsagePurpose::KeyEncipherment];
+        sp.extended_key_usages = vec![rcgen::ExtendedKeyUsagePurpose::ServerAuth];
+    }
+    sp
+}
+
 impl Pki {
     /// Makes one in `dir`.
     pub fn make(dir: &Path) -> Pki {
@@ -343,12 +356,7 @@ impl Pki {
         let root_issuer_key_pem = root_key.serialize_pem();
         let root_issuer = Issuer::new(ca_params("test root"), root_key);
         let server_key = KeyPair::generate_for(&rcgen::PKCS_ECDSA_P256_SHA256).unwrap();
-        let mut sp = CertificateParams::default();
-        sp.distinguished_name.push(DnType::CommonName, "server");
-        sp.is_ca = IsCa::ExplicitNoCa;
-        sp.key_usages = vec![KeyUsagePurpose::DigitalSignature, KeyUsagePurpose::KeyEncipherment];
-        sp.extended_key_usages = vec![rcgen::ExtendedKeyUsagePurpose::ServerAuth];
-        let server = sp.signed_by(&server_key, &root_issuer).unwrap();
+        let server = server_params(true).signed_by(&server_key, &root_issuer).unwrap();
         let operator_key = KeyPair::generate_for(&rcgen::PKCS_ED25519).unwrap();
         let operator = ca_params("deployer").signed_by(&operator_key, &root_issuer).unwrap();
         let stranger_key = KeyPair::generate_for(&rcgen::PKCS_ED25519).unwrap();
@@ -380,12 +388,7 @@ impl Pki {
     ) -> (Vec<rustls::pki_types::CertificateDer<'static>>, rustls::pki_types::PrivateKeyDer<'static>) {
         let issuer = Issuer::from_ca_cert_der(&self.operator_der, KeyPair::from_pem(&self.operator_key).unwrap()).unwrap();
         let key = KeyPair::generate_for(&rcgen::PKCS_ECDSA_P256_SHA256).unwrap();
-        let mut sp = CertificateParams::default();
-        sp.distinguished_name.push(DnType::CommonName, "server");
-        sp.is_ca = IsCa::ExplicitNoCa;
-        sp.key_usages = vec![KeyUsagePurpose::DigitalSignature, KeyUsagePurpose::KeyEncipherment];
-        sp.extended_key_usages = vec![rcgen::ExtendedKeyUsagePurpose::ServerAuth];
-        let leaf = sp.signed_by(&key, &issuer).unwrap();
+        let leaf = server_params(true).signed_by(&key, &issuer).unwrap();
         (
             vec![leaf.der().clone(), self.operator_der.clone()],
             rustls::pki_types::PrivateKeyDer::Pkcs8(key.serialize_der().into()),
@@ -396,16 +399,11 @@ impl Pki {
     /// extended key usage (not made to be a server's).
     pub fn server_without_eku(
         &self,
-        dir: &Path,
     ) -> (Vec<rustls::pki_types::CertificateDer<'static>>, rustls::pki_types::PrivateKeyDer<'static>) {
-        let _ = dir;
         let root_key = KeyPair::from_pem(&self.root_key).unwrap();
         let issuer = Issuer::from_ca_cert_der(&self.root_der, root_key).unwrap();
         let key = KeyPair::generate_for(&rcgen::PKCS_ECDSA_P256_SHA256).unwrap();
-        let mut sp = CertificateParams::default();
-        sp.distinguished_name.push(DnType::CommonName, "server");
-        sp.is_ca = IsCa::ExplicitNoCa;
-        let leaf = sp.signed_by(&key, &issuer).unwrap();
+        let leaf = server_params(false).signed_by(&key, &issuer).unwrap();
         (vec![leaf.der().clone()], rustls::pki_types::PrivateKeyDer::Pkcs8(key.serialize_der().into()))
     }
 
