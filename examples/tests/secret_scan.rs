@@ -7,7 +7,8 @@
 //! API response is read. Then every byte it wrote (state directory: SQLite,
 //! job logs, indexes), served and printed (stderr) is searched for each
 //! secret in its raw, URL-encoded, base64, JSON-escaped forms and its
-//! halves (a secret split over a line cut): there must be no hit.
+//! halves (a secret split over a line cut): there must be no hit. Its log
+//! (`-v --log-format json`) is JSON lines, and is scanned too.
 
 use std::io::{Read, Write};
 use std::net::TcpListener;
@@ -198,6 +199,8 @@ fn no_secret_reaches_any_byte_the_deployer_writes_serves_or_prints() {
         .arg(format!("--albatross-client-ca={}", ca_pem.display()))
         .arg(format!("--albatross-client-ca-key={}", ca_key.display()))
         .arg("--poll-every=1")
+        .arg("--log-format=json")
+        .arg("-v")
         .stdout(Stdio::null())
         .stderr(std::fs::File::create(&stderr_path).unwrap())
         .spawn()
@@ -272,6 +275,14 @@ fn no_secret_reaches_any_byte_the_deployer_writes_serves_or_prints() {
     for (i, s) in served.iter().enumerate() {
         written.push((PathBuf::from(format!("(served #{i})")), s.as_bytes().to_vec()));
     }
+    // The operator sees what happens: JSON lines (one event each) on stderr.
+    let stderr = std::fs::read_to_string(&stderr_path).unwrap();
+    let events: Vec<serde_json::Value> =
+        stderr.lines().filter(|l| l.starts_with('{')).map(|l| serde_json::from_str(l).expect("a JSON line")).collect();
+    assert!(
+        events.iter().any(|e| e["level"] == "ERROR" || e["level"] == "WARN"),
+        "no failure was logged: {stderr}"
+    );
     let total: usize = written.iter().map(|(_, b)| b.len()).sum();
     let all_text: String = written.iter().map(|(_, b)| String::from_utf8_lossy(b).into_owned()).collect();
     assert!(

@@ -55,6 +55,24 @@ pub fn command(mode: Mode) -> Command {
                 .value_parser(flavours::NAMES)
                 .help("Which deployer: tarides (deploy.ci.dev), ocaml (deploy.ci.ocaml.org) or mirage"),
         )
+        .arg(Arg::new("verbose").short('v').long("verbose").action(ArgAction::Count).help(
+            "Print more of what the deployer does (-v: debug, -vv: trace); RUST_LOG, if set, decides instead",
+        ))
+        .arg(
+            Arg::new("verbosity")
+                .long("verbosity")
+                .value_name("LEVEL")
+                .value_parser(["error", "warn", "info", "debug", "trace"])
+                .help("The least severe events printed (default info)"),
+        )
+        .arg(
+            Arg::new("log-format")
+                .long("log-format")
+                .value_name("FORMAT")
+                .value_parser(["human", "json"])
+                .default_value("human")
+                .help("How events are printed on stderr: for people, or as JSON lines"),
+        )
         .arg(
             Arg::new("list-services")
                 .long("list-services")
@@ -536,6 +554,19 @@ fn web_host(url: &str) -> Result<String, String> {
     Ok(host.to_owned())
 }
 
+/// Installs the subscriber the flags ask for (`-v`, `--verbosity`,
+/// `--log-format`; `RUST_LOG` wins over both level flags).
+fn init_logging(m: &ArgMatches) -> Result<(), String> {
+    let level = match (get(m, "verbosity"), m.get_count("verbose")) {
+        (Some(level), _) => level.clone(),
+        (None, 0) => "info".to_owned(),
+        (None, 1) => "debug".to_owned(),
+        (None, _) => "trace".to_owned(),
+    };
+    let format = get(m, "log-format").map_or(Ok(super::logging::Format::Human), |f| f.parse())?;
+    super::logging::init(&level, format)
+}
+
 /// The whole `main` of both binaries: parse, list or build, run. Errors
 /// are one line on stderr, and exit status 2.
 pub fn main(mode: Mode) {
@@ -549,6 +580,10 @@ pub fn main(mode: Mode) {
             }
         }
         return;
+    }
+    if let Err(e) = init_logging(&m) {
+        eprintln!("error: {e}");
+        std::process::exit(2);
     }
     let runtime = match tokio::runtime::Runtime::new() {
         Ok(r) => r,

@@ -6,6 +6,7 @@
 pub mod cli;
 pub mod flavours;
 pub mod inventory;
+pub mod logging;
 pub mod overview;
 pub mod pipeline;
 pub mod services;
