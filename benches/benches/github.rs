@@ -82,11 +82,7 @@ fn main() {
         .join(format!("bench-github-{}", std::process::id()));
     let _ = std::fs::remove_dir_all(&dir);
     std::fs::create_dir_all(&dir).unwrap();
-    let payload = std::fs::read(concat!(
-        env!("CARGO_MANIFEST_DIR"),
-        "/../deployer-github/tests/payloads/push.branch-created.json"
-    ))
-    .unwrap();
+    let payload = fake_github::payload("push.branch-created.json");
     let signature = sign(SECRET, &payload);
     rt.block_on(async {
         let gh = fake_github::FakeGitHub::start(&dir).await;

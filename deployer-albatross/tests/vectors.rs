@@ -1,7 +1,8 @@
-//! Every test vector (tests/vectors, copied from the project's shared
-//! reference: upstream ones taken from albatross's own tests, derived ones
-//! from an independent encoder) round-trips byte for byte, and the derived
-//! commands are what this crate builds from typed values.
+//! Every test vector (`albatross-vectors` in the project's shared
+//! reference, `../shared` beside the checkout: upstream ones taken from
+//! albatross's own tests, derived ones from an independent encoder)
+//! round-trips byte for byte, and the derived commands are what this crate
+//! builds from typed values.
 
 use std::borrow::Cow;
 use std::collections::BTreeSet;
@@ -9,8 +10,16 @@ use std::path::{Path, PathBuf};
 
 use deployer_albatross::message::*;
 
+/// `../shared/albatross-vectors/<dir>` beside the workspace (CI lays
+/// `shared` there; `DEPLOYER_SHARED` names another place). Missing is a
+/// loud failure, not a skipped test.
 fn vectors(dir: &str) -> PathBuf {
-    Path::new(env!("CARGO_MANIFEST_DIR")).join("tests/vectors").join(dir)
+    let shared = std::env::var_os("DEPLOYER_SHARED")
+        .map(PathBuf::from)
+        .unwrap_or_else(|| Path::new(env!("CARGO_MANIFEST_DIR")).join("../../shared"));
+    let path = shared.join("albatross-vectors").join(dir);
+    assert!(path.is_dir(), "{} is missing: the shared reference must be beside the checkout", path.display());
+    path
 }
 
 fn hex(bytes: &[u8]) -> String {

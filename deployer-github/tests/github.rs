@@ -16,7 +16,7 @@ use deployer_core::{Config, Context, Current, Engine, Output, Secret, Value, Var
 use deployer_github::login::GitHubLogin;
 use deployer_github::{sign, Auth, CheckStatus, CiRef, DeploymentState, GitHub, Protection, Repo, Rerequest, State};
 use deployer_web::{Login, Site};
-use support::fake_github::{FakeGitHub, APP_ID};
+use support::fake_github::{self, payload, FakeGitHub, APP_ID};
 
 const SECRET: &str = "webhook secret for the tests";
 
@@ -26,10 +26,6 @@ fn work(name: &str) -> PathBuf {
     let _ = std::fs::remove_dir_all(&dir);
     std::fs::create_dir_all(&dir).unwrap();
     dir
-}
-
-fn payload(name: &str) -> Vec<u8> {
-    std::fs::read(Path::new(env!("CARGO_MANIFEST_DIR")).join("tests/payloads").join(name)).unwrap()
 }
 
 fn sha(n: u32) -> String {
@@ -274,7 +270,7 @@ async fn signed_webhooks_refresh_heads_and_bad_ones_change_nothing() {
     engine.step();
     assert_eq!(reads(), after_first, "a replayed delivery read the head again");
     // Every payload of the set is accepted when signed.
-    for entry in std::fs::read_dir(Path::new(env!("CARGO_MANIFEST_DIR")).join("tests/payloads")).unwrap() {
+    for entry in std::fs::read_dir(fake_github::payloads_dir()).unwrap() {
         let path = entry.unwrap().path();
         let name = path.file_name().unwrap().to_string_lossy().into_owned();
         if !name.ends_with(".json") {

@@ -528,3 +528,21 @@ async fn user(State(c): State<Ctx>, headers: HeaderMap) -> Response {
         (StatusCode::UNAUTHORIZED, Json(json!({"message": "Bad credentials"}))).into_response()
     }
 }
+
+/// The real webhook payload `name` from the project's shared reference
+/// (`../shared/github-payloads` beside the workspace, where CI lays it;
+/// `DEPLOYER_SHARED` names another place). Missing is a loud failure.
+pub fn payload(name: &str) -> Vec<u8> {
+    let path = payloads_dir().join(name);
+    std::fs::read(&path).unwrap_or_else(|e| panic!("{}: {e}", path.display()))
+}
+
+/// Where the shared webhook payloads are.
+pub fn payloads_dir() -> std::path::PathBuf {
+    let shared = std::env::var_os("DEPLOYER_SHARED")
+        .map(std::path::PathBuf::from)
+        .unwrap_or_else(|| Path::new(env!("CARGO_MANIFEST_DIR")).join("../../shared"));
+    let dir = shared.join("github-payloads");
+    assert!(dir.is_dir(), "{} is missing: the shared reference must be beside the checkout", dir.display());
+    dir
+}
