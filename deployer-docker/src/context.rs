@@ -53,35 +53,75 @@ pub enum Endpoint {
 }
 
 impl Endpoint {
-    /// Reads a `DOCKER_HOST`-style address.
+    /// Reads a `DOCKER_HOST`-style address as the docker CLI does: empty is
+    /// the default socket; no scheme is `tcp://`; `unix://` alone is the
+    /// default socket; `tcp://` alone is `localhost`; a missing host is
+    /// `localhost` and a missing port 2375 (2376 with TLS); a port that is
+    /// not a number is refused. Unlike the CLI, an address with a path
+    /// (`tcp://h:2375/base`, or a bare `/var/run/docker.sock`, which the CLI
+    /// would read as `tcp://localhost:2375/var/run/docker.sock`) is refused
+    /// with the reason, not used.
     pub fn parse(address: &str, tls: Option<TlsFiles>) -> Result<Endpoint, DockerError> {
         let bad = |why: &str| DockerError::Config(format!("the Docker host {address:?}: {why}"));
-        if let Some(path) = address.strip_prefix("unix://") {
-            if !path.starts_with('/') {
-                return Err(bad("a unix:// socket needs an absolute path"));
-            }
-            return Ok(Endpoint::Unix(PathBuf::from(path)));
+        let trimmed = address.trim();
+        if trimmed.is_empty() {
+            return Ok(Endpoint::Unix(PathBuf::from(DEFAULT_SOCKET)));
         }
-        if let Some(rest) = address.strip_prefix("tcp://").or_else(|| address.strip_prefix("https://")) {
-            let hostport = rest.trim_end_matches('/');
-            if hostport.is_empty() || hostport.contains('/') {
-                return Err(bad("expected tcp://host:port"));
+        let (scheme, rest) = trimmed.split_once("://").unwrap_or(("tcp", trimmed));
+        match scheme {
+            "unix" => {
+                if rest.is_empty() {
+                    return Ok(Endpoint::Unix(PathBuf::from(DEFAULT_SOCKET)));
+                }
+                if !rest.starts_with('/') || rest.contains("://") {
+                    return Err(bad("a unix:// socket needs an absolute path"));
+                }
+                Ok(Endpoint::Unix(PathBuf::from(rest)))
             }
-            let hostport = if hostport.rsplit_once(':').is_some_and(|(_, p)| p.parse::<u16>().is_ok()) {
-                hostport.to_owned()
-            } else {
-                format!("{hostport}:{}", if tls.is_some() { 2376 } else { 2375 })
-            };
-            return Ok(Endpoint::Tcp { address: hostport, tls });
-        }
-        if let Some(rest) = address.strip_prefix("ssh://") {
-            let destination = rest.trim_end_matches('/');
-            if destination.is_empty() || destination.contains('/') {
-                return Err(bad("expected ssh://[user@]host[:port]"));
+            "tcp" | "https" => {
+                let default_port = if tls.is_some() { 2376 } else { 2375 };
+                let hostport = rest.strip_suffix('/').unwrap_or(rest);
+                if hostport.contains('/') {
+                    return Err(bad("expected tcp://host:port (a path after it, or a bare path, is not used here: \
+                                    a socket is unix:///path)"));
+                }
+                let (host, port) = split_host_port(hostport).ok_or_else(|| bad("expected tcp://host:port"))?;
+                let host = if host.is_empty() { "localhost" } else { host };
+                let port = match port {
+                    None | Some("") => default_port,
+                    Some(p) => p.parse::<u16>().map_err(|_| bad(&format!("{p:?} is not a port")))?,
+                };
+                let host = if host.contains(':') && !host.starts_with('[') { format!("[{host}]") } else { host.to_owned() };
+                Ok(Endpoint::Tcp { address: format!("{host}:{port}"), tls })
             }
-            return Ok(Endpoint::Ssh { destination: destination.to_owned(), socket: DEFAULT_SOCKET.to_owned() });
+            "ssh" => {
+                let destination = rest.trim_end_matches('/');
+                if destination.is_empty() || destination.contains('/') {
+                    return Err(bad("expected ssh://[user@]host[:port]"));
+                }
+                Ok(Endpoint::Ssh { destination: destination.to_owned(), socket: DEFAULT_SOCKET.to_owned() })
+            }
+            _ => Err(bad("expected unix://, tcp:// or ssh://")),
         }
-        Err(bad("expected unix://, tcp:// or ssh://"))
+    }
+}
+
+/// `host[:port]` or `[v6][:port]`: the host (brackets kept) and the port
+/// text after a `:`, if any. `None` for an unclosed bracket or a bare IPv6
+/// address (ambiguous: where would its port be?).
+fn split_host_port(hostport: &str) -> Option<(&str, Option<&str>)> {
+    if hostport.starts_with('[') {
+        let close = hostport.find(']')?;
+        let (host, after) = hostport.split_at(close + 1);
+        return match after {
+            "" => Some((host, None)),
+            a => Some((host, Some(a.strip_prefix(':')?))),
+        };
+    }
+    match hostport.matches(':').count() {
+        0 => Some((hostport, None)),
+        1 => hostport.split_once(':').map(|(h, p)| (h, Some(p))),
+        _ => None,
     }
 }
 
@@ -245,9 +285,37 @@ mod tests {
             Endpoint::parse("ssh://root@watch.ocaml.org", None).unwrap(),
             Endpoint::Ssh { destination: "root@watch.ocaml.org".into(), socket: DEFAULT_SOCKET.into() }
         );
-        for bad in ["unix://relative", "ftp://x", "tcp://", "ssh://h/path", "/var/run/docker.sock"] {
+        for bad in ["unix://relative", "ftp://x", "ssh://h/path", "/var/run/docker.sock"] {
             assert!(Endpoint::parse(bad, None).is_err(), "{bad}");
         }
+    }
+
+    /// `DOCKER_HOST` values this parser used to read otherwise than the
+    /// docker CLI (moby's `opts/hosts.go`, `ParseTCPAddr` and
+    /// `parseSimpleProtoAddr`) does.
+    #[test]
+    fn docker_host_values_as_the_cli_reads_them() {
+        let tcp = |address: &str| Endpoint::Tcp { address: address.into(), tls: None };
+        let cases = [
+            ("tcp://host:", tcp("host:2375")),
+            ("tcp://:2375", tcp("localhost:2375")),
+            ("tcp://", tcp("localhost:2375")),
+            ("10.0.0.2:2376", tcp("10.0.0.2:2376")),
+            ("builder", tcp("builder:2375")),
+            ("tcp://[::1]:2375", tcp("[::1]:2375")),
+            ("tcp://[::1]", tcp("[::1]:2375")),
+            ("tcp://[::1]:", tcp("[::1]:2375")),
+            ("unix://", Endpoint::Unix(DEFAULT_SOCKET.into())),
+            ("", Endpoint::Unix(DEFAULT_SOCKET.into())),
+        ];
+        for (text, want) in cases {
+            assert_eq!(Endpoint::parse(text, None).unwrap_or_else(|e| panic!("{text}: {e}")), want, "{text}");
+        }
+        for bad in ["tcp://host:notaport", "tcp://host:99999", "tcp://[::1", "tcp://::1:2375", "tcp://h:1/base"] {
+            assert!(Endpoint::parse(bad, None).is_err(), "{bad} was accepted");
+        }
+        let e = Endpoint::parse("tcp://host:notaport", None).unwrap_err().to_string();
+        assert!(e.contains("\"notaport\" is not a port"), "{e}");
     }
 
     #[test]

@@ -49,12 +49,67 @@ pub struct ImageRef {
     digest: Option<String>,
 }
 
+/// The registry of Docker Hub as older clients name it.
+const LEGACY_DOCKER_HUB: &str = "index.docker.io";
+
+/// The longest name (`registry/repository`) Docker accepts.
+const NAME_MAX: usize = 255;
+
+/// A path component as Docker's grammar has it: lower-case alphanumerics,
+/// separated by one `.`, one `_`, `__`, or one or more `-`.
 fn path_component_ok(c: &str) -> bool {
-    // lower-case alphanumerics, separated by '.', '_', '__' or '-'s.
-    !c.is_empty()
-        && c.bytes().all(|b| b.is_ascii_lowercase() || b.is_ascii_digit() || b == b'.' || b == b'_' || b == b'-')
-        && c.bytes().next().is_some_and(|b| b.is_ascii_alphanumeric())
-        && c.bytes().last().is_some_and(|b| b.is_ascii_alphanumeric())
+    let b = c.as_bytes();
+    let alnum = |x: u8| x.is_ascii_lowercase() || x.is_ascii_digit();
+    if b.is_empty() || !alnum(b[0]) || !alnum(b[b.len() - 1]) {
+        return false;
+    }
+    let mut i = 0;
+    while i < b.len() {
+        if alnum(b[i]) {
+            i += 1;
+            continue;
+        }
+        let start = i;
+        while i < b.len() && !alnum(b[i]) {
+            i += 1;
+        }
+        let sep = &c[start..i];
+        if !(sep == "." || sep == "_" || sep == "__" || sep.bytes().all(|x| x == b'-')) {
+            return false;
+        }
+    }
+    true
+}
+
+/// A registry as Docker's grammar has it: a host name of components
+/// (`[A-Za-z0-9]`, `-` inside), or an IPv6 address in brackets (no zone),
+/// and an optional `:port`.
+fn registry_ok(r: &str) -> bool {
+    let (host, port) = if let Some(rest) = r.strip_prefix('[') {
+        let Some((ip, after)) = rest.split_once(']') else { return false };
+        if ip.is_empty() || !ip.bytes().all(|b| b.is_ascii_hexdigit() || b == b':') {
+            return false;
+        }
+        match after {
+            "" => return true,
+            a => match a.strip_prefix(':') {
+                Some(port) => ("ok", port),
+                None => return false,
+            },
+        }
+    } else {
+        match r.rsplit_once(':') {
+            Some((h, p)) => (h, p),
+            None => (r, "0"),
+        }
+    };
+    let component = |c: &str| {
+        !c.is_empty()
+            && c.bytes().all(|b| b.is_ascii_alphanumeric() || b == b'-')
+            && !c.starts_with('-')
+            && !c.ends_with('-')
+    };
+    !port.is_empty() && port.bytes().all(|b| b.is_ascii_digit()) && host.split('.').all(component)
 }
 
 impl ImageRef {
@@ -92,15 +147,31 @@ impl ImageRef {
                 return bad("the tag is not [A-Za-z0-9_.-]{1,128} (not starting with '.' or '-')");
             }
         }
+        // Docker's rule: the first component is a registry if it has a '.'
+        // or a ':', is `localhost`, or has an upper-case letter.
         let (registry, path) = match name.split_once('/') {
-            Some((first, path)) if first.contains(['.', ':']) || first == "localhost" => (first.to_owned(), path),
+            Some((first, path))
+                if first.contains(['.', ':']) || first == "localhost" || first.bytes().any(|b| b.is_ascii_uppercase()) =>
+            {
+                (first.to_owned(), path)
+            }
             _ => (DOCKER_HUB.to_owned(), name),
         };
+        if !registry_ok(&registry) {
+            return bad("the registry is not a host name (or [IPv6] address) with an optional :port");
+        }
+        let registry = if registry == LEGACY_DOCKER_HUB { DOCKER_HUB.to_owned() } else { registry };
+        if path.len() == 64 && path.bytes().all(|b| b.is_ascii_hexdigit() && !b.is_ascii_uppercase()) {
+            return bad("a 64-digit hexadecimal string is an image id, not a repository name");
+        }
         if path.is_empty() || !path.split('/').all(path_component_ok) {
             return bad("the repository path is not lower-case components separated by '/'");
         }
         let repository =
             if registry == DOCKER_HUB && !path.contains('/') { format!("library/{path}") } else { path.to_owned() };
+        if registry.len() + 1 + repository.len() > NAME_MAX {
+            return bad("the name is longer than 255 characters");
+        }
         Ok(ImageRef { original: reference.to_owned(), registry, repository, tag, digest })
     }
 
@@ -219,9 +290,45 @@ mod tests {
         let r = ImageRef::parse("localhost:5000/a/b").unwrap();
         assert_eq!((r.registry(), r.repository(), r.name()), ("localhost:5000", "a/b", "localhost:5000/a/b"));
         assert_eq!(r.with_digest(&d), format!("localhost:5000/a/b@{d}"));
-        for bad in ["", "-x", "UPPER/case", "a b", "x:", "x:-t", "x@sha256:abc", "x@md5:00", "a//b", "x:tag:more"] {
+        for bad in ["", "-x", "UPPER", "a b", "x:", "x:-t", "x@sha256:abc", "x@md5:00", "a//b", "x:tag:more"] {
             assert!(ImageRef::parse(bad).is_err(), "{bad}");
         }
+    }
+
+    /// The cases where this parser used to read a reference otherwise than
+    /// Docker (distribution/reference's `ParseNormalizedNamed`) does.
+    #[test]
+    fn references_that_docker_normalises_or_refuses() {
+        let parts = |s: &str| {
+            let r = ImageRef::parse(s).unwrap_or_else(|e| panic!("{s}: {e}"));
+            (r.registry().to_owned(), r.repository().to_owned())
+        };
+        // The legacy name of Docker Hub is Docker Hub (its credentials apply).
+        assert_eq!(parts("index.docker.io/debian"), ("docker.io".into(), "library/debian".into()));
+        assert_eq!(parts("index.docker.io/ocurrent/x"), ("docker.io".into(), "ocurrent/x".into()));
+        assert_eq!(parts("docker.io/debian"), ("docker.io".into(), "library/debian".into()));
+        // An upper-case first component is a registry, as in Docker.
+        assert_eq!(parts("Foo/bar"), ("Foo".into(), "bar".into()));
+        assert_eq!(parts("[2001:db8::1]:5000/app"), ("[2001:db8::1]:5000".into(), "app".into()));
+        assert_eq!(parts("[::1]/app"), ("[::1]".into(), "app".into()));
+        assert_eq!(parts("a__b/c-d--e.f_g"), ("docker.io".into(), "a__b/c-d--e.f_g".into()));
+        for bad in [
+            "dock..er/app",            // an empty domain component
+            "-reg.io/app",             // a component starting with '-'
+            "[fe80::1%eth0]:5000/app", // a zone in an IPv6 registry
+            "reg.io:port/app",         // a port that is no number
+            "a..b",                    // two separators in a path component
+            "a___b",                   // three underscores
+            "a.-b",                    // mixed separators
+        ] {
+            assert!(ImageRef::parse(bad).is_err(), "{bad} was accepted");
+        }
+        // A bare 64-digit hex string is an image id.
+        assert!(ImageRef::parse(&"ab".repeat(32)).unwrap_err().why.contains("image id"));
+        // Docker's 255-character name limit.
+        let long = format!("reg.io/{}", "a".repeat(250));
+        assert!(ImageRef::parse(&long).unwrap_err().why.contains("255"));
+        assert!(ImageRef::parse(&format!("reg.io/{}", "a".repeat(248))).is_ok());
     }
 
     #[test]
