@@ -11,20 +11,21 @@ use std::time::Duration;
 use crate::error::SshError;
 use crate::host::{home, Host, Identity};
 use crate::known_hosts::HostKeyPolicy;
-use crate::pattern::wildcard;
+use crate::pattern::{wildcard, wildcard_exact};
 
 /// Include depth at which a loop is assumed.
 const MAX_DEPTH: usize = 16;
 
-/// Whether a `Host` line's patterns name `alias`.
+/// Whether a `Host` line's patterns name `alias`, compared as typed (in
+/// the same case), as OpenSSH does (`ssh -G` shows it).
 fn host_matches(patterns: &[String], alias: &str) -> bool {
     let mut matched = false;
     for p in patterns {
         if let Some(negated) = p.strip_prefix('!') {
-            if wildcard(negated.as_bytes(), alias.as_bytes()) {
+            if wildcard_exact(negated.as_bytes(), alias.as_bytes()) {
                 return false;
             }
-        } else if wildcard(p.as_bytes(), alias.as_bytes()) {
+        } else if wildcard_exact(p.as_bytes(), alias.as_bytes()) {
             matched = true;
         }
     }
@@ -155,8 +156,10 @@ fn expand_tilde(path: &str) -> PathBuf {
     }
 }
 
-/// `%h`, `%p`, `%r`, `%u`, `%d`, `%%` and a leading `~/` in a path.
-fn expand(value: &str, host: &Host) -> PathBuf {
+/// `%h`, `%p`, `%r`, `%u` (the login name of the user running this, as
+/// OpenSSH takes it, not `$USER`), `%d`, `%%` and a leading `~/` in a
+/// path. Any other `%` token is an error, as in OpenSSH.
+fn expand(value: &str, host: &Host) -> Result<PathBuf, SshError> {
     let mut out = String::new();
     let mut chars = value.chars();
     while let Some(c) = chars.next() {
@@ -168,17 +171,16 @@ fn expand(value: &str, host: &Host) -> PathBuf {
             Some('h') => out.push_str(&host.hostname),
             Some('p') => out.push_str(&host.port.to_string()),
             Some('r') => out.push_str(&host.user),
-            Some('u') => out.push_str(&std::env::var("USER").unwrap_or_default()),
+            Some('u') => out.push_str(&crate::host::login_name()),
             Some('d') => out.push_str(&home().unwrap_or_default().to_string_lossy()),
             Some('%') => out.push('%'),
             Some(other) => {
-                out.push('%');
-                out.push(other);
+                return Err(SshError::Config(format!("{value:?}: %{other} is not a token this reads (%h %p %r %u %d %%)")))
             }
-            None => out.push('%'),
+            None => return Err(SshError::Config(format!("{value:?}: a '%' at the end"))),
         }
     }
-    expand_tilde(&out)
+    Ok(expand_tilde(&out))
 }
 
 fn seconds(keyword: &str, value: &str) -> Result<Duration, SshError> {
@@ -206,7 +208,8 @@ pub(crate) fn resolve(alias: &str, path: &Path) -> Result<Host, SshError> {
         host = host.port(port);
     }
     if !settings.identity_files.is_empty() {
-        let files: Vec<PathBuf> = settings.identity_files.iter().map(|f| expand(f, &host)).collect();
+        let files: Vec<PathBuf> =
+            settings.identity_files.iter().map(|f| expand(f, &host)).collect::<Result<_, _>>()?;
         let found = files.iter().find(|f| f.exists()).ok_or_else(|| {
             let names: Vec<String> = files.iter().map(|f| f.display().to_string()).collect();
             SshError::Config(format!("host {alias}: none of its IdentityFile exists ({})", names.join(", ")))
@@ -216,11 +219,11 @@ pub(crate) fn resolve(alias: &str, path: &Path) -> Result<Host, SshError> {
         match settings.get("identityagent") {
             None | Some("none") => {}
             Some("SSH_AUTH_SOCK") => host.identity = Identity::Agent(None),
-            Some(socket) => host.identity = Identity::Agent(Some(expand(socket, &host))),
+            Some(socket) => host.identity = Identity::Agent(Some(expand(socket, &host)?)),
         }
     }
     let known = match settings.get("userknownhostsfile") {
-        Some(file) => expand(file, &host),
+        Some(file) => expand(file, &host)?,
         None => home().unwrap_or_default().join(".ssh").join("known_hosts"),
     };
     host.host_keys = match settings.get("stricthostkeychecking").map(str::to_ascii_lowercase).as_deref() {
@@ -324,6 +327,43 @@ mod tests {
         // Checking against /dev/null (nothing known) is no hole: it refuses.
         let config = write(&dir, "config", "Host box\n\tUserKnownHostsFile /dev/null\n");
         assert!(matches!(resolve("box", &config).unwrap().host_keys, HostKeyPolicy::KnownHosts(_)));
+    }
+
+    /// Where this reader used to differ from OpenSSH: `Host` patterns
+    /// compared in any case, `%u` from `$USER`, unknown `%` tokens kept as
+    /// text, shell characters accepted in `User`. The `Host` rule is
+    /// checked against the real `ssh -G` when it is installed (Debian's
+    /// openssh-client: scripts/test installs it).
+    #[test]
+    fn host_patterns_tokens_and_users_as_openssh_reads_them() {
+        let dir = tmp("openssh");
+        let config = write(&dir, "config", "Host MyBox\n\tHostName 10.1.2.3\nHost *\n\tUser fallback\n");
+        let typed = resolve("MyBox", &config).unwrap();
+        let other_case = resolve("mybox", &config).unwrap();
+        assert_eq!(typed.hostname, "10.1.2.3");
+        assert_eq!(other_case.hostname, "mybox", "a pattern in another case does not match");
+        if let Ok(out) = std::process::Command::new("ssh").arg("-G").arg("-F").arg(&config).arg("mybox").output() {
+            if out.status.success() {
+                let text = String::from_utf8_lossy(&out.stdout);
+                assert!(text.lines().any(|l| l == "hostname mybox"), "OpenSSH reads it otherwise:\n{text}");
+            }
+        }
+        // %u is the login name of this process's user, whatever $USER says.
+        let expected = crate::host::login_name();
+        let config = write(&dir, "config", &format!("Host u\n\tIdentityFile {}/id_%u\n", dir.display()));
+        std::fs::write(dir.join(format!("id_{expected}")), "key").unwrap();
+        let h = resolve("u", &config).unwrap();
+        assert!(matches!(&h.identity, Identity::KeyFile { path, .. } if path.ends_with(format!("id_{expected}"))));
+        // An unknown token is an error, not text.
+        let config = write(&dir, "config", "Host z\n\tIdentityFile ~/id_%Z\n");
+        let e = resolve("z", &config).err().expect("%Z refused").to_string();
+        assert!(e.contains("%Z is not a token"), "{e}");
+        // A user with shell characters is refused.
+        for user in ["a;b", "a$(id)", "a`id`", "a|b", "a'b"] {
+            let config = write(&dir, "config", &format!("Host s\n\tUser {user}\n"));
+            let e = resolve("s", &config).err().unwrap_or_else(|| panic!("{user} accepted")).to_string();
+            assert!(e.contains("shell characters"), "{user}: {e}");
+        }
     }
 
     #[test]

@@ -61,6 +61,12 @@ fn check_word(what: &str, word: &str) -> Result<(), SshError> {
     if word.starts_with('-') || word.chars().any(|c| c.is_whitespace() || c.is_control() || c == '/') {
         return Err(SshError::Config(format!("the {what} {word:?} is not a valid name")));
     }
+    // OpenSSH (9.6 and later) refuses user names with shell characters,
+    // which would reach a shell through `%r` in a ProxyCommand or a remote
+    // command line.
+    if what == "user" && word.chars().any(|c| "'`\"$\\;&<>|()".contains(c)) {
+        return Err(SshError::Config(format!("the user {word:?} contains shell characters")));
+    }
     Ok(())
 }
 
@@ -71,7 +77,28 @@ pub(crate) fn home() -> Option<PathBuf> {
 
 /// The current user's name, the default login.
 fn current_user() -> String {
-    std::env::var("USER").or_else(|_| std::env::var("LOGNAME")).unwrap_or_else(|_| "root".to_owned())
+    login_name()
+}
+
+/// The login name of the user running this process, as OpenSSH takes it
+/// (from the password database by user id, not from `$USER`, which anyone
+/// can set): the owner of `/proc/self` looked up in `/etc/passwd`; `$USER`
+/// or `$LOGNAME` only where that cannot be read.
+pub(crate) fn login_name() -> String {
+    use std::os::unix::fs::MetadataExt;
+    let by_uid = std::fs::metadata("/proc/self").ok().and_then(|m| {
+        let uid = m.uid().to_string();
+        let passwd = std::fs::read_to_string("/etc/passwd").ok()?;
+        passwd.lines().find_map(|l| {
+            let mut f = l.split(':');
+            let (name, _, id) = (f.next()?, f.next()?, f.next()?);
+            (id == uid).then(|| name.to_owned())
+        })
+    });
+    by_uid
+        .or_else(|| std::env::var("USER").ok())
+        .or_else(|| std::env::var("LOGNAME").ok())
+        .unwrap_or_else(|| "root".to_owned())
 }
 
 impl Host {
