@@ -118,7 +118,12 @@ impl Remote {
         }
         let rest = self.0.split_once("://")?.1;
         let host = authority(rest).rsplit('@').next()?;
-        Some(host.split(':').next().unwrap_or(host)).filter(|h| !h.is_empty())
+        let host = match host.strip_prefix('[') {
+            // `ssh://[::1]:22/repo`: the address in brackets.
+            Some(v6) => v6.split(']').next().unwrap_or(v6),
+            None => host.split(':').next().unwrap_or(host),
+        };
+        Some(host).filter(|h| !h.is_empty())
     }
 
     /// A short name for labels: the last path component, without `.git`.
@@ -169,12 +174,34 @@ fn scp_like(url: &str) -> Option<(&str, &str)> {
     if url.contains("://") || url.starts_with('/') {
         return None;
     }
-    let (before, path) = url.split_once(':')?;
+    // As git's `host_end`: a host in brackets (`[::1]`, `user@[::1]`,
+    // `[host:22]`) may hold colons; the separator is the first ':' after it.
+    let bracket = url.find("@[").map(|i| i + 1).or_else(|| url.starts_with('[').then_some(0));
+    let (before, path) = match bracket {
+        Some(open) => {
+            let close = open + url[open..].find(']')?;
+            let (before, rest) = url.split_at(close + 1);
+            (before, rest.strip_prefix(':')?)
+        }
+        None => url.split_once(':')?,
+    };
     if before.contains('/') || path.is_empty() || path.starts_with('-') {
         return None;
     }
-    let host = before.rsplit('@').next()?;
+    let host = bracketed_host(before.rsplit('@').next()?);
     (!host.is_empty() && !host.starts_with('-')).then_some((host, path))
+}
+
+/// The host of `[::1]`, `[host:22]` (git reads a port there) or `host`.
+fn bracketed_host(text: &str) -> &str {
+    let Some(inner) = text.strip_prefix('[').and_then(|t| t.strip_suffix(']')) else { return text };
+    if inner.parse::<std::net::Ipv6Addr>().is_ok() {
+        return inner;
+    }
+    match inner.rsplit_once(':') {
+        Some((host, port)) if !port.is_empty() && port.bytes().all(|b| b.is_ascii_digit()) => host,
+        _ => inner,
+    }
 }
 
 impl TryFrom<String> for Remote {
@@ -413,6 +440,25 @@ mod tests {
         let r = Remote::new("git@github.com:o/app.git").unwrap();
         assert_eq!((r.host(), r.short_name(), r.is_local()), (Some("github.com"), "app", false));
         assert_eq!(r.join("../lib.git").unwrap().as_str(), "git@github.com:o/lib.git");
+    }
+
+    /// Remotes with IPv6 addresses and bracketed hosts, read for their host
+    /// as git's `host_end` reads them (the host decides which token goes
+    /// with a fetch and whether an untrusted submodule is on the same forge).
+    #[test]
+    fn bracketed_hosts_are_read_as_git_reads_them() {
+        for (url, host) in [
+            ("ssh://[::1]/srv/repo.git", "::1"),
+            ("ssh://git@[::1]:2222/srv/repo.git", "::1"),
+            ("https://[2001:db8::7]:8443/o/r.git", "2001:db8::7"),
+            ("user@[::1]:repo.git", "::1"),
+            ("[::1]:repo.git", "::1"),
+            ("[host.example:123]:src.git", "host.example"),
+            ("git@[forge.example]:o/r.git", "forge.example"),
+        ] {
+            let r = Remote::new(url).unwrap_or_else(|e| panic!("{url}: {e}"));
+            assert_eq!(r.host(), Some(host), "{url}");
+        }
     }
 
     #[test]
