@@ -264,3 +264,37 @@ async fn the_site_answers_to_the_web_url_and_needs_the_admin_token() {
         assert!(e.message().contains(want), "{flag}: {}", e.message());
     }
 }
+
+/// Flavours issue 5: services of one name on two hosts (`infra_opam_live`
+/// on two opam hosts) or sharing one URI (`infra_www1`/`infra_www2` on
+/// `ocaml.org`) must not put two values on one key in one step: each
+/// service's Slack notice and GitHub deployment record has a key of its own.
+#[test]
+fn every_service_notice_and_deployment_record_has_its_own_key() {
+    use deployer_examples::deployer::pipeline::{environments, notice_key};
+    for name in flavours::NAMES {
+        let flavour = flavours::by_name(name).unwrap();
+        let services: Vec<(String, String)> = flavour
+            .repos
+            .iter()
+            .flat_map(|r| r.images.iter())
+            .flat_map(|d| d.deployments.iter())
+            .flat_map(|x| x.services.iter())
+            .map(|s| (s.host.clone(), s.name.clone()))
+            .collect();
+        let envs = environments(&flavour);
+        let mut seen_env = std::collections::BTreeSet::new();
+        let mut seen_notice = std::collections::BTreeSet::new();
+        for (host, service) in &services {
+            let env = &envs[&(host.clone(), service.clone())];
+            assert!(seen_env.insert(env.clone()), "{name}: two services record deployments to {env:?}");
+            let key = notice_key(host, service);
+            assert!(seen_notice.insert(key.clone()), "{name}: two services post Slack notices as {key:?}");
+        }
+    }
+    let ocaml = environments(&flavours::by_name("ocaml").unwrap());
+    let www1 = &ocaml[&("v3b.ocaml.org".to_owned(), "infra_www1".to_owned())];
+    assert_eq!(www1, "ocaml.org (infra_www1 on v3b.ocaml.org)");
+    let check = &ocaml[&("check.ci.ocaml.org".to_owned(), "infra_opam-health-check".to_owned())];
+    assert_eq!(check, "check.ci.ocaml.org", "a URI of one service stays as it is");
+}

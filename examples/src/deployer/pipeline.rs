@@ -5,7 +5,7 @@
 //! deployment record and a Slack notice per service; unikernels built and
 //! deployed through albatross; scheduled pulls and SSH jobs.
 
-use std::collections::BTreeMap;
+use std::collections::{BTreeMap, BTreeSet};
 
 use deployer_albatross::{Albatross, Daemon, Unikernel};
 use deployer_core::{with_context, Context, Current, Error, Output, Schedule};
@@ -72,6 +72,7 @@ pub fn pipeline(flavour: &Flavour, plan: &Plan) -> Result<Current<()>, Error> {
         })?],
     };
     let mut stages = Vec::new();
+    let envs = environments(flavour);
     if plan.pr_checks {
         // GitHub's "Re-run" on a check: every job of that commit runs again.
         let ctx = plan.ctx.clone();
@@ -87,7 +88,7 @@ pub fn pipeline(flavour: &Flavour, plan: &Plan) -> Result<Current<()>, Error> {
         stages.push(plan.github.repository_access(watched).ignore_value());
     }
     for spec in repos {
-        stages.push(repo_pipeline(plan, spec)?);
+        stages.push(repo_pipeline(plan, spec, &envs)?);
     }
     if plan.filter.is_none() {
         for p in &flavour.pulls {
@@ -114,7 +115,7 @@ pub fn pipeline(flavour: &Flavour, plan: &Plan) -> Result<Current<()>, Error> {
 }
 
 /// One repository's stages, grouped under its name.
-fn repo_pipeline(plan: &Plan, spec: &RepoSpec) -> Result<Current<()>, Error> {
+fn repo_pipeline(plan: &Plan, spec: &RepoSpec, envs: &Environments) -> Result<Current<()>, Error> {
     let repo = Repo::parse(&spec.full_name()).map_err(|e| Error::msg(e.to_string()))?;
     let group = Current::constant_labelled(&spec.full_name(), ());
     with_context(&group, || {
@@ -137,7 +138,7 @@ fn repo_pipeline(plan: &Plan, spec: &RepoSpec) -> Result<Current<()>, Error> {
         for d in &spec.images {
             let extra = extra_args(plan, &d.extra_args)?;
             for x in &d.deployments {
-                parts.push(deploy_image(plan, spec, &head(&x.branch), d, &extra, x)?);
+                parts.push(deploy_image(plan, spec, &head(&x.branch), d, &extra, x, envs)?);
             }
         }
         for u in &spec.unikernels {
@@ -219,6 +220,7 @@ fn deploy_image(
     d: &DockerSpec,
     extra: &Current<BTreeMap<String, String>>,
     x: &Deployment,
+    envs: &Environments,
 ) -> Result<Current<()>, Error> {
     let (head, source) = (&at.head, &at.source);
     let mut images = Vec::new();
@@ -260,7 +262,10 @@ fn deploy_image(
         parts.push(deployed.state_hidden().map(move |o: &Output<Deployed>| {
             inventory.note_now(key.clone(), o, |d| (d.image.digest().to_owned(), Some(d.at)))
         }));
-        let environment = s.uri.clone().unwrap_or_else(|| s.name.clone());
+        let environment = envs
+            .get(&(s.host.clone(), s.name.clone()))
+            .cloned()
+            .unwrap_or_else(|| s.uri.clone().unwrap_or_else(|| s.name.clone()));
         let state = deployed.catch_hidden().map(move |r: &Result<Deployed, Error>| match r {
             Ok(d) => DeploymentState {
                 ok: true,
@@ -277,10 +282,47 @@ fn deploy_image(
             parts.push(plan.github.deployment(&label, head, &environment, &state).ignore_value());
         }
         if let Some(slack) = &plan.slack {
-            parts.push(notice(slack, &plan.web_url, head, &s.name, &deployed));
+            parts.push(notice(slack, &plan.web_url, head, &s.host, &s.name, &deployed));
         }
     }
     Ok(Current::all(parts).ignore_value())
+}
+
+/// The GitHub deployment environment of each service, by (host, service):
+/// its URI (or name), and where two services share that, the URI with the
+/// service and its host (`ocaml.org (infra_www1 on ocaml-www1)`), so that
+/// no two services record deployments under one key.
+pub type Environments = BTreeMap<(String, String), String>;
+
+/// See [`Environments`].
+pub fn environments(flavour: &Flavour) -> Environments {
+    let services: Vec<&super::spec::Service> = flavour
+        .repos
+        .iter()
+        .flat_map(|r| r.images.iter())
+        .flat_map(|d| d.deployments.iter())
+        .flat_map(|x| x.services.iter())
+        .collect();
+    let plain = |s: &super::spec::Service| s.uri.clone().unwrap_or_else(|| s.name.clone());
+    let mut count: BTreeMap<String, BTreeSet<(String, String)>> = BTreeMap::new();
+    for s in &services {
+        count.entry(plain(s)).or_default().insert((s.host.clone(), s.name.clone()));
+    }
+    services
+        .iter()
+        .map(|s| {
+            let env = plain(s);
+            let shared = count.get(&env).is_some_and(|c| c.len() > 1);
+            let env = if shared { format!("{env} ({} on {})", s.name, s.host) } else { env };
+            ((s.host.clone(), s.name.clone()), env)
+        })
+        .collect()
+}
+
+/// The Slack message key of the service (or unikernel) `name` on `host`:
+/// one per (host, name), as two hosts may run services of one name.
+pub fn notice_key(host: &str, name: &str) -> String {
+    format!("deploy-{host}-{name}")
 }
 
 /// "Deploy <commit> as NAME: state", posted when it changes.
@@ -288,6 +330,7 @@ fn notice<T: deployer_core::Value>(
     slack: &Slack,
     web_url: &str,
     head: &Current<CiRef>,
+    host: &str,
     name: &str,
     deployed: &Current<T>,
 ) -> Current<()> {
@@ -307,7 +350,7 @@ fn notice<T: deployer_core::Value>(
         };
         format!("Deploy {commit} as {}: {}", deployer_slack::escape(&name_), deployer_slack::link(&web, &state))
     });
-    slack.post(&format!("notify {name}"), &format!("deploy-{name}"), &message)
+    slack.post(&format!("notify {name} on {host}"), &notice_key(host, name), &message)
 }
 
 /// A unikernel deploy: built on the deployer's Docker, copied out of the
@@ -339,7 +382,7 @@ fn deploy_unikernel(
         inventory.note_now(key.clone(), o, |r| (r.digest.clone(), None))
     }));
     if let Some(slack) = &plan.slack {
-        parts.push(notice(slack, &plan.web_url, &at.head, name, &running));
+        parts.push(notice(slack, &plan.web_url, &at.head, daemon.name(), name, &running));
     }
     Ok(Current::all(parts).ignore_value())
 }
