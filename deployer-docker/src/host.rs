@@ -136,6 +136,7 @@ pub struct HostPool {
     pub(crate) hosts: Vec<DockerHost>,
     pub(crate) pool: Pool,
     pub(crate) busy: Arc<std::sync::Mutex<Vec<bool>>>,
+    pub(crate) timeout: Option<std::time::Duration>,
 }
 
 impl HostPool {
@@ -147,7 +148,17 @@ impl HostPool {
             pool: Pool::new(&format!("docker-{arch}"), n.max(1)),
             busy: Arc::new(std::sync::Mutex::new(vec![false; n])),
             hosts,
+            timeout: None,
         }
+    }
+
+    /// Builds on this pool that run longer than `limit` are stopped (the
+    /// request is closed, so the daemon stops the build) and fail with
+    /// "Timed out (after …)". Upstream gives builds 50 minutes, riscv64
+    /// twice that. Set it before the pool's first build.
+    pub fn build_timeout(mut self, limit: std::time::Duration) -> HostPool {
+        self.timeout = Some(limit);
+        self
     }
 
     /// The architecture.

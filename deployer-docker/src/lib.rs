@@ -470,7 +470,7 @@ impl Docker {
                             git: self.git.clone(),
                             target: build::Target::Pool(pool.clone()),
                             level: Level::Average,
-                            timeout: None,
+                            timeout: pool.timeout,
                         },
                     )
                 })

@@ -514,3 +514,41 @@ async fn a_file_is_copied_out_of_an_image() {
     let left = run(docker_cli(s).args(["ps", "-aq", "--filter"]).arg(format!("ancestor={}", id.as_str())));
     assert!(left.is_empty(), "containers left: {left}");
 }
+
+/// Flavours issue 2: a build on a pool with a time limit that runs past it
+/// fails clearly ("Timed out (after 3 s)") and is stopped on the daemon (the
+/// build's container is gone soon after).
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_build_past_its_pools_time_limit_fails_and_stops_on_the_daemon() {
+    let s = services();
+    let d = dir("timeout");
+    let ctx = Context::open(&d.join("state"), Config::default()).unwrap();
+    let (docker, _) = docker(&ctx, &d);
+    let pool = docker.pool("amd64", vec![docker.unix("slow-builder", &s.socket).unwrap()]).build_timeout(Duration::from_secs(3));
+    let context = d.join("slow");
+    busybox_context(&context, "slow", SERVE);
+    let marker = format!("3{}.5", std::process::id() % 1000);
+    std::fs::write(
+        context.join("Dockerfile"),
+        format!("FROM scratch\nCOPY busybox /bin/busybox\nRUN [\"/bin/busybox\", \"sleep\", \"{marker}\"]\n"),
+    )
+    .unwrap();
+    let source = Current::constant(BuildSource::Dir(context));
+    let started = std::time::Instant::now();
+    let engine = Engine::new(docker.build_on_pool("slow build", &pool, &source, BuildOptions::default()));
+    let out = settle(&engine, "the timed-out build", 60, |o| o.err().is_some()).await;
+    let message = out.err().unwrap().message().to_owned();
+    assert!(message.contains("Timed out (after 3 s)"), "{message}");
+    assert!(started.elapsed() < Duration::from_secs(30), "it took {:?}", started.elapsed());
+    // The daemon stops the build: no container sleeps on.
+    let deadline = std::time::Instant::now() + Duration::from_secs(20);
+    loop {
+        let ps = docker_cli(s).args(["ps", "--no-trunc", "--format", "{{.Command}}"]).output().unwrap();
+        let running = String::from_utf8_lossy(&ps.stdout).contains(&marker);
+        if !running {
+            break;
+        }
+        assert!(std::time::Instant::now() < deadline, "the build's container still runs {marker} after 20 s");
+        tokio::time::sleep(Duration::from_millis(500)).await;
+    }
+}

@@ -398,7 +398,7 @@ pub fn build(mode: Mode, m: &ArgMatches) -> Result<Deployer, Error> {
         .into_iter()
         .map(|a| {
             let hosts = by_arch.remove(&a).unwrap_or_else(|| vec![local.clone()]);
-            (a, docker.pool(a.docker(), hosts))
+            (a, docker.pool(a.docker(), hosts).build_timeout(a.build_timeout()))
         })
         .collect();
     let albatross = albatross(m, &ctx, flavour.albatross.as_deref())?;

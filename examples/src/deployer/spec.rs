@@ -27,7 +27,19 @@ pub enum Arch {
     Riscv64,
 }
 
+/// How long a build may take, as upstream sets it: 50 minutes.
+pub const BUILD_TIMEOUT: Duration = Duration::from_secs(50 * 60);
+
 impl Arch {
+    /// How long a build for this architecture may take: [`BUILD_TIMEOUT`],
+    /// doubled for riscv64 (slow hardware), as upstream's pipeline does.
+    pub fn build_timeout(self) -> Duration {
+        match self {
+            Arch::Riscv64 => BUILD_TIMEOUT * 2,
+            _ => BUILD_TIMEOUT,
+        }
+    }
+
     /// Every architecture.
     pub const ALL: [Arch; 5] = [Arch::X86_64, Arch::Arm64, Arch::Ppc64, Arch::S390x, Arch::Riscv64];
 
