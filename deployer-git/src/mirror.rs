@@ -292,3 +292,32 @@ impl Mirrors {
         Ok(subs)
     }
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn sub(url: &str, n: u32) -> (String, CommitId) {
+        let id = CommitId::new(url, "HEAD", &format!("{n:040x}")).unwrap();
+        (format!("deps/s{n}"), id)
+    }
+
+    #[test]
+    fn an_untrusted_commit_has_few_shallow_same_forge_https_submodules() {
+        let parent = CommitId::new("https://github.com/o/app.git", "refs/pull/1/head", &"a".repeat(40)).unwrap();
+        let mut count = 0;
+        let mut policy = Untrusted { host: Some("github.com".into()), count: &mut count };
+        let ok: Vec<_> = (0..MAX_UNTRUSTED_SUBMODULES as u32).map(|n| sub("https://github.com/o/lib.git", n)).collect();
+        assert!(policy.check(&parent, &ok, 0).is_ok());
+        let e = policy.check(&parent, &[sub("https://github.com/o/one-more.git", 99)], 1).unwrap_err();
+        assert!(e.message().contains("more than 16 submodules"), "{}", e.message());
+        let mut count = 0;
+        let mut policy = Untrusted { host: Some("github.com".into()), count: &mut count };
+        let e = policy.check(&parent, &[sub("https://github.com/o/deep.git", 1)], MAX_UNTRUSTED_DEPTH).unwrap_err();
+        assert!(e.message().contains("nested more than 2 deep"), "{}", e.message());
+        for url in ["https://gitlab.com/o/lib.git", "http://github.com/o/lib.git", "git://github.com/o/lib.git"] {
+            let e = policy.check(&parent, &[sub(url, 2)], 0).unwrap_err();
+            assert!(e.message().contains("only https:// on github.com"), "{url}: {}", e.message());
+        }
+    }
+}
