@@ -298,3 +298,40 @@ fn every_service_notice_and_deployment_record_has_its_own_key() {
     let check = &ocaml[&("check.ci.ocaml.org".to_owned(), "infra_opam-health-check".to_owned())];
     assert_eq!(check, "check.ci.ocaml.org", "a URI of one service stays as it is");
 }
+
+/// Flavours issue 9 (in part): no box of a flavour's diagram is labelled
+/// with an internal name (`map`, `pair`, `+ +`): every box says what it is.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn no_box_is_labelled_with_an_internal_name() {
+    let (_listener, silent) = silent_api();
+    for name in flavours::NAMES {
+        let dir = work(&format!("labels-{name}"));
+        let (key, webhook, slack) = secrets(&dir);
+        let args = vec![
+            "deployer".to_owned(),
+            format!("--flavour={name}"),
+            format!("--state-dir={}", dir.join("state").display()),
+            "--docker=unix:///nonexistent/docker.sock".into(),
+            format!("--github-api={silent}"),
+            "--github-app-id=1".into(),
+            format!("--github-private-key-file={}", key.display()),
+            format!("--github-webhook-secret-file={}", webhook.display()),
+            format!("--slack={}", slack.display()),
+            "--albatross-socket=/nonexistent/albatross.sock".into(),
+        ];
+        let m = command(Mode::Full).try_get_matches_from(args).unwrap();
+        let deployer = build(Mode::Full, &m).unwrap_or_else(|e| panic!("{name}: {}", e.message()));
+        let engine = Engine::new(deployer.pipeline.clone());
+        engine.step();
+        let all =
+            Expanded::from_pairs(deployer.flavour.repos.iter().map(|r| ("repo", format!("{}-builds", r.full_name()))));
+        let diagram = engine.diagram(&all);
+        let internal: Vec<&str> = diagram
+            .boxes
+            .iter()
+            .map(|b| b.label.as_str())
+            .filter(|l| ["map", "pair", "bind", "+ +", "+", "all", "list_map", "try_map"].contains(l) || l.is_empty())
+            .collect();
+        assert!(internal.is_empty(), "{name}: boxes labelled {internal:?}");
+    }
+}
