@@ -91,7 +91,8 @@ impl Endpoint {
                     None | Some("") => default_port,
                     Some(p) => p.parse::<u16>().map_err(|_| bad(&format!("{p:?} is not a port")))?,
                 };
-                let host = if host.contains(':') && !host.starts_with('[') { format!("[{host}]") } else { host.to_owned() };
+                let host =
+                    if host.contains(':') && !host.starts_with('[') { format!("[{host}]") } else { host.to_owned() };
                 Ok(Endpoint::Tcp { address: format!("{host}:{port}"), tls })
             }
             "ssh" => {

@@ -151,7 +151,9 @@ impl ImageRef {
         // or a ':', is `localhost`, or has an upper-case letter.
         let (registry, path) = match name.split_once('/') {
             Some((first, path))
-                if first.contains(['.', ':']) || first == "localhost" || first.bytes().any(|b| b.is_ascii_uppercase()) =>
+                if first.contains(['.', ':'])
+                    || first == "localhost"
+                    || first.bytes().any(|b| b.is_ascii_uppercase()) =>
             {
                 (first.to_owned(), path)
             }

@@ -413,7 +413,15 @@ mod tests {
         for yes in ["127.0.0.1", "127.1.2.3:5000", "[::1]:5000", "[::1]", "LOCALHOST:80"] {
             assert!(is_loopback(yes), "{yes}");
         }
-        for no in ["127.example.com:5000", "127.0.0.1.nip.io:5000", "localhost.evil.example", "[::2]:5000", "10.0.0.1:5000", "[::1]x:5000", "::1"] {
+        for no in [
+            "127.example.com:5000",
+            "127.0.0.1.nip.io:5000",
+            "localhost.evil.example",
+            "[::2]:5000",
+            "10.0.0.1:5000",
+            "[::1]x:5000",
+            "::1",
+        ] {
             assert!(!is_loopback(no), "{no}");
         }
         assert_eq!(sha256(b""), "sha256:e3b0c44298fc1c149afbf4c8996fb92427ae41e4649b934ca495991b7852b855");

@@ -417,7 +417,9 @@ async fn registry_credentials_from_config_json_and_wrong_ones_fail_without_showi
     let out = settle(&engine, "the untrusted build", 120, |o| !matches!(o, Output::Active(_))).await;
     let message = out.err().unwrap_or_else(|| panic!("the fork's build pulled the private image")).message().to_owned();
     assert!(
-        message.contains("unauthorized") || message.contains("authentication required") || message.contains("no basic auth"),
+        message.contains("unauthorized")
+            || message.contains("authentication required")
+            || message.contains("no basic auth"),
         "{message}"
     );
     let trusted = docker.build("build the live branch", &host, &fork_source, pulling);
@@ -524,7 +526,9 @@ async fn a_build_past_its_pools_time_limit_fails_and_stops_on_the_daemon() {
     let d = dir("timeout");
     let ctx = Context::open(&d.join("state"), Config::default()).unwrap();
     let (docker, _) = docker(&ctx, &d);
-    let pool = docker.pool("amd64", vec![docker.unix("slow-builder", &s.socket).unwrap()]).build_timeout(Duration::from_secs(3));
+    let pool = docker
+        .pool("amd64", vec![docker.unix("slow-builder", &s.socket).unwrap()])
+        .build_timeout(Duration::from_secs(3));
     let context = d.join("slow");
     busybox_context(&context, "slow", SERVE);
     let marker = format!("3{}.5", std::process::id() % 1000);

@@ -204,7 +204,6 @@ impl Mirrors {
         let pin = format!("refs/deployer/commits/{}", id.hash);
         job.exec(self.git(None).arg("-C").arg(mirror).args(["update-ref", &pin, id.hash.as_str()])).await
     }
-
 }
 
 /// The limits on an untrusted commit's submodules, while it is fetched.
@@ -235,7 +234,8 @@ impl Untrusted<'_> {
         }
         for (path, sub) in subs {
             let url = sub.repo.as_str();
-            let same_host = sub.repo.host().map(str::to_ascii_lowercase).is_some_and(|h| Some(&h) == self.host.as_ref());
+            let same_host =
+                sub.repo.host().map(str::to_ascii_lowercase).is_some_and(|h| Some(&h) == self.host.as_ref());
             if !url.starts_with("https://") || !same_host {
                 let host = self.host.as_deref().unwrap_or("the superproject's host");
                 return Err(Error::msg(format!(

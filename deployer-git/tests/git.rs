@@ -478,7 +478,11 @@ async fn an_untrusted_commits_hostile_submodules_are_not_fetched() {
         );
         let engine = Engine::new(fetch);
         let out = settle(&engine, url, |o| !matches!(o, Output::Active(_))).await;
-        let e = out.err().unwrap_or_else(|| panic!("{url}: the untrusted commit's submodule was fetched")).message().to_owned();
+        let e = out
+            .err()
+            .unwrap_or_else(|| panic!("{url}: the untrusted commit's submodule was fetched"))
+            .message()
+            .to_owned();
         assert!(e.contains("submodule deps/x") && e.contains("untrusted"), "{url}: {e}");
     }
     assert!(ssh.accept().is_err() && http.accept().is_err(), "something connected to the hosts .gitmodules named");
@@ -489,8 +493,7 @@ async fn an_untrusted_commits_hostile_submodules_are_not_fetched() {
     git(&own, &["commit", "-q", "-m", "our submodule"]);
     let hash = git(&own, &["rev-parse", "HEAD"]);
     let own_id = CommitId::new(own.to_str().unwrap(), "main", &hash).unwrap();
-    let fetch =
-        git_.fetch_with_trust("fetch own", &Current::constant(own_id), &Current::constant(Trust::Operator));
+    let fetch = git_.fetch_with_trust("fetch own", &Current::constant(own_id), &Current::constant(Trust::Operator));
     let engine = Engine::new(fetch);
     let Output::Ok(c) = settle(&engine, "our fetch", is_commit(&hash)).await else { unreachable!() };
     assert_eq!(c.submodules.len(), 1);

@@ -425,7 +425,9 @@ pub(crate) fn without_tokens(text: &str) -> String {
         } else {
             out.push_str(word);
         }
-        after_scheme = bare.eq_ignore_ascii_case("bearer") || bare.eq_ignore_ascii_case("token") || bare.eq_ignore_ascii_case("basic");
+        after_scheme = bare.eq_ignore_ascii_case("bearer")
+            || bare.eq_ignore_ascii_case("token")
+            || bare.eq_ignore_ascii_case("basic");
     }
     if short.len() < text.len() {
         out.push('…');
@@ -446,7 +448,9 @@ fn token_refused(e: &octocrab::Error) -> bool {
 /// one (minting an installation token, say), else its own text.
 fn octocrab_message(e: &octocrab::Error) -> String {
     match e {
-        octocrab::Error::GitHub { source, .. } => format!("{}: {}", source.status_code, without_tokens(&source.message)),
+        octocrab::Error::GitHub { source, .. } => {
+            format!("{}: {}", source.status_code, without_tokens(&source.message))
+        }
         other => without_tokens(&other.to_string()),
     }
 }

@@ -29,9 +29,9 @@ use axum::routing::{get, post};
 use axum::Router;
 use deployer_core::Secret;
 use deployer_web::{ClientAddr, Login, Logout, Role, User};
-use sha2::{Digest, Sha256};
 use serde::Deserialize;
 use serde_json::Value;
+use sha2::{Digest, Sha256};
 
 const SESSION: &str = "deployer_session";
 const STATE: &str = "deployer_oauth_state";
@@ -462,7 +462,8 @@ async fn logout(
     let Some(id) = cookie(&headers, SESSION) else { return redirect("/", Vec::new()) };
     let token = form.ok().and_then(|f| f.0.into_iter().find(|(k, _)| k == "token").map(|(_, v)| v));
     if !token.is_some_and(|t| deployer_web::access::same_token(&t, &logout_token(&id))) {
-        return (StatusCode::FORBIDDEN, "the logout form's token is missing or wrong: reload the page\n").into_response();
+        return (StatusCode::FORBIDDEN, "the logout form's token is missing or wrong: reload the page\n")
+            .into_response();
     }
     login.inner.sessions.lock().unwrap_or_else(|e| e.into_inner()).remove(&id);
     redirect("/", vec![format!("{SESSION}={}", login.cookie_attrs("/", Duration::ZERO))])

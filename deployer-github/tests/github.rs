@@ -555,10 +555,10 @@ async fn logging_in_with_github() {
         let cookie = head.lines().find_map(|l| l.strip_prefix("set-cookie: ")).unwrap().split(';').next().unwrap();
         let cookie = cookie.to_owned();
         let (status, head, body) =
-            http(addr, "GET", &format!("/login/callback?code={code}&state={state}"), &[("Cookie", &cookie)], b"")
-                .await;
+            http(addr, "GET", &format!("/login/callback?code={code}&state={state}"), &[("Cookie", &cookie)], b"").await;
         assert_eq!(status, 303, "{code}: {head}{body}");
-        let session = head.lines().filter_map(|l| l.strip_prefix("set-cookie: ")).find(|c| c.starts_with("deployer_session="));
+        let session =
+            head.lines().filter_map(|l| l.strip_prefix("set-cookie: ")).find(|c| c.starts_with("deployer_session="));
         session.unwrap().split(';').next().unwrap().to_owned()
     };
     let user_of = |session: &str| {
@@ -588,7 +588,11 @@ async fn logging_in_with_github() {
     assert_eq!(status, 405, "GET /logout is no longer a route");
     let body = format!("token={}", form.token);
     let form_headers = |origin: &'static str| {
-        [("Cookie", session.clone()), ("Origin", origin.to_owned()), ("Content-Type", "application/x-www-form-urlencoded".into())]
+        [
+            ("Cookie", session.clone()),
+            ("Origin", origin.to_owned()),
+            ("Content-Type", "application/x-www-form-urlencoded".into()),
+        ]
     };
     let cross = form_headers("http://evil.example");
     let cross: Vec<(&str, &str)> = cross.iter().map(|(k, v)| (*k, v.as_str())).collect();

@@ -175,7 +175,9 @@ fn expand(value: &str, host: &Host) -> Result<PathBuf, SshError> {
             Some('d') => out.push_str(&home().unwrap_or_default().to_string_lossy()),
             Some('%') => out.push('%'),
             Some(other) => {
-                return Err(SshError::Config(format!("{value:?}: %{other} is not a token this reads (%h %p %r %u %d %%)")))
+                return Err(SshError::Config(format!(
+                    "{value:?}: %{other} is not a token this reads (%h %p %r %u %d %%)"
+                )))
             }
             None => return Err(SshError::Config(format!("{value:?}: a '%' at the end"))),
         }
@@ -208,8 +210,7 @@ pub(crate) fn resolve(alias: &str, path: &Path) -> Result<Host, SshError> {
         host = host.port(port);
     }
     if !settings.identity_files.is_empty() {
-        let files: Vec<PathBuf> =
-            settings.identity_files.iter().map(|f| expand(f, &host)).collect::<Result<_, _>>()?;
+        let files: Vec<PathBuf> = settings.identity_files.iter().map(|f| expand(f, &host)).collect::<Result<_, _>>()?;
         let found = files.iter().find(|f| f.exists()).ok_or_else(|| {
             let names: Vec<String> = files.iter().map(|f| f.display().to_string()).collect();
             SshError::Config(format!("host {alias}: none of its IdentityFile exists ({})", names.join(", ")))

@@ -304,7 +304,10 @@ fn resume_point(jobs: &Jobs, id: &str, headers: &HeaderMap) -> (u64, u64, bool) 
     let (Ok(offset), Ok(lines), Ok(start)) = (offset.parse::<u64>(), lines.parse::<u64>(), start.parse::<u8>()) else {
         return from_top;
     };
-    if start > 1 || lines > offset.saturating_add(1) || jobs.log_file(id).ok().and_then(|p| std::fs::metadata(p).ok()).is_none_or(|m| offset > m.len()) {
+    if start > 1
+        || lines > offset.saturating_add(1)
+        || jobs.log_file(id).ok().and_then(|p| std::fs::metadata(p).ok()).is_none_or(|m| offset > m.len())
+    {
         return from_top;
     }
     (offset, lines, start == 1)

@@ -167,9 +167,7 @@ pub(crate) async fn run_action(
     let fields = fields.into_iter().filter(|(k, _)| k != "csrf").collect();
     let request = ActionRequest { who: who.clone(), params: params(&raw), fields };
     match f(request).await {
-        Ok(next) if is_site_path(&next) => {
-            Redirect::to(&next).into_response()
-        }
+        Ok(next) if is_site_path(&next) => Redirect::to(&next).into_response(),
         Ok(_) => error_page(&state, &who, StatusCode::INTERNAL_SERVER_ERROR, "The action redirected off the site."),
         Err(r) => {
             let (status, message) = r.parts();

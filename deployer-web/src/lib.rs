@@ -212,12 +212,7 @@ impl Site {
             name: self.name,
             engine: self.engine,
             ctx: self.ctx,
-            access: access::Access::new(
-                self.login,
-                local,
-                hosts,
-                self.proxy,
-            ),
+            access: access::Access::new(self.login, local, hosts, self.proxy),
             nav: self.nav,
             streams: limits::StreamGate::new(self.limits),
             metrics: metrics::Http::default(),

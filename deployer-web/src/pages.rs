@@ -486,7 +486,8 @@ impl Filter {
             }
         }
         if let Some(v) = non_empty(p.rebuild) {
-            f.rebuild = Some(v.parse().map_err(|_| format!("rebuild must be true or false, not {}", crate::quoted(&v)))?);
+            f.rebuild =
+                Some(v.parse().map_err(|_| format!("rebuild must be true or false, not {}", crate::quoted(&v)))?);
         }
         if let Some(v) = non_empty(p.date) {
             let shaped = v.len() == 10
@@ -497,12 +498,14 @@ impl Filter {
             f.date = Some(v);
         }
         if let Some(v) = non_empty(p.after) {
-            let bad = || format!("after must be <finished>.<row> as given by the Older link, not {}", crate::quoted(&v));
+            let bad =
+                || format!("after must be <finished>.<row> as given by the Older link, not {}", crate::quoted(&v));
             let (a, b) = v.split_once('.').ok_or_else(bad)?;
             f.after = Some(Cursor { finished: a.parse().map_err(|_| bad())?, row: b.parse().map_err(|_| bad())? });
         }
         if let Some(v) = non_empty(p.limit) {
-            let n: usize = v.parse().map_err(|_| format!("limit must be a number from 1 to 1000, not {}", crate::quoted(&v)))?;
+            let n: usize =
+                v.parse().map_err(|_| format!("limit must be a number from 1 to 1000, not {}", crate::quoted(&v)))?;
             if !(1..=1000).contains(&n) {
                 return Err(format!("limit must be a number from 1 to 1000, not {n}"));
             }

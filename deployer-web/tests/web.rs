@@ -20,7 +20,7 @@ use axum::http::{HeaderMap, Request, StatusCode};
 use deployer_core::cache::{BuildCache, Builder};
 use deployer_core::job::JobStatus;
 use deployer_core::{Config, Context, Current, Engine, Error, Job, Level, Pool};
-use deployer_web::{ClientHeader, LocalAdmin, Limits, Login, Role, Site, User};
+use deployer_web::{ClientHeader, Limits, LocalAdmin, Login, Role, Site, User};
 use http_body_util::BodyExt;
 use tokio::sync::Notify;
 use tower::ServiceExt;
@@ -468,8 +468,7 @@ async fn metrics_are_openmetrics_with_escaped_labels_and_latency_histograms() {
 async fn an_admin_starts_a_waiting_job_and_plugins_mount_routes() {
     let s = setup_with("start", Level::Dangerous, Some(Level::Dangerous), None);
     let hook = axum::Router::new().route("/webhooks/test", axum::routing::post(|| async { "hook ran" }));
-    let app =
-        site(&s).mount(hook).nav_link("Webhooks", "/webhooks/test").router();
+    let app = site(&s).mount(hook).nav_link("Webhooks", "/webhooks/test").router();
     let job = wait_for_job(&s.ctx).await;
     let page = send(&app, get(&format!("/job/{job}")), LOCAL).await;
     assert!(page.body.contains("waiting for confirmation") && page.body.contains("id=\"start\""), "{}", page.body);
@@ -564,7 +563,9 @@ async fn added_pages_and_actions_are_guarded_like_the_sites_own() {
     assert_eq!(*acted.lock().unwrap(), [("a".to_owned(), "github:alice".to_owned())]);
     // An action may not send the browser to another site.
     // `/%09/evil.example/` is "/\t/evil.example/": browsers drop the tab.
-    for to in ["//evil.example/x", "/%5Cevil.example", "https://evil.example/", "/%09/evil.example/", "/%0A/evil.example"] {
+    for to in
+        ["//evil.example/x", "/%5Cevil.example", "https://evil.example/", "/%09/evil.example/", "/%0A/evil.example"]
+    {
         let req = with(post_from("/things/a/away", &format!("csrf={token}&to={to}"), &cookie), &alice);
         let reply = send(&app, req, REMOTE).await;
         assert_eq!(reply.status, StatusCode::INTERNAL_SERVER_ERROR, "{to}");
@@ -819,7 +820,9 @@ async fn in_chromium_follow_a_job_watch_its_log_and_rebuild() {
             token.trim()
         ))
         .await;
-    chrome.wait_for("location.pathname === '/' && document.querySelector('.who').textContent.includes('admin') || null").await;
+    chrome
+        .wait_for("location.pathname === '/' && document.querySelector('.who').textContent.includes('admin') || null")
+        .await;
     let href = chrome.wait_for("document.querySelector('svg a[href^=\"/job/\"]')?.getAttribute('href')").await;
     assert_eq!(href, format!("/job/{first_job}"));
     chrome.screenshot(&shots.join("pipeline-laptop.png")).await;

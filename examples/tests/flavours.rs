@@ -256,9 +256,14 @@ async fn the_site_answers_to_the_web_url_and_needs_the_admin_token() {
     assert!(dir.join("state/web-admin-token").exists(), "the token file is made");
     // A bad --web-url or --trust-proxy is one clear line.
     for (flag, want) in [("--web-url=deployer.example", "--web-url"), ("--trust-proxy=1.2.3.4", "--trust-proxy")] {
-        let args = vec!["deployer".to_owned(), "--flavour=tarides".into(), flag.into(),
-            format!("--state-dir={}", dir.join("state2").display()), "--docker=unix:///nonexistent/docker.sock".into(),
-            format!("--github-api={silent}")];
+        let args = vec![
+            "deployer".to_owned(),
+            "--flavour=tarides".into(),
+            flag.into(),
+            format!("--state-dir={}", dir.join("state2").display()),
+            "--docker=unix:///nonexistent/docker.sock".into(),
+            format!("--github-api={silent}"),
+        ];
         let m = command(Mode::Full).try_get_matches_from(args).unwrap();
         let e = build(Mode::Full, &m).err().unwrap_or_else(|| panic!("{flag} accepted"));
         assert!(e.message().contains(want), "{flag}: {}", e.message());

@@ -55,11 +55,8 @@ async fn a_rerun_rebuilds_every_job_of_that_commit_and_only_those() {
     .map(|(repo, hash, arch)| (CommitId::new(repo, "refs/heads/main", hash).unwrap(), arch.to_string()))
     .collect();
     let names: Vec<String> = keys.iter().map(|k| format!("{} {} {}", k.0.repo, k.0.hash, k.1)).collect();
-    let builds: Vec<Current<String>> = keys
-        .iter()
-        .enumerate()
-        .map(|(i, k)| cache.get(&format!("build {i}"), Current::constant(k.clone())))
-        .collect();
+    let builds: Vec<Current<String>> =
+        keys.iter().enumerate().map(|(i, k)| cache.get(&format!("build {i}"), Current::constant(k.clone()))).collect();
     let engine = Engine::new(Current::all(builds));
     let settle = |want: usize| {
         let (engine, counts) = (&engine, counts.clone());

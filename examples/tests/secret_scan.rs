@@ -65,7 +65,9 @@ fn echo_server(status: &'static str) -> String {
                     if let Some(end) = text.find("\r\n\r\n") {
                         let length = text[..end]
                             .lines()
-                            .find_map(|l| l.to_ascii_lowercase().strip_prefix("content-length:").map(|v| v.trim().to_owned()))
+                            .find_map(|l| {
+                                l.to_ascii_lowercase().strip_prefix("content-length:").map(|v| v.trim().to_owned())
+                            })
                             .and_then(|v| v.parse::<usize>().ok())
                             .unwrap_or(0);
                         if request.len() >= end + 4 + length {
@@ -118,7 +120,13 @@ fn forms(secret: &str) -> Vec<String> {
     let b64 = base64::engine::general_purpose::STANDARD;
     let url: String = secret
         .bytes()
-        .map(|b| if b.is_ascii_alphanumeric() || b"-._~".contains(&b) { (b as char).to_string() } else { format!("%{b:02X}") })
+        .map(|b| {
+            if b.is_ascii_alphanumeric() || b"-._~".contains(&b) {
+                (b as char).to_string()
+            } else {
+                format!("%{b:02X}")
+            }
+        })
         .collect();
     let json = serde_json::to_string(secret).unwrap();
     let mut out = vec![
@@ -211,7 +219,11 @@ fn no_secret_reaches_any_byte_the_deployer_writes_serves_or_prints() {
     // pipeline fails, twice over some seconds.
     let deadline = Instant::now() + Duration::from_secs(60);
     while !http(&listen, "GET", "/", &[], b"").starts_with("HTTP/1.1 200") {
-        assert!(Instant::now() < deadline, "the deployer's site did not come up: {}", std::fs::read_to_string(&stderr_path).unwrap_or_default());
+        assert!(
+            Instant::now() < deadline,
+            "the deployer's site did not come up: {}",
+            std::fs::read_to_string(&stderr_path).unwrap_or_default()
+        );
         std::thread::sleep(Duration::from_millis(200));
     }
     let mut served = Vec::new();
@@ -228,12 +240,28 @@ fn no_secret_reaches_any_byte_the_deployer_writes_serves_or_prints() {
             &listen,
             "POST",
             "/webhooks/github",
-            &[("X-GitHub-Event", "push"), ("X-Hub-Signature-256", &signature), ("X-GitHub-Delivery", &format!("scan-{round}"))],
+            &[
+                ("X-GitHub-Event", "push"),
+                ("X-Hub-Signature-256", &signature),
+                ("X-GitHub-Delivery", &format!("scan-{round}")),
+            ],
             push,
         );
         assert!(delivery.starts_with("HTTP/1.1 200"), "{delivery}");
         served.push(delivery);
-        for page in ["/", "/jobs", "/query", "/metrics", "/services", "/login", "/admin-login", "/api/pipeline", "/api/stats", "/api/jobs", "/api/history"] {
+        for page in [
+            "/",
+            "/jobs",
+            "/query",
+            "/metrics",
+            "/services",
+            "/login",
+            "/admin-login",
+            "/api/pipeline",
+            "/api/stats",
+            "/api/jobs",
+            "/api/history",
+        ] {
             served.push(http(&listen, "GET", page, &[], b""));
         }
         // Every job's page and log.
@@ -279,16 +307,18 @@ fn no_secret_reaches_any_byte_the_deployer_writes_serves_or_prints() {
     let stderr = std::fs::read_to_string(&stderr_path).unwrap();
     let events: Vec<serde_json::Value> =
         stderr.lines().filter(|l| l.starts_with('{')).map(|l| serde_json::from_str(l).expect("a JSON line")).collect();
-    assert!(
-        events.iter().any(|e| e["level"] == "ERROR" || e["level"] == "WARN"),
-        "no failure was logged: {stderr}"
-    );
+    assert!(events.iter().any(|e| e["level"] == "ERROR" || e["level"] == "WARN"), "no failure was logged: {stderr}");
     let total: usize = written.iter().map(|(_, b)| b.len()).sum();
     let all_text: String = written.iter().map(|(_, b)| String::from_utf8_lossy(b).into_owned()).collect();
     assert!(
         all_text.contains("[redacted]"),
         "nothing was ever scrubbed: the stand-ins were not reached? {}",
-        served.iter().filter(|s| s.contains("error") || s.contains("fail")).map(|s| &s[..s.len().min(3000)]).collect::<Vec<_>>().join("\n=====\n")
+        served
+            .iter()
+            .filter(|s| s.contains("error") || s.contains("fail"))
+            .map(|s| &s[..s.len().min(3000)])
+            .collect::<Vec<_>>()
+            .join("\n=====\n")
     );
 
     let key_text = std::fs::read_to_string(&app_key).unwrap();

@@ -386,7 +386,8 @@ impl Pki {
     pub fn operator_made_server(
         &self,
     ) -> (Vec<rustls::pki_types::CertificateDer<'static>>, rustls::pki_types::PrivateKeyDer<'static>) {
-        let issuer = Issuer::from_ca_cert_der(&self.operator_der, KeyPair::from_pem(&self.operator_key).unwrap()).unwrap();
+        let issuer =
+            Issuer::from_ca_cert_der(&self.operator_der, KeyPair::from_pem(&self.operator_key).unwrap()).unwrap();
         let key = KeyPair::generate_for(&rcgen::PKCS_ECDSA_P256_SHA256).unwrap();
         let leaf = server_params(true).signed_by(&key, &issuer).unwrap();
         (

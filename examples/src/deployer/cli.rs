@@ -441,7 +441,19 @@ pub fn build(mode: Mode, m: &ArgMatches) -> Result<Deployer, Error> {
         None => None,
         Some(text) => Some(parse_trust_proxy(text).map_err(|e| Error::msg(format!("--trust-proxy {text}: {e}")))?),
     };
-    Ok(Deployer { ctx, flavour, pipeline, github, webhook_secret, login, listen, inventory, daemon, web_url, trust_proxy })
+    Ok(Deployer {
+        ctx,
+        flavour,
+        pipeline,
+        github,
+        webhook_secret,
+        login,
+        listen,
+        inventory,
+        daemon,
+        web_url,
+        trust_proxy,
+    })
 }
 
 /// `ADDR=HEADER`: the proxy's address and the header it sets
