@@ -340,3 +340,53 @@ async fn no_box_is_labelled_with_an_internal_name() {
         assert!(internal.is_empty(), "{name}: boxes labelled {internal:?}");
     }
 }
+
+/// Flavours issue 8 (in part): the seed README's `ocurrent-deployer-local`
+/// command line works with `deployer-local` (webhooks in local mode, `-v`),
+/// and `--confirm none` and `--confirm-auto-release` are read.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn deployer_local_takes_upstreams_command_line() {
+    use tower::ServiceExt;
+    let (_listener, silent) = silent_api();
+    let dir = work("upstream-cli");
+    let (_, webhook, _) = secrets(&dir);
+    let args = vec![
+        "deployer-local".to_owned(),
+        "--confirm=harmless".into(),
+        "--github-webhook-secret-file".into(),
+        webhook.display().to_string(),
+        "--flavour".into(),
+        "tarides".into(),
+        "-v".into(),
+        "ocurrent/ocaml-ci".into(),
+        format!("--state-dir={}", dir.join("state").display()),
+        "--docker=unix:///nonexistent/docker.sock".into(),
+        format!("--github-api={silent}"),
+        "--confirm-auto-release=90".into(),
+    ];
+    let m = command(Mode::Local).try_get_matches_from(args).unwrap_or_else(|e| panic!("{e}"));
+    let deployer = build(Mode::Local, &m).unwrap_or_else(|e| panic!("{}", e.message()));
+    assert_eq!(deployer.ctx.config().confirm(), Some(deployer_core::Level::Harmless));
+    assert_eq!(deployer.auto_release, Some(std::time::Duration::from_secs(90)));
+    // Its webhook endpoint is there (an unsigned delivery is refused, not 404).
+    let engine = Engine::new(deployer.pipeline.clone());
+    let app = deployer.site(engine.handle()).router();
+    let mut req = axum::http::Request::post("/webhooks/github")
+        .header("host", "127.0.0.1:8080")
+        .body(axum::body::Body::from("{}"))
+        .unwrap();
+    req.extensions_mut().insert(axum::extract::ConnectInfo("127.0.0.1:1".parse::<std::net::SocketAddr>().unwrap()));
+    assert_eq!(app.oneshot(req).await.unwrap().status().as_u16(), 401);
+    let args = vec![
+        "deployer-local".to_owned(),
+        "--confirm".into(),
+        "none".into(),
+        "--flavour=tarides".into(),
+        format!("--state-dir={}", dir.join("state2").display()),
+        "--docker=unix:///nonexistent/docker.sock".into(),
+        format!("--github-api={silent}"),
+    ];
+    let m = command(Mode::Local).try_get_matches_from(args).unwrap();
+    let deployer = build(Mode::Local, &m).unwrap_or_else(|e| panic!("{}", e.message()));
+    assert_eq!(deployer.ctx.config().confirm(), None);
+}

@@ -83,8 +83,11 @@ pub fn command(mode: Mode) -> Command {
             Arg::new("confirm")
                 .long("confirm")
                 .value_name("LEVEL")
-                .help("Hold jobs at or above LEVEL for an admin's click: harmless, mostly-harmless, average, above-average, dangerous"),
+                .help("Hold jobs at or above LEVEL for an admin's click: harmless, mostly-harmless, average, above-average, dangerous, or none"),
         )
+        .arg(Arg::new("confirm-auto-release").long("confirm-auto-release").value_name("SECONDS").help(
+            "Drop the --confirm requirement after SECONDS (unless an admin changed the level before)",
+        ))
         .arg(
             Arg::new("state-dir")
                 .long("state-dir")
@@ -172,8 +175,9 @@ pub fn command(mode: Mode) -> Command {
                 .value_name("FILE")
                 .help("That CA's private key (PEM)"),
         );
-    if mode == Mode::Full {
-        cmd = cmd
+    // An App and its webhooks in both modes, as upstream's local mode
+    // takes them; PR checks only in full mode.
+    cmd = cmd
             .arg(Arg::new("github-app-id").long("github-app-id").value_name("ID").help("The GitHub App's id"))
             .arg(
                 Arg::new("github-private-key-file")
@@ -192,7 +196,9 @@ pub fn command(mode: Mode) -> Command {
                     .long("github-webhook-secret-file")
                     .value_name("FILE")
                     .help("The App's webhook secret (deliveries are refused without a valid signature)"),
-            )
+            );
+    if mode == Mode::Full {
+        cmd = cmd
             .arg(
                 Arg::new("github-oauth-client-id")
                     .long("github-oauth-client-id")
@@ -242,6 +248,8 @@ pub struct Deployer {
     pub web_url: String,
     /// The reverse proxy whose client addresses are believed, and its header.
     pub trust_proxy: Option<(std::net::IpAddr, deployer_web::ClientHeader)>,
+    /// When the confirmation requirement is dropped (`--confirm-auto-release`).
+    pub auto_release: Option<std::time::Duration>,
 }
 
 /// A file's content, trimmed; the error names the flag.
@@ -281,13 +289,20 @@ pub fn flavour(m: &ArgMatches) -> Result<Flavour, Error> {
 /// Builds everything from the flags, checking each; nothing runs yet.
 pub fn build(mode: Mode, m: &ArgMatches) -> Result<Deployer, Error> {
     let flavour = flavour(m)?;
-    let confirm = match get(m, "confirm") {
-        None => None,
+    let confirm = match get(m, "confirm").map(String::as_str) {
+        None | Some("none") => None,
         Some(l) => Some(l.parse::<Level>().map_err(|_| {
             Error::msg(format!(
-                "--confirm {l:?}: not a level (harmless, mostly-harmless, average, above-average, dangerous)"
+                "--confirm {l:?}: not a level (harmless, mostly-harmless, average, above-average, dangerous, none)"
             ))
         })?),
+    };
+    let auto_release = match get(m, "confirm-auto-release") {
+        None => None,
+        Some(s) => Some(std::time::Duration::from_secs(
+            s.parse::<u64>()
+                .map_err(|_| Error::msg(format!("--confirm-auto-release {s:?}: not a number of seconds")))?,
+        )),
     };
     let listen: SocketAddr = {
         let l = get(m, "listen").map(String::as_str).unwrap_or("127.0.0.1:8080");
@@ -312,7 +327,7 @@ pub fn build(mode: Mode, m: &ArgMatches) -> Result<Deployer, Error> {
         (Some(_), None) => return Err(Error::msg("--github-app-id needs --github-private-key-file")),
         (None, Some(_)) => return Err(Error::msg("--github-private-key-file needs --github-app-id")),
     };
-    let pr_checks = app.is_some();
+    let pr_checks = app.is_some() && mode == Mode::Full;
     let every = get(m, "poll-every").map(String::as_str).unwrap_or("600");
     let every = every
         .parse::<u64>()
@@ -453,6 +468,7 @@ pub fn build(mode: Mode, m: &ArgMatches) -> Result<Deployer, Error> {
         daemon,
         web_url,
         trust_proxy,
+        auto_release,
     })
 }
 
@@ -548,6 +564,15 @@ impl Deployer {
                 eprintln!("the web UI stopped: {e}");
             }
         });
+        if let Some(after) = self.auto_release {
+            let (release, engine) = (self.ctx.config().auto_release(after), engine.handle());
+            tokio::spawn(async move {
+                if release.await.is_ok() {
+                    tracing::info!("the confirmation requirement was released after {} s", after.as_secs());
+                    engine.wake();
+                }
+            });
+        }
         engine.run().await;
         Ok(())
     }
