@@ -53,6 +53,12 @@ impl From<DockerError> for deployer_core::Error {
     }
 }
 
+impl From<crate::BadReference> for deployer_core::Error {
+    fn from(e: crate::BadReference) -> deployer_core::Error {
+        deployer_core::Error::msg(e.to_string())
+    }
+}
+
 /// The daemon's message in a bollard error (without the request's details).
 pub(crate) fn daemon_message(e: &bollard::errors::Error) -> String {
     use bollard::errors::Error as E;

@@ -334,6 +334,15 @@ mod tests {
     }
 
     #[test]
+    fn a_bad_reference_is_a_pipeline_error_with_its_reason() {
+        fn parse(s: &str) -> Result<ImageRef, deployer_core::Error> {
+            Ok(ImageRef::parse(s)?)
+        }
+        let e = parse("dock..er/app").unwrap_err();
+        assert!(e.message().contains("dock..er/app") && e.message().contains("registry"), "{}", e.message());
+    }
+
+    #[test]
     fn images_show_short() {
         let i = Image(format!("web@sha256:{}", "0123456789ab".repeat(5) + "cdef"));
         assert_eq!(i.short(), "0123456789ab");
