@@ -34,13 +34,12 @@ fn secrets(dir: &Path) -> (PathBuf, PathBuf, PathBuf) {
     (key, dir.join("webhook"), dir.join("slack"))
 }
 
-/// (boxes in the diagram as first drawn, boxes with every repository's
-/// builds expanded, the expanded summary, stats after one step).
-async fn shape(flavour: &str, silent: &str) -> (usize, usize, String, deployer_core::analysis::Stats) {
-    let dir = work(flavour);
-    let (key, webhook, slack) = secrets(&dir);
+/// The full deployer's command line for `flavour`, with an App, webhook
+/// secret and Slack URL made in `dir`, GitHub at `silent`, no Docker.
+fn full_args(flavour: &str, dir: &Path, silent: &str) -> Vec<String> {
+    let (key, webhook, slack) = secrets(dir);
     let p = |p: &Path| p.display().to_string();
-    let args = vec![
+    vec![
         "deployer".to_owned(),
         format!("--flavour={flavour}"),
         format!("--state-dir={}", p(&dir.join("state"))),
@@ -51,7 +50,13 @@ async fn shape(flavour: &str, silent: &str) -> (usize, usize, String, deployer_c
         format!("--github-webhook-secret-file={}", p(&webhook)),
         format!("--slack={}", p(&slack)),
         "--albatross-socket=/nonexistent/albatross.sock".into(),
-    ];
+    ]
+}
+
+/// (boxes in the diagram as first drawn, boxes with every repository's
+/// builds expanded, the expanded summary, stats after one step).
+async fn shape(flavour: &str, silent: &str) -> (usize, usize, String, deployer_core::analysis::Stats) {
+    let args = full_args(flavour, &work(flavour), silent);
     let m = command(Mode::Full).try_get_matches_from(args).unwrap();
     let deployer = build(Mode::Full, &m).unwrap_or_else(|e| panic!("{flavour}: {}", e.message()));
     let engine = Engine::new(deployer.pipeline.clone());
@@ -310,20 +315,7 @@ fn every_service_notice_and_deployment_record_has_its_own_key() {
 async fn no_box_is_labelled_with_an_internal_name() {
     let (_listener, silent) = silent_api();
     for name in flavours::NAMES {
-        let dir = work(&format!("labels-{name}"));
-        let (key, webhook, slack) = secrets(&dir);
-        let args = vec![
-            "deployer".to_owned(),
-            format!("--flavour={name}"),
-            format!("--state-dir={}", dir.join("state").display()),
-            "--docker=unix:///nonexistent/docker.sock".into(),
-            format!("--github-api={silent}"),
-            "--github-app-id=1".into(),
-            format!("--github-private-key-file={}", key.display()),
-            format!("--github-webhook-secret-file={}", webhook.display()),
-            format!("--slack={}", slack.display()),
-            "--albatross-socket=/nonexistent/albatross.sock".into(),
-        ];
+        let args = full_args(name, &work(&format!("labels-{name}")), &silent);
         let m = command(Mode::Full).try_get_matches_from(args).unwrap();
         let deployer = build(Mode::Full, &m).unwrap_or_else(|e| panic!("{name}: {}", e.message()));
         let engine = Engine::new(deployer.pipeline.clone());
