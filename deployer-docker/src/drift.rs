@@ -28,6 +28,9 @@ pub struct LiveService {
     pub updating: bool,
     /// When this was read (Unix milliseconds).
     pub read_at: i64,
+    /// When this process last started deploying the service (Unix
+    /// milliseconds), if it has.
+    pub deploy_started: Option<i64>,
 }
 
 /// Now, in Unix milliseconds (deploys and readings are compared by it).
@@ -43,7 +46,16 @@ async fn read(shared: &Shared, host: &str, name: &str) -> Result<LiveService, Er
     let service = match docker.inspect_service(name, None).await {
         Ok(s) => s,
         Err(e) if is_not_found(&e) => {
-            return Ok(LiveService { exists: false, image: None, running: 0, wanted: 0, updating: false, read_at })
+            let deploy_started = shared.deploy_started(host, name);
+            return Ok(LiveService {
+                exists: false,
+                image: None,
+                running: 0,
+                wanted: 0,
+                updating: false,
+                read_at,
+                deploy_started,
+            });
         }
         Err(e) => {
             return Err(DockerError::Daemon {
@@ -73,7 +85,8 @@ async fn read(shared: &Shared, host: &str, name: &str) -> Result<LiveService, Er
     use bollard::models::ServiceUpdateStatusStateEnum as S;
     let updating = shared.deploying(host, name)
         || matches!(service.update_status.as_ref().and_then(|s| s.state), Some(S::UPDATING | S::ROLLBACK_STARTED));
-    Ok(LiveService { exists: true, image, running, wanted, updating, read_at })
+    let deploy_started = shared.deploy_started(host, name);
+    Ok(LiveService { exists: true, image, running, wanted, updating, read_at, deploy_started })
 }
 
 /// A monitor of `name` on `host`, read every `every` (and on refresh).
@@ -87,9 +100,11 @@ pub(crate) fn monitor(shared: Shared, host: &str, name: &str, every: Duration) -
 
 /// Whether `live` is what `deployed` left; the difference as an error.
 pub(crate) fn check(deployed: &Deployed, live: &LiveService) -> Result<Deployed, Error> {
-    // An update in progress, or a reading from before the deploy (a fresh
-    // one is on its way): nothing to compare yet.
-    if live.updating || live.read_at < deployed.at {
+    // An update in progress, a reading from before the deploy (a fresh one
+    // is on its way), or a deploy newer than the one shown (its outcome is
+    // on its way: the stage still shows the previous one): nothing to
+    // compare yet.
+    if live.updating || live.read_at < deployed.at || live.deploy_started.is_some_and(|s| s > deployed.at) {
         return Ok(deployed.clone());
     }
     if !live.exists {
@@ -127,6 +142,7 @@ mod tests {
             wanted: 2,
             updating: false,
             read_at: 2000,
+            deploy_started: Some(900),
         };
         assert_eq!(check(&d, &ok).unwrap(), d);
         let by_hand = LiveService { image: Some("r/web:debug".into()), ..ok.clone() };
@@ -139,7 +155,13 @@ mod tests {
         assert!(check(&d, &stale).is_ok(), "a reading from before the deploy is not drift");
         let gone = LiveService { exists: false, ..ok.clone() };
         assert!(check(&d, &gone).unwrap_err().message().contains("no longer exists"));
-        let not_yet = LiveService { exists: false, read_at: 500, ..ok };
+        let not_yet = LiveService { exists: false, read_at: 500, ..ok.clone() };
         assert!(check(&d, &not_yet).is_ok(), "before the first deploy the service may not exist yet");
+        // A newer deploy has finished but the stage still shows the one
+        // before (its outcome is on its way): the new image is not drift.
+        let next = LiveService { image: Some("r/web@sha256:bbbb".into()), deploy_started: Some(1500), ..ok };
+        assert!(check(&d, &next).is_ok(), "the next deploy's image is not drift");
+        let next_shown = Deployed { at: 1600, ..d.clone() };
+        assert!(check(&next_shown, &next).is_err(), "once its outcome shows, a difference is drift again");
     }
 }

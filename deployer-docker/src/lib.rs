@@ -87,6 +87,8 @@ struct SharedInner {
     monitors: RwLock<HashMap<(String, String), Monitor<LiveService>>>,
     /// Services a deploy job is working on now.
     deploying: std::sync::Mutex<std::collections::HashSet<(String, String)>>,
+    /// When the last deploy of each service started (Unix milliseconds).
+    deploy_started: std::sync::Mutex<HashMap<(String, String), i64>>,
 }
 
 /// Marks a service as being deployed while it lives.
@@ -169,8 +171,19 @@ impl Shared {
     /// its drift check waits meanwhile.
     pub(crate) fn deploying_guard(&self, host: &str, name: &str) -> Deploying {
         let key = (host.to_owned(), name.to_owned());
+        self.inner.deploy_started.lock().unwrap_or_else(|e| e.into_inner()).insert(key.clone(), drift::now_ms());
         self.inner.deploying.lock().unwrap_or_else(|e| e.into_inner()).insert(key.clone());
         Deploying { shared: self.clone(), key }
+    }
+
+    /// When the last deploy of `name` on `host` by this process started.
+    pub(crate) fn deploy_started(&self, host: &str, name: &str) -> Option<i64> {
+        self.inner
+            .deploy_started
+            .lock()
+            .unwrap_or_else(|e| e.into_inner())
+            .get(&(host.to_owned(), name.to_owned()))
+            .copied()
     }
 
     /// Whether a deploy job is working on `name` on `host`.
@@ -241,6 +254,7 @@ impl Docker {
                 http: std::sync::OnceLock::new(),
                 monitors: RwLock::default(),
                 deploying: std::sync::Mutex::default(),
+                deploy_started: std::sync::Mutex::default(),
             }),
         };
         let build = |target| build::Build {

@@ -178,25 +178,25 @@ pub fn command(mode: Mode) -> Command {
     // An App and its webhooks in both modes, as upstream's local mode
     // takes them; PR checks only in full mode.
     cmd = cmd
-            .arg(Arg::new("github-app-id").long("github-app-id").value_name("ID").help("The GitHub App's id"))
-            .arg(
-                Arg::new("github-private-key-file")
-                    .long("github-private-key-file")
-                    .value_name("FILE")
-                    .help("The GitHub App's private key (PEM)"),
-            )
-            .arg(
-                Arg::new("github-account-allowlist")
-                    .long("github-account-allowlist")
-                    .value_name("ACCOUNTS")
-                    .help("Only these accounts' installations (comma-separated)"),
-            )
-            .arg(
-                Arg::new("github-webhook-secret-file")
-                    .long("github-webhook-secret-file")
-                    .value_name("FILE")
-                    .help("The App's webhook secret (deliveries are refused without a valid signature)"),
-            );
+        .arg(Arg::new("github-app-id").long("github-app-id").value_name("ID").help("The GitHub App's id"))
+        .arg(
+            Arg::new("github-private-key-file")
+                .long("github-private-key-file")
+                .value_name("FILE")
+                .help("The GitHub App's private key (PEM)"),
+        )
+        .arg(
+            Arg::new("github-account-allowlist")
+                .long("github-account-allowlist")
+                .value_name("ACCOUNTS")
+                .help("Only these accounts' installations (comma-separated)"),
+        )
+        .arg(
+            Arg::new("github-webhook-secret-file")
+                .long("github-webhook-secret-file")
+                .value_name("FILE")
+                .help("The App's webhook secret (deliveries are refused without a valid signature)"),
+        );
     if mode == Mode::Full {
         cmd = cmd
             .arg(
