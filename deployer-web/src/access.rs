@@ -606,12 +606,9 @@ mod tests {
     #[test]
     fn a_trusted_proxy_is_believed_only_in_its_one_header_and_its_last_hop() {
         let proxy: SocketAddr = "10.0.0.2:40000".parse().unwrap();
-        let xff = Access::new(
-            None,
-            LocalAdmin::Loopback,
-            default_hosts(None),
-            Some(("10.0.0.2".parse().unwrap(), ClientHeader::XForwardedFor)),
-        );
+        // The loopback rule, behind the proxy at 10.0.0.2 setting `header`.
+        let behind = |header| Access::new(None, LocalAdmin::Loopback, default_hosts(None), Some((proxy.ip(), header)));
+        let xff = behind(ClientHeader::XForwardedFor);
         let role = |a: &Access, pairs: &[(&'static str, &str)]| a.requester(&headers(pairs), Some(proxy)).role;
         assert_eq!(role(&xff, &[("x-forwarded-for", "203.0.113.9, 127.0.0.1")]), Role::Admin);
         assert_eq!(role(&xff, &[("x-forwarded-for", "127.0.0.1, 203.0.113.9")]), Role::Viewer);
@@ -622,21 +619,11 @@ mod tests {
         assert_eq!(role(&xff, &[("x-forwarded-for", "junk")]), Role::Viewer);
         assert_eq!(role(&xff, &[]), Role::Viewer);
         // nginx setting X-Real-IP and passing the client's X-Forwarded-For through.
-        let real = Access::new(
-            None,
-            LocalAdmin::Loopback,
-            default_hosts(None),
-            Some(("10.0.0.2".parse().unwrap(), ClientHeader::XRealIp)),
-        );
+        let real = behind(ClientHeader::XRealIp);
         assert_eq!(role(&real, &[("x-forwarded-for", "127.0.0.1"), ("x-real-ip", "203.0.113.9")]), Role::Viewer);
         assert_eq!(role(&real, &[("x-real-ip", "127.0.0.1"), ("x-real-ip", "203.0.113.9")]), Role::Viewer);
         assert_eq!(role(&real, &[("x-real-ip", "127.0.0.1")]), Role::Admin);
-        let fwd = Access::new(
-            None,
-            LocalAdmin::Loopback,
-            default_hosts(None),
-            Some(("10.0.0.2".parse().unwrap(), ClientHeader::Forwarded)),
-        );
+        let fwd = behind(ClientHeader::Forwarded);
         assert_eq!(role(&fwd, &[("forwarded", "for=127.0.0.1"), ("forwarded", "for=203.0.113.9")]), Role::Viewer);
         assert_eq!(role(&fwd, &[("forwarded", "for=203.0.113.9, For=\"[::1]:4711\"")]), Role::Admin);
         assert_eq!(role(&fwd, &[("x-forwarded-for", "127.0.0.1")]), Role::Viewer);
