@@ -78,6 +78,8 @@ struct HelperAnswer {
 #[derive(Clone)]
 pub(crate) struct Auth {
     given: Arc<RwLock<HashMap<String, Credentials>>>,
+    /// (registry, repository path prefix, credentials).
+    repositories: Arc<RwLock<Vec<(String, String, Credentials)>>>,
     config: Arc<RwLock<Option<PathBuf>>>,
 }
 
@@ -105,7 +107,42 @@ fn register(c: &Credentials) {
 
 impl Auth {
     pub(crate) fn new() -> Auth {
-        Auth { given: Arc::default(), config: Arc::default() }
+        Auth { given: Arc::default(), repositories: Arc::default(), config: Arc::default() }
+    }
+
+    /// Uses `credentials` for the repositories `registry/prefix…`
+    /// (`docker.io`, `ocurrentbuilder/staging`), before any for the whole
+    /// registry; the longest prefix wins.
+    pub(crate) fn set_for_repository(&self, registry: &str, prefix: &str, credentials: Credentials) {
+        register(&credentials);
+        let mut given = self.repositories.write().unwrap_or_else(|e| e.into_inner());
+        given.retain(|(r, p, _)| !(r == registry && p == prefix));
+        given.push((registry.to_owned(), prefix.to_owned(), credentials));
+    }
+
+    /// The credentials for `repository` in `registry`: given for that
+    /// repository (or a path prefix of it), else for the registry.
+    pub(crate) async fn lookup_repository(
+        &self,
+        registry: &str,
+        repository: &str,
+    ) -> Result<Option<Credentials>, DockerError> {
+        let found = {
+            let given = self.repositories.read().unwrap_or_else(|e| e.into_inner());
+            given
+                .iter()
+                .filter(|(r, p, _)| {
+                    r == registry
+                        && (repository == p
+                            || repository.strip_prefix(p.as_str()).is_some_and(|rest| rest.starts_with('/')))
+                })
+                .max_by_key(|(_, p, _)| p.len())
+                .map(|(_, _, c)| c.clone())
+        };
+        match found {
+            Some(c) => Ok(Some(c)),
+            None => self.lookup(registry).await,
+        }
     }
 
     /// Uses `credentials` for `registry`.

@@ -58,6 +58,24 @@ pub struct BuildOptions {
     /// pulled with the deployer's rights.
     #[serde(default, skip_serializing_if = "RegistryAuth::is_default")]
     pub registry_auth: RegistryAuth,
+    /// Build with BuildKit (`DOCKER_BUILDKIT=1`): `RUN --mount=type=cache`
+    /// and `--mount=type=secret`, parallel stages, its progress in the
+    /// log. Else the legacy builder.
+    #[serde(default, skip_serializing_if = "std::ops::Not::not")]
+    pub buildkit: bool,
+    /// The ids of the build secrets the Dockerfile mounts
+    /// (`RUN --mount=type=secret,id=…`), given to
+    /// [`Docker::build_secret`](crate::Docker::build_secret). Needs
+    /// [`buildkit`](BuildOptions::buildkit). Their values are not part of
+    /// the build's key (a new value does not rebuild), and never go with
+    /// an untrusted build ([`RegistryAuth::None`]).
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub secrets: Vec<String>,
+    /// Put the commit's `.git` in the context (a real repository at that
+    /// commit: `git rev-parse HEAD`, `git describe` work), as OCurrent's
+    /// and OCluster's `include_git`. Else only its files.
+    #[serde(default, skip_serializing_if = "std::ops::Not::not")]
+    pub include_git: bool,
 }
 
 /// The registry credentials a build is given (see
@@ -88,6 +106,9 @@ impl Default for BuildOptions {
             pull: false,
             platform: None,
             registry_auth: RegistryAuth::Deployer,
+            buildkit: false,
+            secrets: Vec::new(),
+            include_git: false,
         }
     }
 }
@@ -102,6 +123,11 @@ impl BuildOptions {
     /// credentials go with it.
     pub fn untrusted(self) -> BuildOptions {
         BuildOptions { registry_auth: RegistryAuth::None, ..self }
+    }
+
+    /// The same options, built with BuildKit.
+    pub fn buildkit(self) -> BuildOptions {
+        BuildOptions { buildkit: true, ..self }
     }
 }
 
@@ -208,8 +234,11 @@ impl Build {
 }
 
 impl Build {
-    async fn context(&self, job: &Job, source: &BuildSource) -> Result<TarReader, Error> {
+    async fn context(&self, job: &Job, source: &BuildSource, include_git: bool) -> Result<TarReader, Error> {
         match source {
+            BuildSource::Commit(commit) if include_git => {
+                Ok(TarReader::Git(Some(self.git.tar_context_with_git(job, commit).await?)))
+            }
             BuildSource::Commit(commit) => Ok(TarReader::Git(Some(self.git.tar_context(job, commit).await?))),
             BuildSource::Dir(dir) => {
                 if !dir.is_dir() {
@@ -223,10 +252,24 @@ impl Build {
     }
 
     async fn build_image(&self, job: &Job, host: &DockerHost, key: &BuildKey) -> Result<crate::Image, Error> {
-        let docker = host.client().await?;
         let options = &key.options;
-        let reader = self.context(job, &key.source).await?;
+        if !options.secrets.is_empty() && !options.buildkit {
+            return Err(Error::msg(format!(
+                "build secrets ({}) need BuildKit: set BuildOptions::buildkit",
+                options.secrets.join(", ")
+            )));
+        }
+        if let BuildSource::Dir(_) = &key.source {
+            if options.include_git {
+                return Err(Error::msg("include_git needs a git commit to build, not a directory"));
+            }
+        }
+        let docker = host.client().await?;
+        let reader = self.context(job, &key.source, options.include_git).await?;
         let (reader, finished) = Finishing::new(reader);
+        if options.buildkit {
+            return self.build_with_buildkit(job, host, key, reader, finished).await;
+        }
         let body = bollard::body_try_stream(tokio_util::io::ReaderStream::new(reader));
         let mut builder = bollard::query_parameters::BuildImageOptionsBuilder::new()
             .dockerfile(&options.dockerfile)
@@ -296,8 +339,47 @@ impl Build {
     }
 }
 
+impl Build {
+    async fn build_with_buildkit(
+        &self,
+        job: &Job,
+        host: &DockerHost,
+        key: &BuildKey,
+        reader: Finishing,
+        finished: Finished,
+    ) -> Result<crate::Image, Error> {
+        let options = &key.options;
+        let mut session = crate::buildkit::SessionData::default();
+        match options.registry_auth {
+            RegistryAuth::Deployer => {
+                session.credentials = self.shared.build_credentials().await?;
+                for id in &options.secrets {
+                    let value = self.shared.build_secret(id).ok_or_else(|| {
+                        Error::msg(format!("the build secret {id:?} was not given (Docker::build_secret)"))
+                    })?;
+                    session.secrets.insert(id.clone(), value);
+                }
+            }
+            RegistryAuth::None => {
+                job.log("No registry credentials and no build secrets go with this build (untrusted code)");
+            }
+        }
+        let platform = options.platform.as_deref().map(|p| format!(" for {p}")).unwrap_or_default();
+        job.log(&format!(
+            "Building {} ({}){platform} on {} with BuildKit",
+            describe_source(&key.source),
+            options.dockerfile,
+            host.name()
+        ));
+        let id = crate::buildkit::build(job, host, options, reader, session).await?;
+        finished.check().await.context("sending the build context")?;
+        job.log(&format!("Built {id}"));
+        Ok(crate::Image(id))
+    }
+}
+
 /// A failed build's error, with a hint for a missing Dockerfile.
-fn build_error(host: &DockerHost, options: &BuildOptions, message: &str) -> Error {
+pub(crate) fn build_error(host: &DockerHost, options: &BuildOptions, message: &str) -> Error {
     let message = message.trim();
     if message.contains("Cannot locate specified Dockerfile")
         || message.contains("no such file or directory") && message.contains(&options.dockerfile)

@@ -17,8 +17,15 @@ const API_TIMEOUT: u64 = 600;
 
 struct Connected {
     docker: bollard::Docker,
+    /// The tunnel's local end, for an `ssh://` host.
+    local: Option<PathBuf>,
     _tunnel: Option<Tunnel>,
 }
+
+/// A connection of its own to a daemon (for the requests bollard cannot
+/// make: a BuildKit session and its build).
+pub(crate) trait DaemonIo: tokio::io::AsyncRead + tokio::io::AsyncWrite + Unpin + Send {}
+impl<T: tokio::io::AsyncRead + tokio::io::AsyncWrite + Unpin + Send> DaemonIo for T {}
 
 struct Inner {
     name: String,
@@ -113,13 +120,80 @@ impl DockerHost {
                 let tunnel = ssh.tunnel(host, &local, socket).await.map_err(|e| self.connect_error(e.to_string()))?;
                 let docker = bollard::Docker::connect_with_unix(&local.to_string_lossy(), API_TIMEOUT, version)
                     .map_err(|e| self.connect_error(daemon_message(&e)))?;
-                (docker, Some(tunnel))
+                (docker, Some((tunnel, local)))
             }
         };
         let docker = docker.negotiate_version().await.map_err(|e| self.connect_error(daemon_message(&e)))?;
-        *connected = Some(Connected { docker: docker.clone(), _tunnel: tunnel });
+        let (tunnel, local) = tunnel.map_or((None, None), |(t, l)| (Some(t), Some(l)));
+        *connected = Some(Connected { docker: docker.clone(), local, _tunnel: tunnel });
         Ok(docker)
     }
+
+    /// A new connection to the daemon, for one raw HTTP exchange (over the
+    /// SSH tunnel for an `ssh://` host, TLS with the client certificate for
+    /// a TLS one).
+    pub(crate) async fn dial(&self) -> Result<Box<dyn DaemonIo>, DockerError> {
+        self.client().await?; // connects, and opens the tunnel
+        let local = self.inner.connected.lock().await.as_ref().and_then(|c| c.local.clone());
+        let io_error = |what: &str, e: std::io::Error| self.connect_error(format!("{what}: {e}"));
+        let socket = match &self.inner.endpoint {
+            Endpoint::Unix(path) => Some(path.clone()),
+            _ => local,
+        };
+        match (&self.inner.endpoint, socket) {
+            (Endpoint::Ssh { .. } | Endpoint::Unix(_), Some(path)) => {
+                let stream = tokio::net::UnixStream::connect(&path)
+                    .await
+                    .map_err(|e| io_error(&path.display().to_string(), e))?;
+                Ok(Box::new(stream))
+            }
+            (Endpoint::Ssh { destination, .. }, None) => {
+                Err(self.connect_error(format!("no tunnel to ssh://{destination}")))
+            }
+            (Endpoint::Unix(path), None) => Err(self.connect_error(format!("no socket {}", path.display()))),
+            (Endpoint::Tcp { address, tls: None }, _) => {
+                let stream = tokio::net::TcpStream::connect(address).await.map_err(|e| io_error(address, e))?;
+                Ok(Box::new(stream))
+            }
+            (Endpoint::Tcp { address, tls: Some(tls) }, _) => {
+                let connector = tls_connector(tls).map_err(|e| self.connect_error(format!("TLS to {address}: {e}")))?;
+                let host = address.rsplit_once(':').map_or(address.as_str(), |(h, _)| h);
+                let name = rustls::pki_types::ServerName::try_from(host.trim_matches(['[', ']']).to_owned())
+                    .map_err(|e| self.connect_error(format!("TLS to {address}: {e}")))?;
+                let stream = tokio::net::TcpStream::connect(address).await.map_err(|e| io_error(address, e))?;
+                let tls = connector
+                    .connect(name, stream)
+                    .await
+                    .map_err(|e| self.connect_error(format!("TLS to {address}: {e}")))?;
+                Ok(Box::new(tls))
+            }
+        }
+    }
+}
+
+/// A TLS client that trusts `tls.ca` and presents `tls.cert`/`tls.key`, as
+/// the docker CLI does for a TLS context.
+fn tls_connector(tls: &crate::context::TlsFiles) -> Result<tokio_rustls::TlsConnector, String> {
+    use rustls::pki_types::pem::PemObject;
+    use rustls::pki_types::{CertificateDer, PrivateKeyDer};
+    let read = |path: &std::path::Path| std::fs::read(path).map_err(|e| format!("{}: {e}", path.display()));
+    let pem_error = |path: &std::path::Path, e: rustls::pki_types::pem::Error| format!("{}: {e}", path.display());
+    let mut roots = rustls::RootCertStore::empty();
+    for cert in CertificateDer::pem_slice_iter(&read(&tls.ca)?) {
+        roots.add(cert.map_err(|e| pem_error(&tls.ca, e))?).map_err(|e| format!("{}: {e}", tls.ca.display()))?;
+    }
+    let chain = CertificateDer::pem_slice_iter(&read(&tls.cert)?)
+        .collect::<Result<Vec<_>, _>>()
+        .map_err(|e| pem_error(&tls.cert, e))?;
+    let key = PrivateKeyDer::from_pem_slice(&read(&tls.key)?).map_err(|e| pem_error(&tls.key, e))?;
+    let provider = std::sync::Arc::new(rustls::crypto::aws_lc_rs::default_provider());
+    let config = rustls::ClientConfig::builder_with_provider(provider)
+        .with_safe_default_protocol_versions()
+        .map_err(|e| e.to_string())?
+        .with_root_certificates(roots)
+        .with_client_auth_cert(chain, key)
+        .map_err(|e| format!("the client certificate: {e}"))?;
+    Ok(tokio_rustls::TlsConnector::from(std::sync::Arc::new(config)))
 }
 
 /// 12 hex digits naming `s` (short enough for socket paths).

@@ -80,7 +80,7 @@ pub(crate) async fn pull_latest(
 ) -> Result<Image, Error> {
     let docker = host.client().await?;
     let tag = &key.tag;
-    let credentials = shared.credentials(tag.registry()).await?;
+    let credentials = shared.credentials_for(tag).await?;
     // The digest first, from the registry (through the daemon, or for an
     // architecture from the registry's index).
     let digest = match &key.arch {
@@ -232,7 +232,7 @@ pub(crate) async fn push_image(shared: &Shared, job: &Job, key: &TagKey, image: 
         let host = shared.host(&key.host)?;
         let docker = host.client().await?;
         let tag = &key.tag;
-        let credentials = shared.credentials(tag.registry()).await?;
+        let credentials = shared.credentials_for(tag).await?;
         job.log(&format!("Pushing {tag}"));
         let options = bollard::query_parameters::PushImageOptionsBuilder::new().tag(tag.tag_or_latest()).build();
         let mut stream =
@@ -295,7 +295,7 @@ impl Publisher for PushManifest {
         if images.is_empty() {
             return Err(Error::msg(format!("no images for the manifest list {tag}")));
         }
-        let credentials = self.shared.credentials(tag.registry()).await?;
+        let credentials = self.shared.credentials_for(tag).await?;
         let registry = self.shared.registry(tag.registry(), credentials)?;
         let mut descriptors = Vec::new();
         for image in images {

@@ -16,6 +16,11 @@
 //!   (health-gated, rolled back on failure, drift shown), [`Docker::run`]
 //!   and [`Docker::pread`]. Builds for an architecture may run on a
 //!   [`HostPool`].
+//! - Builds use the legacy builder, or BuildKit
+//!   ([`BuildOptions::buildkit`]: `RUN --mount=type=cache`, build secrets
+//!   from [`Docker::build_secret`], multi-stage builds, BuildKit's progress
+//!   in the log); [`BuildOptions::include_git`] puts a real `.git` at the
+//!   commit in the context.
 //! - Registry credentials from a docker `config.json` (`auths`, credential
 //!   helpers) or given as secrets; passed with pulls, pushes and service
 //!   updates.
@@ -39,6 +44,7 @@
 
 mod auth;
 mod build;
+mod buildkit;
 mod context;
 mod drift;
 mod error;
@@ -89,6 +95,8 @@ struct SharedInner {
     deploying: std::sync::Mutex<std::collections::HashSet<(String, String)>>,
     /// When the last deploy of each service started (Unix milliseconds).
     deploy_started: std::sync::Mutex<HashMap<(String, String), i64>>,
+    /// BuildKit build secrets by id.
+    build_secrets: RwLock<HashMap<String, deployer_core::Secret<Vec<u8>>>>,
 }
 
 /// Marks a service as being deployed while it lives.
@@ -131,9 +139,15 @@ impl Shared {
         Ok(())
     }
 
-    /// The credentials for `registry`.
-    pub(crate) async fn credentials(&self, registry: &str) -> Result<Option<Credentials>, DockerError> {
-        self.inner.auth.lookup(registry).await
+    /// The build secret `id`.
+    pub(crate) fn build_secret(&self, id: &str) -> Option<deployer_core::Secret<Vec<u8>>> {
+        self.inner.build_secrets.read().unwrap_or_else(|e| e.into_inner()).get(id).cloned()
+    }
+
+    /// The credentials for the image `tag`'s repository (given for it, or
+    /// for its registry).
+    pub(crate) async fn credentials_for(&self, tag: &ImageRef) -> Result<Option<Credentials>, DockerError> {
+        self.inner.auth.lookup_repository(tag.registry(), tag.repository()).await
     }
 
     /// The credentials given for every registry, for builds (base images).
@@ -255,6 +269,7 @@ impl Docker {
                 monitors: RwLock::default(),
                 deploying: std::sync::Mutex::default(),
                 deploy_started: std::sync::Mutex::default(),
+                build_secrets: RwLock::default(),
             }),
         };
         let build = |target| build::Build {
@@ -305,6 +320,36 @@ impl Docker {
     /// `127.0.0.1:5000`); the password is kept out of every log.
     pub fn credentials(&self, registry: &str, credentials: Credentials) {
         self.shared.inner.auth.set(registry, credentials);
+    }
+
+    /// Uses `credentials` for pushes, pulls and deploys of the images under
+    /// `repository` (`ocurrentbuilder/staging`, `ghcr.io/org/app`; a path
+    /// prefix covers the repositories below it), instead of the registry's:
+    /// upstream pushes its staging images as one Docker Hub user and the
+    /// final ones as another. Builds' base images still use the registry's.
+    pub fn credentials_for_repository(&self, repository: &str, credentials: Credentials) -> Result<(), BadReference> {
+        let r = ImageRef::parse(repository)?;
+        if r.tag().is_some() || r.digest().is_some() {
+            return Err(BadReference {
+                reference: repository.to_owned(),
+                why: "a repository, not an image: no tag or digest",
+            });
+        }
+        self.shared.inner.auth.set_for_repository(r.registry(), r.repository(), credentials);
+        Ok(())
+    }
+
+    /// Gives BuildKit builds the secret `id` (`RUN --mount=type=secret,id=…`
+    /// in a Dockerfile, listed in [`BuildOptions::secrets`]). The value is
+    /// kept out of every log, and goes only with trusted builds.
+    pub fn build_secret(&self, id: &str, value: &str) {
+        deployer_core::register_secret(value);
+        self.shared
+            .inner
+            .build_secrets
+            .write()
+            .unwrap_or_else(|e| e.into_inner())
+            .insert(id.to_owned(), deployer_core::Secret::new(value.as_bytes().to_vec()));
     }
 
     /// The private key and known_hosts file for hosts reached over

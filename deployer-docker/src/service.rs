@@ -317,7 +317,7 @@ pub(crate) async fn credentials_for(
     image: &Image,
 ) -> Result<Option<bollard::auth::DockerCredentials>, Error> {
     let Ok(r) = ImageRef::parse(image.as_str()) else { return Ok(None) };
-    Ok(shared.credentials(r.registry()).await?.map(|c| c.for_daemon(r.registry())))
+    Ok(shared.credentials_for(&r).await?.map(|c| c.for_daemon(r.registry())))
 }
 
 /// Sets `name` on `host` to `image` without waiting (what `docker service

@@ -444,6 +444,19 @@ async fn registry_credentials_from_config_json_and_wrong_ones_fail_without_showi
             && (message.contains("unauthorized") || message.contains("authentication required")),
         "{message}"
     );
+    // Flavours issue 8: credentials for one repository (upstream pushes
+    // staging images as another Docker Hub user): a push under it uses
+    // them, while other repositories keep the registry's (wrong) ones.
+    let right = || Credentials { username: "alice".into(), password: Secret::new(password.into()) };
+    wrong.credentials_for_repository(&format!("{registry}/staging"), right()).unwrap();
+    assert!(wrong.credentials_for_repository(&format!("{registry}/staging:live"), right()).is_err());
+    let staged = wrong.push(&host2, &format!("{registry}/staging/app:live"), &image2).unwrap();
+    let still_refused = wrong.push(&host2, &format!("{registry}/stagingx:live"), &image2).unwrap();
+    let engine = Engine::new(staged.pair(&still_refused.catch()));
+    let out = settle(&engine, "the per-repository pushes", 120, |o| !matches!(o, Output::Active(_))).await;
+    let Output::Ok((_, other)) = out else { panic!("the staging push failed: {out:?}") };
+    let message = other.unwrap_err().message().to_owned();
+    assert!(message.contains("unauthorized") || message.contains("authentication required"), "{message}");
     for c in [&ctx, &ctx2, &ctx3] {
         for row in c.store.history(Default::default()).await.unwrap().rows {
             let text = format!("{}{}", log(c, &row.job_id), row.outcome);
@@ -553,6 +566,164 @@ async fn a_build_past_its_pools_time_limit_fails_and_stops_on_the_daemon() {
             break;
         }
         assert!(std::time::Instant::now() < deadline, "the build's container still runs {marker} after 20 s");
+        tokio::time::sleep(Duration::from_millis(500)).await;
+    }
+}
+
+/// `git` and the libraries it loads, under `root` at their own paths, so a
+/// `FROM scratch` image can run it.
+fn git_rootfs(root: &Path) {
+    let git = ["/usr/bin/git", "/usr/local/bin/git"].into_iter().find(|p| Path::new(p).exists()).expect("git");
+    let ldd = run(std::process::Command::new("ldd").arg(git));
+    let mut files = vec![PathBuf::from(git)];
+    for line in ldd.lines() {
+        // `libz.so.1 => /lib/x86_64-linux-gnu/libz.so.1 (0x…)` or `/lib64/ld-linux-x86-64.so.2 (0x…)`
+        let path = line.split("=>").last().unwrap().split_whitespace().next().unwrap_or("");
+        if path.starts_with('/') {
+            files.push(PathBuf::from(path));
+        }
+    }
+    for file in files {
+        let to = root.join(file.strip_prefix("/").unwrap());
+        std::fs::create_dir_all(to.parent().unwrap()).unwrap();
+        std::fs::copy(&file, &to).unwrap_or_else(|e| panic!("{}: {e}", file.display()));
+    }
+}
+
+/// A git repository for a build: busybox, git, and `dockerfile`. Its hash.
+fn build_repo(repo: &Path, dockerfile: &str) -> String {
+    let git = |args: &[&str]| run(std::process::Command::new("git").arg("-C").arg(repo).args(args));
+    std::fs::create_dir_all(repo).unwrap();
+    git(&["init", "-q", "-b", "main"]);
+    git(&["config", "user.email", "test@example.com"]);
+    git(&["config", "user.name", "test"]);
+    std::fs::copy("/bin/busybox", repo.join("busybox")).unwrap();
+    git_rootfs(&repo.join("rootfs"));
+    std::fs::write(repo.join("Dockerfile"), dockerfile).unwrap();
+    git(&["add", "."]);
+    git(&["commit", "-q", "-m", "a build"]);
+    git(&["rev-parse", "HEAD"])
+}
+
+/// Flavours issue 1 and 3: a Dockerfile shaped like upstream's own
+/// (multi-stage, `RUN --mount=type=cache`, `--mount=type=secret`) builds
+/// with BuildKit from a commit; the cache mount persists from one build to
+/// the next; the secret reaches the build but not the log; the log reads
+/// as `--progress=plain`; `include_git` gives a usable repository at the
+/// commit (`git rev-parse HEAD`, `git status` clean). An untrusted build
+/// gets no secret, and the legacy builder refuses secrets.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn buildkit_builds_with_cache_and_secret_mounts_and_include_git_gives_a_repository() {
+    let d = dir("buildkit");
+    let ctx = Context::open(&d.join("state"), Config::default()).unwrap();
+    let (docker, host) = docker(&ctx, &d);
+    let cache = unique("deployer-cache");
+    let dockerfile = format!(
+        "FROM scratch AS base\n\
+         COPY busybox /bin/busybox\n\
+         RUN [\"/bin/busybox\", \"--install\", \"-s\", \"/bin\"]\n\
+         FROM base AS build\n\
+         ARG N\n\
+         COPY rootfs/ /\n\
+         COPY . /src\n\
+         RUN --mount=type=cache,id={cache},target=/cache echo \"build $N\" >> /cache/runs && wc -l < /cache/runs > /runs\n\
+         RUN --mount=type=secret,id=token cat /run/secrets/token > /dev/null && md5sum < /run/secrets/token | cut -c1-32 > /token.md5 && echo \"the token: $(cat /run/secrets/token)\"\n\
+         RUN cd /src && git -c safe.directory='*' rev-parse HEAD > /rev && git -c safe.directory='*' status --porcelain | wc -l > /dirty \
+             && git -c safe.directory='*' remote get-url origin > /origin\n\
+         FROM base\n\
+         COPY --from=build /runs /token.md5 /rev /dirty /origin /\n"
+    );
+    let repo = d.join("repo");
+    let hash = build_repo(&repo, &dockerfile);
+    let token = format!("bk-token-{}", std::process::id());
+    docker.build_secret("token", &token);
+    let git = deployer_git::Git::new(&ctx);
+    let id = deployer_git::CommitId::new(repo.to_str().unwrap(), "main", &hash).unwrap();
+    let commit = git.fetch("fetch", &Current::constant(id));
+    let source = commit.map(|c| BuildSource::Commit(c.clone()));
+    let options = |n: &str| {
+        let mut o = BuildOptions::default().buildkit();
+        o.build_args.insert("N".into(), n.into());
+        o.secrets = vec!["token".into()];
+        o.include_git = true;
+        o
+    };
+    let read = |image: &Current<Image>, label: &str| {
+        let cmd = ["/bin/busybox", "sh", "-c", "cat /runs /token.md5 /rev /dirty /origin"];
+        docker.pread(label, &host, image, cmd.iter().map(|s| s.to_string()).collect())
+    };
+    let first = docker.build("build 1", &host, &source, options("1"));
+    let engine = Engine::new(read(&first, "read 1"));
+    let out = settle(&engine, "the first BuildKit build", 120, |o| !matches!(o, Output::Active(_))).await;
+    let md5 = run(std::process::Command::new("sh").arg("-c").arg(format!("printf %s {token} | md5sum | cut -c1-32")));
+    let want = |runs: u32| format!("{runs}\n{md5}\n{hash}\n0\n{}\n", repo.display());
+    assert_eq!(out, Output::Ok(want(1)));
+    // The log: BuildKit's steps, the secret scrubbed.
+    let history = ctx.store.history(Default::default()).await.unwrap();
+    let build = history.rows.iter().find(|r| r.ok && r.op == "docker-build").expect("the build's record");
+    let text = log(&ctx, &build.job_id);
+    assert!(text.contains("with BuildKit"), "{text}");
+    assert!(text.contains("[build 3/5] RUN --mount=type=cache") && text.contains(" DONE "), "{text}");
+    assert!(text.contains("the token: [redacted]") && !text.contains(&token), "{text}");
+    drop(engine);
+
+    // A second build (another build arg) finds the cache mount's file.
+    let second = docker.build("build 2", &host, &source, options("2"));
+    let engine = Engine::new(read(&second, "read 2"));
+    let out = settle(&engine, "the second BuildKit build", 120, |o| !matches!(o, Output::Active(_))).await;
+    assert_eq!(out, Output::Ok(want(2)));
+    drop(engine);
+
+    // Untrusted code gets no secret: the mount fails the build.
+    let untrusted = docker.build("untrusted", &host, &source, options("3").untrusted());
+    let engine = Engine::new(untrusted);
+    let out = settle(&engine, "the untrusted build", 120, |o| o.err().is_some()).await;
+    let e = out.err().unwrap().message().to_owned();
+    assert!(e.contains("/run/secrets/token") && !e.contains(&token), "{e}");
+    drop(engine);
+
+    // The legacy builder cannot mount secrets: a clear error, no build.
+    let mut legacy = options("4");
+    legacy.buildkit = false;
+    let engine = Engine::new(docker.build("legacy", &host, &source, legacy));
+    let out = settle(&engine, "the legacy build with secrets", 60, |o| o.err().is_some()).await;
+    let e = out.err().unwrap().message().to_owned();
+    assert!(e.contains("build secrets (token) need BuildKit"), "{e}");
+}
+
+/// Flavours issue 2 with BuildKit: a build past its pool's time limit fails
+/// and BuildKit stops it (no process of it is left on the machine).
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_buildkit_build_past_its_time_limit_is_stopped() {
+    let s = services();
+    let d = dir("buildkit-timeout");
+    let ctx = Context::open(&d.join("state"), Config::default()).unwrap();
+    let (docker, _) = docker(&ctx, &d);
+    let pool = docker
+        .pool("amd64", vec![docker.unix("slow-buildkit", &s.socket).unwrap()])
+        .build_timeout(Duration::from_secs(3));
+    let context = d.join("slow");
+    busybox_context(&context, "slow", SERVE);
+    let marker = format!("4{}.5", std::process::id() % 1000);
+    std::fs::write(
+        context.join("Dockerfile"),
+        format!("FROM scratch\nCOPY busybox /bin/busybox\nRUN [\"/bin/busybox\", \"sleep\", \"{marker}\"]\n"),
+    )
+    .unwrap();
+    let source = Current::constant(BuildSource::Dir(context));
+    let engine = Engine::new(docker.build_on_pool("slow build", &pool, &source, BuildOptions::default().buildkit()));
+    let out = settle(&engine, "the timed-out build", 60, |o| o.err().is_some()).await;
+    let message = out.err().unwrap().message().to_owned();
+    assert!(message.contains("Timed out (after 3 s)"), "{message}");
+    let sleeping = || {
+        std::fs::read_dir("/proc").unwrap().flatten().any(|p| {
+            let cmdline = std::fs::read(p.path().join("cmdline")).unwrap_or_default();
+            String::from_utf8_lossy(&cmdline).contains(&marker)
+        })
+    };
+    let deadline = std::time::Instant::now() + Duration::from_secs(20);
+    while sleeping() {
+        assert!(std::time::Instant::now() < deadline, "BuildKit still runs sleep {marker} after 20 s");
         tokio::time::sleep(Duration::from_millis(500)).await;
     }
 }

@@ -49,6 +49,8 @@ enum Source {
     Archive(Box<OutputStream>),
     /// The archives of a commit and its submodules, joined by a task.
     Joined { read: DuplexStream, task: JoinHandle<Result<(), Error>> },
+    /// `tar` of a checkout with its `.git`, removed when done.
+    Dir { stream: Box<OutputStream>, _checkout: Checkout },
     /// Finished.
     Done,
 }
@@ -62,6 +64,7 @@ impl AsyncRead for TarContext {
         match &mut self.source {
             Source::Archive(stream) => Pin::new(stream).poll_read(cx, buf),
             Source::Joined { read, .. } => Pin::new(read).poll_read(cx, buf),
+            Source::Dir { stream, .. } => Pin::new(stream).poll_read(cx, buf),
             Source::Done => Poll::Ready(Ok(())),
         }
     }
@@ -76,6 +79,7 @@ impl TarContext {
                 Ok(result) => result,
                 Err(e) => Err(Error::msg(format!("joining the archives failed: {e}"))),
             },
+            Source::Dir { stream, .. } => stream.finish().await,
             Source::Done => Ok(()),
         }
     }
@@ -159,6 +163,33 @@ impl Mirrors {
             write.shutdown().await.context("ending the build context")
         });
         Ok(TarContext { source: Source::Joined { read, task } })
+    }
+
+    pub(crate) async fn tar_context_with_git(&self, job: &Job, commit: &Commit) -> Result<TarContext, Error> {
+        let checkout = Checkout { dir: new_dir(self, commit)? };
+        job.log(&format!("Checking out {} with its .git into {}", commit.id, checkout.dir.display()));
+        let dir = &checkout.dir;
+        let failed = |e: Error| e.context(format!("checking out {} with its .git", commit.id));
+        // A clone of the mirror (hard links, so cheap), at the commit.
+        let mut clone = self.git(None);
+        clone.args(["clone", "--quiet", "--no-checkout", "--local"]).arg(&commit.mirror).arg(dir);
+        job.exec(&mut clone).await.map_err(failed)?;
+        let mut at = self.git(None);
+        at.arg("-C").arg(dir).args(["checkout", "--quiet", "--detach", commit.id.hash.as_str()]);
+        job.exec(&mut at).await.map_err(failed)?;
+        // `origin` is the repository, not the mirror's path on this machine.
+        let mut origin = self.git(None);
+        origin.arg("-C").arg(dir).args(["remote", "set-url", "origin", commit.id.repo.as_str()]);
+        job.exec(&mut origin).await.map_err(failed)?;
+        for (path, sub) in &commit.submodules {
+            let target = dir.join(path);
+            tokio::fs::create_dir_all(&target).await.context(format!("creating {}", target.display()))?;
+            extract(self, job, sub, &target).await?;
+        }
+        let mut tar = Command::new("tar");
+        tar.arg("-c").arg("-C").arg(dir).arg(".");
+        let stream = Box::new(job.stream_output(&mut tar)?);
+        Ok(TarContext { source: Source::Dir { stream, _checkout: checkout } })
     }
 
     /// `git archive` of `commit`, its paths under `prefix`.

@@ -196,6 +196,16 @@ impl Git {
         self.mirrors.tar_context(job, commit).await
     }
 
+    /// Like [`Git::tar_context`], with a `.git` in it: a clone of the
+    /// mirror checked out at `commit` (detached), its `origin` the
+    /// repository's URL, so `git rev-parse HEAD` and `git describe` work in
+    /// the build. Submodules are included as files. The clone is made in
+    /// the state directory (hard links to the mirror) and removed when the
+    /// stream is dropped.
+    pub async fn tar_context_with_git(&self, job: &Job, commit: &Commit) -> Result<TarContext, Error> {
+        self.mirrors.tar_context_with_git(job, commit).await
+    }
+
     /// Where the mirror of `remote` is (whether or not it exists yet).
     pub fn mirror_path(&self, remote: &Remote) -> std::path::PathBuf {
         self.mirrors.path(remote)

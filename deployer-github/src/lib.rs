@@ -82,7 +82,7 @@ pub struct AccessReport {
 type RerequestHook = Box<dyn Fn(&Rerequest) + Send + Sync>;
 
 /// A repository-access monitor (an error string is the box's failure).
-type AccessMonitor = Monitor<Result<AccessReport, String>>;
+type AccessMonitor = Monitor<AccessReport>;
 
 /// GitHub for a deployer. Cloning gives another handle on the same one.
 #[derive(Clone)]
@@ -196,10 +196,13 @@ impl GitHub {
         let api = self.api.clone();
         let monitor = Monitor::poll("GitHub App repository access", self.every, move || {
             let (api, repos) = (api.clone(), repos.clone());
-            async move { Ok::<_, Error>(check_access(&api, &repos).await) }
+            async move { check_access(&api, &repos).await.map_err(Error::msg) }
         });
         self.access.lock().unwrap_or_else(|e| e.into_inner()).push(monitor.clone());
-        monitor.current().try_map(|r: &Result<AccessReport, String>| r.clone().map_err(Error::msg))
+        // The monitor's own box fails when the access could not be read or
+        // is wrong: it is green only for a reading that found every
+        // repository.
+        monitor.current()
     }
 
     /// Whether `branch`'s protection in `repo` requires the check `check`
@@ -213,6 +216,40 @@ impl GitHub {
         Monitor::poll(&name, self.every, move || {
             let (api, repo, branch, check) = (api.clone(), repo.clone(), branch.clone(), check.clone());
             async move { protection::read(&api, &repo, &branch, &check).await }
+        })
+        .current()
+    }
+
+    /// A box that is green only while `branch`'s protection in `repo`
+    /// requires the check `check` (so nothing that fails it can be merged
+    /// and deployed), and fails saying what to change otherwise — or that
+    /// the protection could not be read. Upstream's README asks operators
+    /// to keep this right by hand; this reads it, at start-up and every
+    /// poll interval.
+    pub fn requires_check(&self, repo: &Repo, branch: &str, check: &str) -> Current<()> {
+        let api = self.api.clone();
+        let (repo, branch, check) = (repo.clone(), branch.to_owned(), check.to_owned());
+        let name = format!("{branch} requires {check}");
+        Monitor::poll(&name, self.every, move || {
+            let (api, repo, branch, check) = (api.clone(), repo.clone(), branch.clone(), check.clone());
+            async move {
+                let protection = protection::read(&api, &repo, &branch, &check).await?;
+                let fix = format!(
+                    "require the {check:?} check in {repo}'s branch protection for {branch}, so that \
+                     nothing failing it is merged and deployed"
+                );
+                match protection {
+                    Protection::Required => Ok(()),
+                    Protection::NotRequired { required } => Err(Error::msg(format!(
+                        "{branch} of {repo} requires {} but not {check:?}: {fix}",
+                        required.join(", ")
+                    ))),
+                    Protection::Unprotected => Err(Error::msg(format!("{branch} of {repo} requires no checks: {fix}"))),
+                    Protection::Unknown(why) => {
+                        Err(Error::msg(format!("the protection of {branch} of {repo} could not be read: {why}")))
+                    }
+                }
+            }
         })
         .current()
     }

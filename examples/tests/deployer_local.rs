@@ -1,6 +1,7 @@
 //! `deployer-local` end to end on one repository of the tarides flavour
-//! (ocaml-bench/sandmark-nightly: branch `main` → `ocurrent/sandmark-nightly:live`
-//! → the Swarm service `sandmark_sandmark`), against local stand-ins:
+//! (ocurrent/ocurrent-deployer: branch `live-ci3` →
+//! `ocurrent/ci.ocamllabs.io-deployer:live-ci3` → the Swarm service
+//! `infra_tarides-deployer`, built with BuildKit), against local stand-ins:
 //! GitHub's API (the deployer-github test fake, read anonymously), a git
 //! repository over `file://`, and the test Docker Engine in swarm mode
 //! with its registry. The binary runs as users run it.

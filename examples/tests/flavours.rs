@@ -116,7 +116,8 @@ async fn every_flavour_draws_its_whole_table_before_anything_is_read() {
         // need nothing upstream; everything else waits on them.
         let running = 1
             + flavour.repos.len()
-            + flavour.repos.iter().map(|r| r.deploy_branches().len()).sum::<usize>()
+            // each deploy branch's head, and its protection (does it require the check?)
+            + 2 * flavour.repos.iter().map(|r| r.deploy_branches().len()).sum::<usize>()
             + flavour
                 .repos
                 .iter()
@@ -141,7 +142,9 @@ async fn every_flavour_draws_its_whole_table_before_anything_is_read() {
 /// The boxes a flavour's table should give, counted from the table: the
 /// access check; per repository its group, and its deployability check
 /// (refs, the per-ref cluster, fetch, one build per image and architecture
-/// and per unikernel, the check — or, collapsed, the refs and a `+` box); per deploy branch a head and a fetch; per
+/// and per unikernel, the check — or, collapsed, the refs and a `+` box); per
+/// deploy branch a head, a fetch and whether its protection requires the
+/// check; per
 /// deployment a build per architecture and the manifest, and per service
 /// the update, its drift monitor, the GitHub deployment record and the
 /// Slack notice; per unikernel deployed a build, extract, read, albatross
@@ -154,7 +157,7 @@ fn expected_boxes(f: &deployer_examples::deployer::spec::Flavour, expanded: bool
         let archs: usize = r.images.iter().map(|d| d.archs.len()).sum();
         // Collapsed, the check's refs and one `+` box.
         n += if expanded { 1 + 4 + archs + r.unikernels.len() } else { 1 + 2 };
-        n += 2 * r.deploy_branches().len();
+        n += 3 * r.deploy_branches().len();
         for d in &r.images {
             n += d.extra_args.len();
             for x in &d.deployments {
@@ -381,4 +384,55 @@ async fn deployer_local_takes_upstreams_command_line() {
     let m = command(Mode::Local).try_get_matches_from(args).unwrap();
     let deployer = build(Mode::Local, &m).unwrap_or_else(|e| panic!("{}", e.message()));
     assert_eq!(deployer.ctx.config().confirm(), None);
+}
+
+/// Flavours issue 9: with GitHub unreachable (connections refused), the
+/// App-access box fails itself (it is green only for a reading that found
+/// every repository), each deploy branch's "requires deployability" box
+/// fails saying its protection could not be read, and no unnamed box fails
+/// in their place.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn with_github_unreachable_the_access_and_protection_boxes_fail_themselves() {
+    let refused = {
+        let l = std::net::TcpListener::bind("127.0.0.1:0").unwrap();
+        format!("http://{}", l.local_addr().unwrap())
+    }; // closed: every connection is refused
+    let args = full_args("tarides", &work("unreachable"), &refused);
+    let m = command(Mode::Full).try_get_matches_from(args).unwrap();
+    let deployer = build(Mode::Full, &m).unwrap_or_else(|e| panic!("{}", e.message()));
+    let engine = Engine::new(deployer.pipeline.clone());
+    let failed = |label: &str| {
+        let d = engine.diagram(&Expanded::none());
+        let b: Vec<_> = d.boxes.iter().filter(|b| b.label == label).cloned().collect();
+        (!b.is_empty() && b.iter().all(|b| b.state == Some(deployer_core::NodeState::Failed))).then_some(b)
+    };
+    let deadline = std::time::Instant::now() + std::time::Duration::from_secs(60);
+    let access = loop {
+        engine.step();
+        if let (Some(a), Some(_)) = (failed("GitHub App repository access"), failed("live requires deployability")) {
+            break a;
+        }
+        assert!(std::time::Instant::now() < deadline, "{}", engine.diagram(&Expanded::none()).summary());
+        tokio::time::sleep(std::time::Duration::from_millis(200)).await;
+    };
+    assert!(access[0].message.is_some(), "{access:?}");
+    let d = engine.diagram(&Expanded::none());
+    let live = d.boxes.iter().find(|b| b.label == "live requires deployability").unwrap();
+    let why = live.message.clone().unwrap_or_default();
+    assert!(why.contains("could not be read") || why.contains("GitHub"), "{why}");
+    let unnamed: Vec<String> = d
+        .boxes
+        .iter()
+        .filter(|b| b.state == Some(deployer_core::NodeState::Failed))
+        .filter(|b| ["map", "try_map", "pair", ""].contains(&b.label.as_str()))
+        .map(|b| format!("{b:?}"))
+        .collect();
+    assert!(unnamed.is_empty(), "{unnamed:?}");
+    // Every deploy branch has its box.
+    for r in &deployer.flavour.repos {
+        for branch in r.deploy_branches() {
+            let label = format!("{branch} requires deployability");
+            assert!(d.boxes.iter().any(|b| b.label == label), "{}: {label}", r.full_name());
+        }
+    }
 }

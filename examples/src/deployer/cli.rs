@@ -133,10 +133,16 @@ pub fn command(mode: Mode) -> Command {
         .arg(
             Arg::new("registry-auth")
                 .long("registry-auth")
-                .value_name("REGISTRY=USER:FILE")
+                .value_name("REGISTRY[/REPO]=USER:FILE")
                 .action(ArgAction::Append)
-                .help("Log in to REGISTRY as USER with the password in FILE (repeat)"),
+                .help(
+                    "Log in to REGISTRY (or only for the repositories under REGISTRY/REPO) as USER with the \
+                     password in FILE (repeat)",
+                ),
         )
+        .arg(Arg::new("staging-password-file").long("staging-password-file").value_name("FILE").help(
+            "The password of the Docker Hub user ocurrentbuilder, for pushes to the staging repository (as upstream)",
+        ))
         .arg(Arg::new("github-api").long("github-api").value_name("URL").default_value(deployer_github::API).help(
             "GitHub's API (GitHub Enterprise: https://HOST/api/v3)",
         ))
@@ -372,7 +378,14 @@ pub fn build(mode: Mode, m: &ArgMatches) -> Result<Deployer, Error> {
         let (registry, rest) = auth.split_once('=').ok_or_else(bad)?;
         let (user, file) = rest.split_once(':').ok_or_else(bad)?;
         let password = read_secret("registry-auth", file)?;
-        docker.credentials(registry, Credentials { username: user.to_owned(), password });
+        let credentials = Credentials { username: user.to_owned(), password };
+        if registry.contains('/') {
+            docker
+                .credentials_for_repository(registry, credentials)
+                .map_err(|e| Error::msg(format!("--registry-auth {registry}: {e}")))?;
+        } else {
+            docker.credentials(registry, credentials);
+        }
     }
     let one = match get(m, "docker") {
         Some(url) => Some(Endpoint::parse(url, None).map_err(|e| Error::msg(format!("--docker {url}: {e}")))?),
@@ -422,6 +435,15 @@ pub fn build(mode: Mode, m: &ArgMatches) -> Result<Deployer, Error> {
         None => get(m, "staging").cloned().unwrap_or_else(|| "ocurrentbuilder/staging".into()),
     };
     deployer_docker::ImageRef::parse(&staging).map_err(|e| Error::msg(format!("--staging {staging}: {e}")))?;
+    if let Some(file) = get(m, "staging-password-file") {
+        // Upstream's low-security Docker Hub user for staging images; the
+        // final images are pushed with the registry's own credentials.
+        let password = read_secret("staging-password-file", file)?;
+        let credentials = Credentials { username: "ocurrentbuilder".into(), password };
+        docker
+            .credentials_for_repository(&staging, credentials)
+            .map_err(|e| Error::msg(format!("--staging {staging}: {e}")))?;
+    }
     let plan = Plan {
         ctx: ctx.clone(),
         github: github.clone(),

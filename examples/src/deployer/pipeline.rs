@@ -7,7 +7,7 @@
 
 use std::collections::{BTreeMap, BTreeSet};
 
-use deployer_albatross::{Albatross, Daemon, Unikernel};
+use deployer_albatross::{Albatross, Daemon};
 use deployer_core::{with_context, Context, Current, Error, Output, Schedule};
 use deployer_docker::{BuildOptions, BuildSource, Deployed, Docker, DockerHost, HostPool, Image, ServiceOptions};
 use deployer_git::{CommitId, Git, Trust};
@@ -120,8 +120,16 @@ fn repo_pipeline(plan: &Plan, spec: &RepoSpec, envs: &Environments) -> Result<Cu
     let group = Current::constant_labelled(&spec.full_name(), ());
     with_context(&group, || {
         let mut parts = Vec::new();
+        // Build arguments from other repositories' heads and image digests:
+        // one stage per image, for its deploys and its PR builds alike.
+        let extras = spec.images.iter().map(|d| extra_args(plan, &d.extra_args)).collect::<Result<Vec<_>, _>>()?;
         if plan.pr_checks {
-            parts.push(deployability(plan, spec, &repo)?);
+            parts.push(deployability(plan, spec, &repo, &extras)?);
+            // Each deploy branch must require that check, or a failing
+            // commit can be merged and deployed.
+            for branch in spec.deploy_branches() {
+                parts.push(plan.github.requires_check(&repo, &branch, CHECK));
+            }
         }
         // One head and one fetch per deploy branch, shared by what it deploys.
         let mut heads: BTreeMap<String, Head> = BTreeMap::new();
@@ -135,10 +143,9 @@ fn repo_pipeline(plan: &Plan, spec: &RepoSpec, envs: &Environments) -> Result<Cu
                 })
                 .clone()
         };
-        for d in &spec.images {
-            let extra = extra_args(plan, &d.extra_args)?;
+        for (d, extra) in spec.images.iter().zip(&extras) {
             for x in &d.deployments {
-                parts.push(deploy_image(plan, spec, &head(&x.branch), d, &extra, x, envs)?);
+                parts.push(deploy_image(plan, spec, &head(&x.branch), d, extra, x, envs)?);
             }
         }
         for u in &spec.unikernels {
@@ -159,14 +166,25 @@ struct Head {
 
 /// Every branch and open PR built (each image, each architecture, each
 /// unikernel), and the result set as the `deployability` check.
-fn deployability(plan: &Plan, spec: &RepoSpec, repo: &Repo) -> Result<Current<()>, Error> {
+fn deployability(
+    plan: &Plan,
+    spec: &RepoSpec,
+    repo: &Repo,
+    extras: &[Current<BTreeMap<String, String>>],
+) -> Result<Current<()>, Error> {
     for d in &spec.images {
         for arch in &d.archs {
             pool(plan, *arch, spec)?;
         }
     }
+    if !spec.unikernels.is_empty() {
+        pool(plan, Arch::X86_64, spec)?; // where upstream builds them
+    }
+    // The same build arguments as the deploy builds (another repository's
+    // head, an image digest), so a PR is checked as it would deploy.
+    let extras = extras.to_vec();
     let (docker, git, github) = (plan.docker.clone(), plan.git.clone(), plan.github.clone());
-    let (pools, local, spec) = (plan.pools.clone(), plan.local.clone(), spec.clone());
+    let (pools, spec) = (plan.pools.clone(), spec.clone());
     let full_name = spec.full_name();
     let (clone_base, url) = (plan.clone_base.clone(), format!("{}/?repo={full_name}-builds", plan.web_url));
     let refs = github.ci_refs(repo);
@@ -187,10 +205,10 @@ fn deployability(plan: &Plan, spec: &RepoSpec, repo: &Repo) -> Result<Current<()
             let id = r.try_map(move |r: &CiRef| commit_id(&base, r));
             let source = git.fetch_with_trust("fetch", &id, &code).map(|c| BuildSource::Commit(c.clone()));
             let mut builds = Vec::new();
-            for d in &spec.images {
+            for (d, extra) in spec.images.iter().zip(&extras) {
                 for arch in &d.archs {
                     let d2 = d.clone();
-                    let options = trust.map(move |t| trust_options(options(&d2, &BTreeMap::new()), *t));
+                    let options = trust.pair(extra).map(move |(t, extra)| trust_options(options(&d2, extra), *t));
                     let label = format!("build {} {}", d.dockerfile, arch.docker());
                     builds.push(docker.build_on_pool(&label, &pools[arch], &source, options).ignore_value());
                 }
@@ -199,7 +217,7 @@ fn deployability(plan: &Plan, spec: &RepoSpec, repo: &Repo) -> Result<Current<()
                 let label = format!("build {} unikernel", u.target);
                 let u2 = u.clone();
                 let options = trust.map(move |t| trust_options(unikernel_options(&u2), *t));
-                builds.push(docker.build(&label, &local, &source, options).ignore_value());
+                builds.push(docker.build_on_pool(&label, &pools[&Arch::X86_64], &source, options).ignore_value());
             }
             let url = url.clone();
             let status = Current::all(builds).state_hidden().map(move |o| CheckStatus::of(o, Some(url.clone())));
@@ -374,7 +392,7 @@ fn deploy_unikernel(
         plan.docker.extract(&format!("extract {name}"), &plan.local, &image, &format!("/unikernel.{}", u.target));
     let loaded = albatross.image_file(&format!("read {name}"), &file);
     let running = albatross
-        .deploy(daemon, name, &loaded, Unikernel::default())
+        .deploy(daemon, name, &loaded, u.run.clone())
         .map_err(|e| Error::msg(format!("{}: {e}", spec.full_name())))?;
     let mut parts = vec![running.ignore_value()];
     let (inventory, key) = (plan.inventory.clone(), (daemon.name().to_owned(), name.to_owned()));
@@ -477,10 +495,11 @@ fn extra_args(plan: &Plan, extra: &[ExtraArg]) -> Result<Current<BTreeMap<String
                 let name = name.clone();
                 parts.push(plan.github.head_of(&r, branch).map(move |c: &CiRef| (name.clone(), c.hash.clone())));
             }
-            ExtraArg::ImageDigest { name, tag, every } => {
+            ExtraArg::ImageDigest { name, tag, host: on, every } => {
+                let on = host(plan, on, &format!("build argument {name}"))?;
                 let image = plan
                     .docker
-                    .pull(&plan.local, tag, Schedule::every(*every))
+                    .pull(on, tag, Schedule::every(*every))
                     .map_err(|e| Error::msg(format!("build argument {name}: {e}")))?;
                 let name = name.clone();
                 parts.push(image.map(move |i: &Image| (name.clone(), i.digest().to_owned())));
@@ -495,7 +514,13 @@ fn extra_args(plan: &Plan, extra: &[ExtraArg]) -> Result<Current<BTreeMap<String
 fn options(d: &DockerSpec, extra: &BTreeMap<String, String>) -> BuildOptions {
     let mut build_args = d.build_args.clone();
     build_args.extend(extra.iter().map(|(k, v)| (k.clone(), v.clone())));
-    BuildOptions { dockerfile: d.dockerfile.clone(), build_args, ..BuildOptions::default() }
+    BuildOptions {
+        dockerfile: d.dockerfile.clone(),
+        build_args,
+        buildkit: d.buildkit,
+        include_git: d.include_git,
+        ..BuildOptions::default()
+    }
 }
 
 /// `options`, as they are for code the operator trusts (`trusted`) or not.

@@ -126,12 +126,14 @@ pub enum ExtraArg {
         /// The branch.
         branch: String,
     },
-    /// `name` = the digest of `tag`, read every `every`.
+    /// `name` = the digest of `tag` pulled on `host`, read every `every`.
     ImageDigest {
         /// The build argument.
         name: String,
         /// The tag (`ocaml/opam:archive`).
         tag: String,
+        /// The Docker context it is pulled on (`opam-4.ocaml.org`).
+        host: String,
         /// How often the registry is asked.
         every: Duration,
     },
@@ -150,6 +152,8 @@ pub struct DockerSpec {
     pub extra_args: Vec<ExtraArg>,
     /// Whether `.git` is part of the context.
     pub include_git: bool,
+    /// Whether it is built with BuildKit (upstream's default: on).
+    pub buildkit: bool,
     /// The branches deployed.
     pub deployments: Vec<Deployment>,
 }
@@ -162,6 +166,7 @@ pub fn docker(dockerfile: &str) -> DockerSpec {
         build_args: BTreeMap::new(),
         extra_args: Vec::new(),
         include_git: false,
+        buildkit: true,
         deployments: Vec::new(),
     }
 }
@@ -191,6 +196,12 @@ impl DockerSpec {
         self
     }
 
+    /// Built with Docker's legacy builder instead of BuildKit.
+    pub fn legacy_builder(mut self) -> DockerSpec {
+        self.buildkit = false;
+        self
+    }
+
     /// Deploys `branch` as `target` to `services`.
     pub fn deploy(mut self, branch: &str, target: &str, services: impl IntoIterator<Item = Service>) -> DockerSpec {
         self.deployments.push(Deployment {
@@ -213,17 +224,50 @@ pub struct UnikernelSpec {
     pub args: Vec<String>,
     /// (branch, albatross name): the heads deployed; none: build only.
     pub deployments: Vec<(String, String)>,
+    /// How albatross runs it: memory, CPUs, network interfaces and their
+    /// bridges, block devices, boot arguments, restart policy.
+    pub run: deployer_albatross::Unikernel,
 }
 
 /// `unikernel(dockerfile, target)`.
 pub fn unikernel(dockerfile: &str, target: &str) -> UnikernelSpec {
-    UnikernelSpec { dockerfile: dockerfile.into(), target: target.into(), args: Vec::new(), deployments: Vec::new() }
+    UnikernelSpec {
+        dockerfile: dockerfile.into(),
+        target: target.into(),
+        args: Vec::new(),
+        deployments: Vec::new(),
+        run: deployer_albatross::Unikernel::default(),
+    }
 }
 
 impl UnikernelSpec {
     /// With these configure flags.
     pub fn args(mut self, args: &[&str]) -> UnikernelSpec {
         self.args = args.iter().map(|s| s.to_string()).collect();
+        self
+    }
+
+    /// Run by albatross with `memory_mb` of memory.
+    pub fn memory(mut self, memory_mb: i64) -> UnikernelSpec {
+        self.run.memory_mb = memory_mb;
+        self
+    }
+
+    /// With the network interface `netif` on the host's bridge `bridge`.
+    pub fn net(mut self, netif: &str, bridge: &str) -> UnikernelSpec {
+        self.run.nets.push(deployer_albatross::Net { netif: netif.into(), bridge: bridge.into(), mac: None });
+        self
+    }
+
+    /// With these boot arguments (`--ipv4=10.0.0.2/24`).
+    pub fn boot_args(mut self, args: &[&str]) -> UnikernelSpec {
+        self.run.arguments = args.iter().map(|s| s.to_string()).collect();
+        self
+    }
+
+    /// Run as albatross is told by `run` (every setting at once).
+    pub fn run(mut self, run: deployer_albatross::Unikernel) -> UnikernelSpec {
+        self.run = run;
         self
     }
 
@@ -381,6 +425,18 @@ impl Flavour {
                 if u.target != "hvt" && u.target != "xen" {
                     return Err(Error::msg(format!(
                         "{}: unikernel target {:?} is not hvt or xen",
+                        r.full_name(),
+                        u.target
+                    )));
+                }
+                // `mirage configure --separate-networks` gives the unikernel a
+                // second interface, `management`: albatross must attach it.
+                let separate = u.args.iter().any(|a| a == "--separate-networks");
+                let netifs: BTreeSet<&str> = u.run.nets.iter().map(|n| n.netif.as_str()).collect();
+                if !u.deployments.is_empty() && separate && !netifs.contains("management") {
+                    return Err(Error::msg(format!(
+                        "{}: the {} unikernel is configured with --separate-networks, so it needs a \
+                         `management` network interface (UnikernelSpec::net)",
                         r.full_name(),
                         u.target
                     )));
