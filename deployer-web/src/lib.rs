@@ -74,6 +74,7 @@ pub(crate) struct AppState {
     pub(crate) nav: Vec<(String, String)>,
     pub(crate) streams: limits::StreamGate,
     pub(crate) metrics: metrics::Http,
+    pub(crate) counters: Vec<metrics::Extra>,
 }
 
 pub(crate) type State = Arc<AppState>;
@@ -94,7 +95,12 @@ pub struct Site {
     local: Option<LocalAdmin>,
     limits: Limits,
     listen: Option<SocketAddr>,
+    counters: Vec<metrics::Extra>,
 }
+
+/// One sample of a counter added with [`Site::counter`]: its labels
+/// (`[("service", "ocaml/ocaml.org")]`) and its value.
+pub type CounterSample = (Vec<(String, String)>, u64);
 
 impl Site {
     /// A site called `name` (shown in the header) for `engine`, reading jobs
@@ -118,6 +124,7 @@ impl Site {
             local: None,
             limits: Limits::default(),
             listen: None,
+            counters: Vec::new(),
         }
     }
 
@@ -194,6 +201,20 @@ impl Site {
         self
     }
 
+    /// Adds the counter `deployer_<name>` (a Prometheus counter family) to
+    /// `/metrics`: `read` gives its samples each time the page is read.
+    /// For what a program counts beyond the engine (builds and deploys per
+    /// repository, as upstream's `deployer_build_builds_total`).
+    pub fn counter(
+        mut self,
+        name: &str,
+        help: &str,
+        read: impl Fn() -> Vec<CounterSample> + Send + Sync + 'static,
+    ) -> Site {
+        self.counters.push(metrics::Extra { name: name.to_owned(), help: help.to_owned(), read: Box::new(read) });
+        self
+    }
+
     /// Adds a link to the navigation bar.
     pub fn nav_link(mut self, label: &str, href: &str) -> Site {
         self.nav.push((label.to_owned(), href.to_owned()));
@@ -216,6 +237,7 @@ impl Site {
             nav: self.nav,
             streams: limits::StreamGate::new(self.limits),
             metrics: metrics::Http::default(),
+            counters: self.counters,
         });
         let mut router = Router::new()
             .route("/", get(pages::index))

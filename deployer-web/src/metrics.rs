@@ -91,8 +91,22 @@ fn gauge(value: i64) -> Gauge {
     g
 }
 
+/// A counter family a program added ([`crate::Site::counter`]).
+pub(crate) struct Extra {
+    pub(crate) name: String,
+    pub(crate) help: String,
+    pub(crate) read: Box<dyn Fn() -> Vec<crate::CounterSample> + Send + Sync>,
+}
+
 pub(crate) async fn metrics(AxState(state): AxState<State>) -> Response {
     let mut registry = Registry::with_prefix("deployer");
+    for extra in &state.counters {
+        let family: Family<Vec<(String, String)>, Counter> = Family::default();
+        for (labels, n) in (extra.read)() {
+            family.get_or_create(&labels).inc_by(n);
+        }
+        registry.register(extra.name.clone(), extra.help.clone(), family);
+    }
 
     let stages: Family<StateLabel, Gauge> = Family::default();
     let s = state.engine.stats();

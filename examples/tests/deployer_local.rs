@@ -217,6 +217,15 @@ fn deployer_local_deploys_itself_and_finishes_after_being_killed_mid_update() {
     );
     let log = std::fs::read_to_string(work.join("deployer-2.log")).unwrap_or_default();
     assert!(log.contains("web UI on http://"), "{log}");
+    // Flavours issue 8: upstream's per-repository counters in /metrics
+    // (v1's build and deploy, as this process saw them after its restart).
+    let metrics = http(&listen.to_string(), "GET", "/metrics", "");
+    for want in [
+        "deployer_build_builds_total{type=\"docker\",service=\"ocurrent/ocurrent-deployer\"} ",
+        "deployer_build_deployments_total{type=\"docker\",service=\"ocurrent/ci.ocamllabs.io-deployer\"} ",
+    ] {
+        assert!(metrics.contains(want), "{want} in {metrics}");
+    }
 
     // v2 lands on the branch; GitHub is read again (every 2 s here).
     std::fs::write(src.join("index.html"), "v2\n").unwrap();

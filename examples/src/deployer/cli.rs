@@ -256,6 +256,8 @@ pub struct Deployer {
     pub trust_proxy: Option<(std::net::IpAddr, deployer_web::ClientHeader)>,
     /// When the confirmation requirement is dropped (`--confirm-auto-release`).
     pub auto_release: Option<std::time::Duration>,
+    /// Builds and deploys per repository, for `/metrics`.
+    pub counters: super::counters::Counters,
 }
 
 /// A file's content, trimmed; the error names the flag.
@@ -454,6 +456,7 @@ pub fn build(mode: Mode, m: &ArgMatches) -> Result<Deployer, Error> {
         hosts,
         staging,
         slack: if mode == Mode::Full { slack } else { None },
+        counters: Default::default(),
         albatross,
         ssh: Some(Ssh::new(&ctx)),
         web_url: get(m, "web-url").cloned().unwrap_or_else(|| flavour.base_url.clone()),
@@ -472,6 +475,7 @@ pub fn build(mode: Mode, m: &ArgMatches) -> Result<Deployer, Error> {
     }
     let daemon = plan.albatross.as_ref().map(|(_, d)| d.name().to_owned());
     let inventory = plan.inventory.clone();
+    let counters = plan.counters.clone();
     let web_url = plan.web_url.clone();
     web_host(&web_url).map_err(|e| Error::msg(format!("--web-url {web_url}: {e}")))?;
     let trust_proxy = match get(m, "trust-proxy") {
@@ -491,6 +495,7 @@ pub fn build(mode: Mode, m: &ArgMatches) -> Result<Deployer, Error> {
         web_url,
         trust_proxy,
         auto_release,
+        counters,
     })
 }
 
@@ -570,6 +575,13 @@ impl Deployer {
         if let Some(login) = &self.login {
             site = site.mount(login.routes()).login(login.clone());
         }
+        use super::counters::Family;
+        let (builds, deploys) = (self.counters.clone(), self.counters.clone());
+        site = site.counter("build_builds", "Number of builds", move || builds.samples(Family::Builds)).counter(
+            "build_deployments",
+            "Number of deployments",
+            move || deploys.samples(Family::Deployments),
+        );
         Overview::new(&self.flavour, self.inventory.clone(), self.ctx.clone(), self.daemon.as_deref()).add_to(site)
     }
 

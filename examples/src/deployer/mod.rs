@@ -4,6 +4,7 @@
 //! `deployer-local` binaries are glue around these.
 
 pub mod cli;
+pub mod counters;
 pub mod flavours;
 pub mod inventory;
 pub mod logging;

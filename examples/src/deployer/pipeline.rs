@@ -15,6 +15,7 @@ use deployer_github::{CheckStatus, CiRef, DeploymentState, GitHub, Repo};
 use deployer_slack::Slack;
 use deployer_ssh::{Host, Ssh};
 
+use super::counters::{Counters, Family};
 use super::inventory::Inventory;
 use super::spec::{Arch, Deployment, DockerSpec, ExtraArg, Flavour, RepoSpec, UnikernelSpec};
 
@@ -43,6 +44,8 @@ pub struct Plan {
     pub staging: String,
     /// Deploy notices, if configured.
     pub slack: Option<Slack>,
+    /// Builds and deploys counted for `/metrics`.
+    pub counters: Counters,
     /// Unikernel deploys, if configured.
     pub albatross: Option<(Albatross, Daemon)>,
     /// SSH jobs, if configured.
@@ -184,7 +187,8 @@ fn deployability(
     // head, an image digest), so a PR is checked as it would deploy.
     let extras = extras.to_vec();
     let (docker, git, github) = (plan.docker.clone(), plan.git.clone(), plan.github.clone());
-    let (pools, spec) = (plan.pools.clone(), spec.clone());
+    let (pools, spec, counters) = (plan.pools.clone(), spec.clone(), plan.counters.clone());
+    let counted_repo = spec.full_name();
     let full_name = spec.full_name();
     let (clone_base, url) = (plan.clone_base.clone(), format!("{}/?repo={full_name}-builds", plan.web_url));
     let refs = github.ci_refs(repo);
@@ -210,7 +214,15 @@ fn deployability(
                     let d2 = d.clone();
                     let options = trust.pair(extra).map(move |(t, extra)| trust_options(options(&d2, extra), *t));
                     let label = format!("build {} {}", d.dockerfile, arch.docker());
-                    builds.push(docker.build_on_pool(&label, &pools[arch], &source, options).ignore_value());
+                    let build = docker.build_on_pool(&label, &pools[arch], &source, options);
+                    let (counters, repo) = (counters.clone(), counted_repo.clone());
+                    builds.push(build.ignore_value());
+                    builds.push(build.state_hidden().map(move |o: &Output<Image>| {
+                        if let Output::Ok(image) = o {
+                            // Each image once, whichever refs build it.
+                            counters.saw(Family::Builds, "docker", &repo, &format!("image {image}"), "");
+                        }
+                    }));
                 }
             }
             for u in &spec.unikernels {
@@ -242,6 +254,8 @@ fn deploy_image(
 ) -> Result<Current<()>, Error> {
     let (head, source) = (&at.head, &at.source);
     let mut images = Vec::new();
+    let mut builds_seen = Vec::new();
+    let repo_name = spec.full_name();
     for arch in &d.archs {
         let pool = pool(plan, *arch, spec)?.clone();
         let tag = staging_tag(&plan.staging, spec, d, &x.branch, *arch);
@@ -252,6 +266,13 @@ fn deploy_image(
             .docker
             .build_and_push_on_pool(&label, &pool, source, opts, &tag)
             .map_err(|e| Error::msg(format!("the staging tag: {e}")))?;
+        let (counters, repo, stage) =
+            (plan.counters.clone(), repo_name.clone(), format!("{} {label} {}", x.branch, x.target));
+        builds_seen.push(pushed.state_hidden().map(move |o: &Output<Image>| {
+            if let Output::Ok(image) = o {
+                counters.saw(Family::Builds, "docker", &repo, &stage, image.as_str());
+            }
+        }));
         images.push(pushed);
     }
     let manifest =
@@ -262,6 +283,10 @@ fn deploy_image(
         head.pair(&manifest).map(move |(r, m): &(CiRef, Image)| inventory.note_built(m, &repo, &branch, &r.hash))
     };
     let mut parts = vec![manifest.ignore_value(), noted];
+    parts.extend(builds_seen);
+    let target_repository = deployer_docker::ImageRef::parse(&x.target)
+        .map(|r| r.repository().to_owned())
+        .unwrap_or_else(|_| x.target.clone());
     for s in &x.services {
         let on = host(plan, &s.host, &format!("{} branch {}", spec.full_name(), x.branch))?;
         // The target, unless an admin pinned an earlier version since it
@@ -277,7 +302,12 @@ fn deploy_image(
         let deployed = plan.docker.service(on, &s.name, &image, ServiceOptions::default());
         parts.push(deployed.ignore_value());
         let inventory = plan.inventory.clone();
+        let (counters, counted, stage) =
+            (plan.counters.clone(), target_repository.clone(), format!("{}/{}", s.host, s.name));
         parts.push(deployed.state_hidden().map(move |o: &Output<Deployed>| {
+            if let Output::Ok(d) = o {
+                counters.saw(Family::Deployments, "docker", &counted, &stage, d.image.as_str());
+            }
             inventory.note_now(key.clone(), o, |d| (d.image.digest().to_owned(), Some(d.at)))
         }));
         let environment = envs
