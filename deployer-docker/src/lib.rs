@@ -21,6 +21,9 @@
 //!   from [`Docker::build_secret`], multi-stage builds, BuildKit's progress
 //!   in the log); [`BuildOptions::include_git`] puts a real `.git` at the
 //!   commit in the context.
+//! - A service's first deploy can come from a compose file ([`Stack`]: the
+//!   version-3 keys of a swarm stack, created as `docker stack deploy`
+//!   creates it), so no bollard structs are needed to create one.
 //! - Registry credentials from a docker `config.json` (`auths`, credential
 //!   helpers) or given as secrets; passed with pulls, pushes and service
 //!   updates.
@@ -45,6 +48,7 @@
 mod auth;
 mod build;
 mod buildkit;
+mod compose;
 mod context;
 mod drift;
 mod error;
@@ -68,6 +72,7 @@ use deployer_ssh::Ssh;
 
 pub use auth::Credentials;
 pub use build::{BuildKey, BuildOptions, BuildSource, RegistryAuth};
+pub use compose::{ComposeError, Mode, Port, Stack, StackService, Volume, VolumeSource, STACK_LABEL};
 pub use context::{config_dir, context_name, Endpoint, TlsFiles, DEFAULT_SOCKET};
 pub use drift::LiveService;
 pub use error::DockerError;

@@ -383,6 +383,12 @@ impl UpdateService {
                 .container_spec
                 .get_or_insert_with(Default::default);
             container.image = Some(image.to_string());
+            let created = crate::compose::ensure_networks(&docker, &spec)
+                .await
+                .map_err(daemon(&host, format!("creating the networks of the service {name}")))?;
+            for network in created {
+                job.log(&format!("Created the overlay network {network}"));
+            }
             job.log(&format!("Creating the service {name} with {image}"));
             docker
                 .create_service(spec, credentials)

@@ -727,3 +727,123 @@ async fn a_buildkit_build_past_its_time_limit_is_stopped() {
         tokio::time::sleep(Duration::from_millis(500)).await;
     }
 }
+
+/// Flavours issue 11: the ocaml.org seed's stack (`caddy` global with
+/// host-mode ports, a bind mount read-only and named volumes; `www` with a
+/// sysctl), deployed for the first time from its compose file with test
+/// images, as `docker stack deploy` would create it: `<stack>_<service>`
+/// names, the `<stack>_default` network on which caddy reaches `www` by
+/// that name, the stack's named volumes, the sysctl inside the task, the
+/// host-mode port on the node.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_first_deploy_from_the_seeds_compose_file_creates_the_stack_as_docker_would() {
+    let s = services();
+    let d = dir("compose");
+    let ctx = Context::open(&d.join("state"), Config::default()).unwrap();
+    let (docker, host) = docker(&ctx, &d);
+    let stack_name = unique("infra");
+    let port = {
+        let l = std::net::TcpListener::bind("127.0.0.1:0").unwrap();
+        l.local_addr().unwrap().port()
+    };
+    let etc = d.join("etc-caddy");
+    std::fs::create_dir_all(&etc).unwrap();
+    std::fs::write(etc.join("Caddyfile"), "reverse_proxy www:8080\n").unwrap();
+    let compose = format!(
+        r#"version: "3.7"
+services:
+  caddy:
+    deploy:
+      mode: global
+    ports:
+      - target: 8080
+        published: {port}
+        protocol: tcp
+        mode: host
+    image: caddy
+    volumes:
+      - {etc}:/etc/caddy:ro
+      - caddy_data:/data
+      - caddy_config:/config
+  www:
+    image: ocurrent/v3.ocaml.org-server:live
+    sysctls:
+      - 'net.ipv4.tcp_keepalive_time=60'
+volumes:
+  caddy_data:
+  caddy_config:
+"#,
+        etc = etc.display()
+    );
+    let stack = deployer_docker::Stack::parse(&stack_name, &compose).unwrap();
+    busybox_context(&d.join("caddy"), "caddy", SERVE);
+    busybox_context(&d.join("www"), "www", SERVE);
+    let mut parts = Vec::new();
+    for service in ["caddy", "www"] {
+        let image = docker.build(
+            &format!("build {service}"),
+            &host,
+            &Current::constant(BuildSource::Dir(d.join(service))),
+            BuildOptions::default(),
+        );
+        let mut options = stack.options(service).unwrap();
+        options.monitor = Duration::from_secs(2);
+        let name = stack.service_name(service).unwrap();
+        parts.push(docker.service(&host, &name, &image, options).ignore_value());
+    }
+    let engine = Engine::new(Current::all(parts));
+    let out = settle(&engine, "the stack's first deploy", 180, |o| !matches!(o, Output::Active(_))).await;
+    assert!(matches!(out, Output::Ok(_)), "{out:?}");
+    let (caddy, www) = (format!("{stack_name}_caddy"), format!("{stack_name}_www"));
+    let inspect =
+        |service: &str, format: &str| run(docker_cli(s).args(["service", "inspect", service, "--format", format]));
+    assert_eq!(inspect(&caddy, "{{if .Spec.Mode.Global}}global{{end}}"), "global");
+    assert_eq!(
+        inspect(&caddy, "{{range .Spec.EndpointSpec.Ports}}{{.PublishMode}} {{.PublishedPort}}{{end}}"),
+        format!("host {port}")
+    );
+    assert_eq!(inspect(&www, "{{index .Spec.Labels \"com.docker.stack.namespace\"}}"), stack_name);
+    // The named volume is the stack's, labelled as docker labels it.
+    let volume = run(docker_cli(s).args([
+        "volume",
+        "inspect",
+        &format!("{stack_name}_caddy_data"),
+        "--format",
+        "{{index .Labels \"com.docker.stack.namespace\"}}",
+    ]));
+    assert_eq!(volume, stack_name);
+    let container = |service: &str| {
+        let ids = run(docker_cli(s)
+            .args(["ps", "-q", "--filter"])
+            .arg(format!("label=com.docker.swarm.service.name={service}")));
+        ids.lines().next().unwrap_or_else(|| panic!("no container of {service}")).to_owned()
+    };
+    let exec = |service: &str, cmd: &[&str]| run(docker_cli(s).arg("exec").arg(container(service)).args(cmd));
+    // The sysctl is set inside www's task; the bind mount is read-only.
+    assert_eq!(exec(&www, &["/bin/busybox", "cat", "/proc/sys/net/ipv4/tcp_keepalive_time"]), "60");
+    assert_eq!(exec(&caddy, &["/bin/busybox", "cat", "/etc/caddy/Caddyfile"]), "reverse_proxy www:8080");
+    let write = docker_cli(s)
+        .arg("exec")
+        .arg(container(&caddy))
+        .args(["/bin/busybox", "touch", "/etc/caddy/x"])
+        .output()
+        .unwrap();
+    assert!(!write.status.success(), "the bind mount is writable");
+    // caddy finds www by its name in the stack, on the stack's network
+    // (`www`: the service's virtual IP; `tasks.www`: its tasks). The request
+    // goes to the task: the virtual IP needs the kernel's IPVS, which these
+    // machines do not have.
+    // (Names appear in the stack's DNS shortly after the tasks start.)
+    let script = "for i in $(seq 50); do /bin/busybox nslookup -type=a www 127.0.0.11 | /bin/busybox grep -q '^Address: 10\\.' \
+                  && exec /bin/busybox wget -qO- http://tasks.www:8080/index.html; /bin/busybox sleep 0.2; done; exit 1";
+    assert_eq!(exec(&caddy, &["/bin/busybox", "sh", "-c", script]), "www");
+    // The host-mode port is published on the node.
+    let served = run(std::process::Command::new("sh").env_remove("http_proxy").env_remove("HTTP_PROXY").arg("-c").arg(format!(
+        "for i in $(seq 50); do /bin/busybox wget -qO- http://127.0.0.1:{port}/index.html && exit 0; sleep 0.2; done; exit 1"
+    )));
+    assert_eq!(served, "caddy");
+    for service in [&caddy, &www] {
+        let _ = docker_cli(s).args(["service", "rm", service]).output();
+    }
+    let _ = docker_cli(s).args(["network", "rm", &format!("{stack_name}_default")]).output();
+}
