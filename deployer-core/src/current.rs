@@ -243,12 +243,24 @@ impl<T: Value> Current<T> {
 }
 
 impl Current<()> {
-    /// `all_labelled([(name, x), …])` succeeds when every `x` does. On failure
-    /// its message names the failed items: `"A, B failed: msg"` when they share
-    /// one message, `"A, B failed"` otherwise. The error originates here.
-    pub fn all_labelled(items: impl IntoIterator<Item = (String, Current<()>)>) -> Current<()> {
+    /// `all_labelled([(name, x), …])` succeeds when every `x` does (their
+    /// values are dropped): the way to join independent pipelines into one
+    /// root. On failure its message names the failed items: `"A, B failed:
+    /// msg"` when they share one message, `"A, B failed"` otherwise. The
+    /// error originates here.
+    ///
+    /// ```
+    /// use deployer_core::Current;
+    /// let app = Current::constant("registry.example/app@sha256:1".to_string());
+    /// let backup = Current::constant(());
+    /// let root = Current::all_labelled([("app", app.ignore_value()), ("backup", backup)]);
+    /// # let _ = root;
+    /// let root = Current::all_labelled([("app", app)]); // any value type
+    /// # let _ = root;
+    /// ```
+    pub fn all_labelled<L: Into<String>, T: Value>(items: impl IntoIterator<Item = (L, Current<T>)>) -> Current<()> {
         let (labels, inputs): (Vec<String>, Vec<TermRef>) =
-            items.into_iter().map(|(l, c)| (l, TermRef::new(c.term))).unzip();
+            items.into_iter().map(|(l, c)| (l.into(), TermRef::new(c.ignore_value().term))).unzip();
         Current::from_term(new_term(AllTerm {
             core: TermCore::new(Kind::AllLabelled, Some("all".into())),
             inputs,

@@ -76,7 +76,7 @@ pub use clock::{Clock, ManualClock};
 pub use config::{Config, Level, UnknownLevel};
 pub use context::Context;
 pub use current::{with_context, Join};
-pub use engine::{Engine, EngineHandle, StepReport};
+pub use engine::{Engine, EngineHandle, StepReport, Timings};
 pub use job::{Job, JobStatus, Jobs, Pool, Priority};
 pub use monitor::{BoxFuture, Monitor};
 pub use node::Metadata;

@@ -238,6 +238,20 @@ impl<T> Output<T> {
         }
     }
 
+    /// The value, if there is one, borrowed (see [`Output::ok`] to take it).
+    ///
+    /// ```
+    /// let out = deployer_core::Output::Ok("v1".to_string());
+    /// assert_eq!(out.as_ok().map(String::as_str), Some("v1"));
+    /// assert!(out.as_ok().is_some()); // still there
+    /// ```
+    pub fn as_ok(&self) -> Option<&T> {
+        match self {
+            Output::Ok(v) => Some(v),
+            _ => None,
+        }
+    }
+
     /// The value, if there is one.
     pub fn ok(self) -> Option<T> {
         match self {

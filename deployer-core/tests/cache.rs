@@ -724,3 +724,32 @@ async fn a_scheduled_publish_runs_again_on_its_schedule_after_a_success_or_a_fai
     assert_eq!(engine.output(), ok("backed up again".to_string()));
     assert_eq!(control.runs("push backup.sh as tarsnap"), 3);
 }
+
+/// Issue 23: retry is an option of the schedule. A monthly publish whose
+/// run failed is tried again after the hour its schedule says, not a month
+/// later; a success still waits for the month.
+#[tokio::test]
+async fn a_schedule_may_retry_a_failure_sooner_than_it_expires() {
+    let (ctx, clock) = context("output-scheduled-retry");
+    let control = Control::default();
+    let cache = OutputCache::new(&ctx, publisher(&control, false, false));
+    let monthly = Schedule::every(Duration::from_secs(30 * 24 * 3600)).retry_failures_after(Duration::from_secs(3600));
+    let engine = Engine::new(cache.set_scheduled("backup", "tarsnap".to_string(), "backup.sh".to_string(), monthly));
+    engine.step();
+    control.complete(&ctx.jobs, "push backup.sh as tarsnap", Err("host unreachable")).await;
+    next(&engine).await;
+    assert_eq!(engine.output().err().unwrap().message(), "host unreachable");
+    clock.advance(Duration::from_secs(3599));
+    engine.step();
+    assert!(ctx.jobs.active().is_empty(), "nothing runs before the hour is over");
+    clock.advance(Duration::from_secs(1));
+    next(&engine).await;
+    control.complete(&ctx.jobs, "push backup.sh as tarsnap", Ok("backed up")).await;
+    next(&engine).await;
+    assert_eq!(engine.output(), ok("backed up".to_string()));
+    // A success is not retried: the next run is a month later.
+    clock.advance(Duration::from_secs(2 * 3600));
+    engine.step();
+    assert!(ctx.jobs.active().is_empty(), "a success waits for its month");
+    assert_eq!(control.runs("push backup.sh as tarsnap"), 2);
+}

@@ -470,7 +470,7 @@ async fn latch_a_background_pull_keeps_the_old_image_shown() {
 #[tokio::test]
 async fn all_labelled_messages() {
     let run = |items: Vec<(&str, Current<()>)>| {
-        let e = deployer_core::Engine::new(Current::all_labelled(items.into_iter().map(|(l, c)| (l.to_string(), c))));
+        let e = deployer_core::Engine::new(Current::all_labelled(items));
         e.step();
         e.output().err().map(|e| e.message().to_owned())
     };
@@ -486,4 +486,9 @@ async fn all_labelled_messages() {
         run(vec![("Alpine", Current::fail("ENOSPACE")), ("Debian", Current::fail("ENOSPACE"))]).as_deref(),
         Some("Alpine, Debian failed: ENOSPACE")
     );
+    // Issue 23: `&str` labels and stages of any value type.
+    let image = Current::constant("app@sha256:1".to_string());
+    let e = deployer_core::Engine::new(Current::all_labelled([("app", image)]));
+    e.step();
+    assert_eq!(e.output(), deployer_core::Output::Ok(()));
 }

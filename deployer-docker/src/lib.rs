@@ -66,7 +66,7 @@ use std::sync::{Arc, RwLock};
 use std::time::Duration;
 
 use deployer_core::cache::{BuildCache, OutputCache, Schedule};
-use deployer_core::{Context, Current, Error, Level, Monitor};
+use deployer_core::{Context, Current, Error, Level, Monitor, Value};
 use deployer_git::Git;
 use deployer_ssh::Ssh;
 
@@ -245,6 +245,12 @@ pub struct Docker {
     plain_tcp: Arc<std::sync::atomic::AtomicBool>,
 }
 
+/// `source` as a [`BuildSource`] stage: a fetched `Commit` (or a
+/// `BuildSource` itself) goes straight into a build.
+fn as_source<S: Value + Into<BuildSource>>(source: &Current<S>) -> Current<BuildSource> {
+    source.map(|s| s.clone().into())
+}
+
 /// The key file and known_hosts file for `ssh://` contexts.
 #[derive(Clone, Debug)]
 struct SshDefaults {
@@ -256,7 +262,9 @@ impl Docker {
     /// Docker with `ctx`'s store and jobs, git for build contexts, and SSH
     /// for `ssh://` hosts. Contexts and credentials are read from the
     /// docker CLI's configuration directory (`DOCKER_CONFIG` or
-    /// `~/.docker`) unless [`Docker::config_dir`] says otherwise.
+    /// `~/.docker`) unless [`Docker::config_dir`] says otherwise. Its `Git`
+    /// and `Ssh` are the context's: [`Git::new`] and [`Ssh::new`] give every
+    /// caller with one context the same mirrors and connections.
     pub fn new(ctx: &Context) -> Docker {
         Docker::with(ctx, Git::new(ctx), Ssh::new(ctx))
     }
@@ -467,13 +475,14 @@ impl Docker {
     /// or a stage: build arguments read from elsewhere). The value is the
     /// image's id on that host. Output streams into the job's
     /// log; a newer source cancels a build in progress.
-    pub fn build(
+    pub fn build<S: Value + Into<BuildSource>>(
         &self,
         label: &str,
         host: &DockerHost,
-        source: &Current<BuildSource>,
+        source: &Current<S>,
         options: impl Into<Current<BuildOptions>>,
     ) -> Current<Image> {
+        let source = as_source(source);
         let on = host.name().to_owned();
         let key = source.pair(&options.into()).map(move |(source, options)| BuildKey {
             on: on.clone(),
@@ -486,29 +495,29 @@ impl Docker {
 
     /// Like [`Docker::build`], on whichever host of `pool` is free, for
     /// `linux/<the pool's arch>` unless `options` name a platform.
-    pub fn build_on_pool(
+    pub fn build_on_pool<S: Value + Into<BuildSource>>(
         &self,
         label: &str,
         pool: &HostPool,
-        source: &Current<BuildSource>,
+        source: &Current<S>,
         options: impl Into<Current<BuildOptions>>,
     ) -> Current<Image> {
-        self.pool_build(label, pool, source, options.into(), None)
+        self.pool_build(label, pool, &as_source(source), options.into(), None)
     }
 
     /// Like [`Docker::build_on_pool`], then pushes the image as `tag` from
     /// the host that built it, in the same job (what an OCluster worker's
     /// `build_and_push` does). The value is the pushed `repo@sha256:…`.
-    pub fn build_and_push_on_pool(
+    pub fn build_and_push_on_pool<S: Value + Into<BuildSource>>(
         &self,
         label: &str,
         pool: &HostPool,
-        source: &Current<BuildSource>,
+        source: &Current<S>,
         options: impl Into<Current<BuildOptions>>,
         tag: &str,
     ) -> Result<Current<Image>, BadReference> {
         let tag = ImageRef::parse(tag)?;
-        Ok(self.pool_build(label, pool, source, options.into(), Some(tag)))
+        Ok(self.pool_build(label, pool, &as_source(source), options.into(), Some(tag)))
     }
 
     fn pool_build(
@@ -560,7 +569,9 @@ impl Docker {
     /// The stage `docker pull <tag>` on `host`: the registry is asked for
     /// the tag's digest when `schedule` expires, and the image is pulled
     /// only if that digest is not already on the host. The value is
-    /// `repo@sha256:…`.
+    /// `repo@sha256:…`. A failed pull (the registry down) is tried again
+    /// after 10 minutes, or after the schedule's own
+    /// [`Schedule::retry_failures_after`].
     pub fn pull(&self, host: &DockerHost, tag: &str, schedule: Schedule) -> Result<Current<Image>, BadReference> {
         let key = PullKey { host: host.name().to_owned(), tag: ImageRef::parse(tag)?, arch: None };
         Ok(self.pulls.get_scheduled(&format!("docker pull {tag}"), key, schedule))

@@ -145,10 +145,15 @@ pub struct Git {
 
 impl Git {
     /// Git with mirrors under `ctx`'s state directory (`git/`), fetch
-    /// outcomes in its store, and jobs in its job registry.
+    /// outcomes in its store, and jobs in its job registry. Every `Git`
+    /// made from one context (or its clones) is the same one: one set of
+    /// mirrors, locks and tokens per state directory (so `Docker::new`,
+    /// which makes one, and the program share it).
     pub fn new(ctx: &Context) -> Git {
-        let mirrors = Arc::new(Mirrors::new(ctx));
-        Git { fetches: BuildCache::new(ctx, Fetch { mirrors: mirrors.clone() }), mirrors }
+        ctx.shared(|| {
+            let mirrors = Arc::new(Mirrors::new(ctx));
+            Git { fetches: BuildCache::new(ctx, Fetch { mirrors: mirrors.clone() }), mirrors }
+        })
     }
 
     /// Uses `token` (a GitHub token, say) for HTTPS remotes on `host`. It is
@@ -209,5 +214,24 @@ impl Git {
     /// Where the mirror of `remote` is (whether or not it exists yet).
     pub fn mirror_path(&self, remote: &Remote) -> std::path::PathBuf {
         self.mirrors.path(remote)
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    /// Issue 23 (the API): a program that makes a `Git` and a `Docker`
+    /// (which makes its own) on one context gets one set of mirrors and
+    /// mirror locks, not two.
+    #[test]
+    fn every_git_of_one_context_shares_the_mirrors() {
+        let dir = std::env::temp_dir().join(format!("deployer-git-shared-{}", std::process::id()));
+        let ctx = Context::open(&dir, deployer_core::Config::default()).unwrap();
+        let (a, b) = (Git::new(&ctx), Git::new(&ctx.clone()));
+        assert!(Arc::ptr_eq(&a.mirrors, &b.mirrors));
+        let other = Context::open(&dir.join("other"), deployer_core::Config::default()).unwrap();
+        assert!(!Arc::ptr_eq(&a.mirrors, &Git::new(&other).mirrors));
+        std::fs::remove_dir_all(&dir).unwrap();
     }
 }

@@ -94,6 +94,11 @@ impl Default for RunOptions {
     }
 }
 
+/// What every `Ssh` of one context shares (kept with
+/// [`Context::shared`]).
+#[derive(Clone)]
+struct SharedConnections(Arc<Pool>, Arc<RwLock<HashMap<String, Host>>>);
+
 impl Ssh {
     /// SSH with runs at level `AboveAverage` and no time limit, recorded
     /// in `ctx`'s store.
@@ -101,10 +106,12 @@ impl Ssh {
         Ssh::with(ctx, RunOptions::default())
     }
 
-    /// SSH whose runs have these options.
+    /// SSH whose runs have these options. Every `Ssh` made from one
+    /// context (or its clones) shares one connection pool and one table of
+    /// hosts, whatever its options: one connection per destination.
     pub fn with(ctx: &Context, options: RunOptions) -> Ssh {
-        let pool = Arc::new(Pool::default());
-        let hosts = Arc::new(RwLock::new(HashMap::new()));
+        let SharedConnections(pool, hosts) =
+            ctx.shared(|| SharedConnections(Arc::new(Pool::default()), Arc::new(RwLock::new(HashMap::new()))));
         let publisher = SshRun {
             pool: pool.clone(),
             hosts: hosts.clone(),
@@ -118,7 +125,10 @@ impl Ssh {
     /// The stage `ssh <host>: <key>`: runs `command` (its arguments, quoted
     /// for the remote shell) on `host` when it changes, and again when
     /// `schedule` expires. Runs are keyed by the host's destination and
-    /// `key`: one at a time per key.
+    /// `key`: one at a time per key. A failed run is tried again on its
+    /// schedule, or sooner if the schedule says so
+    /// ([`Schedule::retry_failures_after`]: a monthly backup retried after
+    /// an hour).
     pub fn run(
         &self,
         host: &Host,
@@ -151,5 +161,22 @@ impl Ssh {
     /// for sockets that grant power (Docker's).
     pub async fn tunnel_tcp(&self, host: &Host, remote: &str) -> Result<Tunnel, SshError> {
         tunnel::tcp(self.pool.clone(), host.clone(), remote).await
+    }
+}
+
+#[cfg(test)]
+mod shared_tests {
+    use super::*;
+
+    /// Issue 23 (the API): every `Ssh` of one context, whatever its run
+    /// options, shares one connection pool and host table.
+    #[test]
+    fn every_ssh_of_one_context_shares_its_connections() {
+        let dir = std::env::temp_dir().join(format!("deployer-ssh-shared-{}", std::process::id()));
+        let ctx = Context::open(&dir, deployer_core::Config::default()).unwrap();
+        let a = Ssh::new(&ctx);
+        let b = Ssh::with(&ctx, RunOptions { timeout: Some(Duration::from_secs(5)), ..RunOptions::default() });
+        assert!(Arc::ptr_eq(&a.pool, &b.pool) && Arc::ptr_eq(&a.hosts, &b.hosts));
+        std::fs::remove_dir_all(&dir).unwrap();
     }
 }

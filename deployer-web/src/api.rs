@@ -45,7 +45,7 @@ struct StatsBody {
 }
 
 pub(crate) async fn stats(AxState(state): AxState<State>) -> Response {
-    let (steps, last, _) = state.engine.timings();
+    let deployer_core::Timings { steps, last_step: last, .. } = state.engine.timings();
     let (result, error) = match state.engine.result() {
         None => ("starting", None),
         Some((s, e)) => (s.name(), e.map(|e| e.message().to_owned())),
@@ -77,6 +77,13 @@ pub(crate) async fn history(
         Ok(page) => Json(page).into_response(),
         Err(e) => Failure::new(StatusCode::INTERNAL_SERVER_ERROR, e.to_string()).into_response(),
     }
+}
+
+/// `?from=<event id>`: where the job page's own copy of the log ended.
+#[derive(Deserialize)]
+#[serde(deny_unknown_fields)]
+pub(crate) struct EventParams {
+    from: Option<String>,
 }
 
 #[derive(Deserialize)]
@@ -230,6 +237,31 @@ impl Follow {
         html
     }
 
+    /// The log from its start as HTML, up to about `limit` bytes of it, for
+    /// the job page itself (readable without JavaScript): the HTML, the
+    /// event id a stream resumes from to get the rest, and whether that was
+    /// the whole log of a finished job.
+    pub(crate) fn prefix(jobs: Jobs, id: String, limit: u64) -> (String, String, bool) {
+        let mut f = Follow::new(jobs, id, 0, 0, true);
+        let mut html = String::new();
+        loop {
+            let Ok((bytes, complete)) = f.jobs.read_log(&f.id, f.read, CHUNK) else { break };
+            if bytes.is_empty() {
+                if complete {
+                    html.push_str(&f.convert(&[], true));
+                    return (html, f.event_id(), true);
+                }
+                break;
+            }
+            f.read += bytes.len() as u64;
+            html.push_str(&f.convert(&bytes, false));
+            if f.read >= limit {
+                break;
+            }
+        }
+        (html, f.event_id(), false)
+    }
+
     /// The id of the event just made: where a reconnecting client resumes,
     /// `<offset sent>.<lines started>.<1 if at a line start, else 0>`, so
     /// resuming costs nothing (no count of the lines before it).
@@ -293,9 +325,11 @@ impl Follow {
 /// site made, see [`Follow::event_id`]) gives the offset, the lines started
 /// before it and whether it begins a line. Nothing is read to find it; an
 /// id that is malformed or past the end of the log starts from the top.
-fn resume_point(jobs: &Jobs, id: &str, headers: &HeaderMap) -> (u64, u64, bool) {
+fn resume_point(jobs: &Jobs, id: &str, headers: &HeaderMap, from: Option<&str>) -> (u64, u64, bool) {
     let from_top = (0, 0, true);
-    let Some(text) = headers.get("last-event-id").and_then(|v| v.to_str().ok()) else { return from_top };
+    // A reconnecting stream's own position wins over where the page began.
+    let last = headers.get("last-event-id").and_then(|v| v.to_str().ok());
+    let Some(text) = last.or(from) else { return from_top };
     let mut parts = text.split('.');
     let (Some(offset), Some(lines), Some(start), None) = (parts.next(), parts.next(), parts.next(), parts.next())
     else {
@@ -323,10 +357,15 @@ pub(crate) async fn log_events(
     crate::Who(who): crate::Who,
     headers: HeaderMap,
     Path((date, file)): Path<(String, String)>,
+    params: Result<Query<EventParams>, QueryRejection>,
 ) -> Response {
     let id = match job_id(&state, &date, &file) {
         Ok(id) => id,
         Err((status, msg)) => return Failure::new(status, msg).into_response(),
+    };
+    let from = match params {
+        Ok(Query(p)) => p.from,
+        Err(e) => return Failure::new(StatusCode::BAD_REQUEST, crate::refused_input(&e.body_text())).into_response(),
     };
     let permit = match state.streams.admit(&id, who.client) {
         Ok(p) => p,
@@ -340,7 +379,7 @@ pub(crate) async fn log_events(
     let jobs = state.ctx.jobs.clone();
     let resume = {
         let (jobs, id, headers) = (jobs.clone(), id.clone(), Arc::new(headers));
-        tokio::task::spawn_blocking(move || resume_point(&jobs, &id, &headers)).await
+        tokio::task::spawn_blocking(move || resume_point(&jobs, &id, &headers, from.as_deref())).await
     };
     let Ok((offset, lines, at_line_start)) = resume else {
         return Failure::new(StatusCode::INTERNAL_SERVER_ERROR, "reading the log failed").into_response();

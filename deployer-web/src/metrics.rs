@@ -156,7 +156,7 @@ pub(crate) async fn metrics(AxState(state): AxState<State>) -> Response {
     let rows = state.ctx.store.count().await.unwrap_or(-1);
     registry.register("history_rows", "Builds and publishes recorded in the store", gauge(rows));
     registry.register("engine_nodes", "Live runtime nodes", gauge(state.engine.node_count() as i64));
-    let (steps, last, total) = state.engine.timings();
+    let deployer_core::Timings { steps, last_step: last, total } = state.engine.timings();
     let evaluation: Counter<f64> = Counter::default();
     evaluation.inc_by(total.as_secs_f64());
     registry.register("evaluation_seconds", "Time spent evaluating the pipeline", evaluation);

@@ -288,7 +288,17 @@ struct JobPage {
     can_start: bool,
     csrf: String,
     finished: bool,
+    /// The log so far, as HTML lines (escaped already).
+    log: String,
+    /// Where the live stream resumes (`?from=`).
+    resume: String,
+    /// Whether `log` is the whole log of a finished job.
+    whole: bool,
 }
+
+/// How much of a log the job page holds itself (the rest streams, or is
+/// read raw).
+pub(crate) const PAGE_LOG: u64 = 1 << 20;
 
 /// The job id of a `/job/<date>/<file>` path, if it names an existing log.
 pub(crate) fn job_id(state: &State, date: &str, file: &str) -> Result<String, (StatusCode, String)> {
@@ -367,6 +377,12 @@ pub(crate) async fn job(
         description = Some(job.description().to_owned());
     }
     let running = active.as_ref().is_some_and(|j| j.status() != JobStatus::Finished);
+    let (log, resume, whole) = {
+        let (jobs, id) = (state.ctx.jobs.clone(), id.clone());
+        tokio::task::spawn_blocking(move || crate::api::Follow::prefix(jobs, id, PAGE_LOG))
+            .await
+            .unwrap_or_else(|_| (String::new(), "0.0.1".to_owned(), false))
+    };
     let page = JobPage {
         nav: nav(&state, &who),
         state: state_text,
@@ -383,6 +399,9 @@ pub(crate) async fn job(
         csrf: who.token(),
         finished: !running,
         id,
+        log,
+        resume,
+        whole,
     };
     render(page)
 }

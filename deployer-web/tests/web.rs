@@ -749,6 +749,55 @@ async fn a_stream_resumed_at_any_of_its_own_event_ids_continues_byte_for_byte() 
     }
 }
 
+/// Issue 23: the job page holds the log so far (readable without
+/// JavaScript, no "End of log." above an empty log), and its live stream
+/// resumes right after it: page + stream is the log exactly once.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn the_job_page_holds_the_log_so_far_and_the_stream_continues_it() {
+    let s = setup("page-log");
+    let app = site(&s).router();
+    let page_of = |body: &str| -> (String, String, String) {
+        let start = body.find("<pre id=\"log\"").expect("the log element");
+        let events = body[start..].split("data-events=\"").nth(1).unwrap().split('"').next().unwrap().to_owned();
+        let open = start + body[start..].find('>').unwrap() + 1;
+        let close = open + body[open..].find("</pre>").unwrap();
+        let end = body.split("id=\"log-end\" class=\"log-end\">").nth(1).unwrap().split('<').next().unwrap().to_owned();
+        (body[open..close].to_owned(), events, end)
+    };
+    // A short finished log: all of it in the page.
+    let short = s.ctx.jobs.create("short", "short").unwrap();
+    std::fs::write(short.log_path(), "one <b>\ntwo\n").unwrap();
+    short.finish();
+    let body = send(&app, get(&format!("/job/{}", short.id())), REMOTE).await.body;
+    let (html, events_uri, end) = page_of(&body);
+    assert_eq!(shown_text(&html), ("one <b>\ntwo".to_owned(), vec![1, 2]));
+    assert_eq!(end, "End of log.");
+    let rest = events(&send(&app, get(&events_uri), REMOTE).await.body);
+    assert!(rest.iter().all(|e| e.1 != "log"), "nothing is sent twice: {rest:?}");
+    // 2.5 MB: the page holds the first MiB, the stream the rest.
+    let long = s.ctx.jobs.create("long", "long").unwrap();
+    let lines: Vec<String> = (0..30_000).map(|i| format!("line {i} {}", "x".repeat(i % 150))).collect();
+    std::fs::write(long.log_path(), format!("{}\n", lines.join("\n"))).unwrap();
+    long.finish();
+    let body = send(&app, get(&format!("/job/{}", long.id())), REMOTE).await.body;
+    let (html, events_uri, end) = page_of(&body);
+    assert_ne!(end, "End of log.");
+    assert!(html.len() > 500_000 && body.contains("This page shows the log so far"), "{}", html.len());
+    let rest = events(&send(&app, get(&events_uri), REMOTE).await.body);
+    let streamed: String = rest.iter().filter(|e| e.1 == "log").map(|e| e.2.as_str()).collect();
+    let (text, numbers) = shown_text(&format!("{html}{streamed}"));
+    assert_eq!(text, lines.join("\n"));
+    assert_eq!(numbers, (1..=30_000).collect::<Vec<u64>>());
+    // A running job: its lines so far, and "Streaming…".
+    let running = s.ctx.jobs.create("running", "running").unwrap();
+    std::fs::write(running.log_path(), "started\n").unwrap();
+    let body = send(&app, get(&format!("/job/{}", running.id())), REMOTE).await.body;
+    let (html, _, end) = page_of(&body);
+    assert_eq!(shown_text(&html).0, "started");
+    assert_eq!(end, "Streaming…");
+    running.finish();
+}
+
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn an_8_mb_line_is_sent_in_pieces() {
     let s = setup("long-line");

@@ -18,8 +18,12 @@ fn the_demo_deploys_twice_and_rolls_a_broken_version_back() {
         .arg(format!("unix://{}", s.socket.display()))
         .args(["--registry", &s.registry])
         .env("TMPDIR", &s.work)
-        .output()
+        .stdout(std::process::Stdio::piped())
+        .stderr(std::process::Stdio::piped())
+        .spawn()
         .expect("the demo runs");
+    let files = s.work.join(format!("deployer-demo-{}", out.id()));
+    let out = out.wait_with_output().unwrap();
     let stdout = String::from_utf8_lossy(&out.stdout);
     let stderr = String::from_utf8_lossy(&out.stderr);
     assert!(out.status.success(), "the demo failed:\n{stdout}\n{stderr}");
@@ -34,5 +38,7 @@ fn the_demo_deploys_twice_and_rolls_a_broken_version_back() {
     for phase in ["detect", "fetch", "build", "push", "update", "converge", "confirm"] {
         assert!(stdout.contains(&format!("{phase} ")), "no {phase} phase in:\n{stdout}");
     }
+    // Issue 23: the demo leaves nothing behind.
+    assert!(!files.exists(), "{} is left behind", files.display());
     eprintln!("{stdout}");
 }

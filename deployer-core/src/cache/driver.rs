@@ -123,7 +123,7 @@ struct State<O: Operation> {
     /// Stages using the instance.
     refs: usize,
     /// The `valid_for` of each user.
-    schedules: Vec<Option<Duration>>,
+    schedules: Vec<super::Schedule>,
     desired: Option<Desired<O::Value>>,
     loaded: bool,
     current: Option<Done<O::Outcome>>,
@@ -226,7 +226,7 @@ impl<O: Operation> Cache<O> {
                 }
             }
             st.refs += 1;
-            st.schedules.push(schedule.valid_for);
+            st.schedules.push(schedule);
             st.desired = Some(Desired { value: value.clone(), digest: value_digest, step: hooks.step() });
             if !st.loaded {
                 instance.load(this, &mut st);
@@ -239,7 +239,7 @@ impl<O: Operation> Cache<O> {
         let start = instance.clone();
         hooks.after_step(move || start.ensure_driver());
         let release = instance.clone();
-        hooks.on_release(move || release.release(schedule.valid_for));
+        hooks.on_release(move || release.release(schedule));
         Ok(instance.source.clone())
     }
 
@@ -330,11 +330,18 @@ impl<O: Operation> Instance<O> {
     /// When the current outcome expires: `finished` plus the earliest
     /// schedule, as in OCurrent, whether it succeeded or failed (a failed
     /// scheduled job is tried again on its schedule); a failure also
-    /// expires after the operation's `retry_failures_after`, if sooner.
+    /// expires after its schedules' `retry_failures_after` (else the
+    /// operation's), if sooner.
     fn expires_at(cache: &Cache<O>, st: &State<O>) -> Option<i64> {
         let done = st.current.as_ref()?;
-        let scheduled = st.schedules.iter().flatten().min().copied();
-        let retry = if done.result.is_err() { cache.op.retry_failures_after() } else { None };
+        let scheduled = st.schedules.iter().filter_map(|s| s.valid_for).min();
+        let retry = if done.result.is_err() {
+            // The uses' own rule wins over the operation's default.
+            let per_use = st.schedules.iter().filter_map(|s| s.retry_failures_after).min();
+            per_use.or_else(|| cache.op.retry_failures_after())
+        } else {
+            None
+        };
         let valid_for = [scheduled, retry].into_iter().flatten().min()?;
         Some(done.finished + valid_for.as_millis() as i64)
     }
@@ -464,12 +471,12 @@ impl<O: Operation> Instance<O> {
         st.driver = Some(rt.spawn(async move { me.drive(cache).await }).abort_handle());
     }
 
-    fn release(self: &Arc<Self>, valid_for: Option<Duration>) {
+    fn release(self: &Arc<Self>, schedule: super::Schedule) {
         let Some(cache) = self.cache.upgrade() else { return };
         let mut map = cache.registry();
         let mut st = self.lock();
         st.refs -= 1;
-        if let Some(pos) = st.schedules.iter().position(|s| *s == valid_for) {
+        if let Some(pos) = st.schedules.iter().position(|s| *s == schedule) {
             st.schedules.remove(pos);
         }
         if st.refs > 0 {

@@ -47,32 +47,55 @@ use crate::job::{Job, Pool};
 use crate::output::Error;
 use crate::term::Value;
 
-/// How long a cached result stays valid.
+/// How long a cached result stays valid, and how soon a failure is tried
+/// again.
 ///
 /// When a key is used with several schedules, the earliest expiry wins.
+///
+/// ```
+/// use std::time::Duration;
+/// use deployer_core::Schedule;
+/// // A monthly backup whose failure is tried again after an hour, not a month.
+/// let monthly = Schedule::every(Duration::from_secs(30 * 86_400)).retry_failures_after(Duration::from_secs(3600));
+/// assert_eq!(monthly.to_string(), "valid for 720 h, a failure tried again after 1 h");
+/// ```
 #[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
 pub struct Schedule {
     /// Run again after this long; `None`: valid until a rebuild is requested.
     pub valid_for: Option<Duration>,
+    /// Try a failure again after this long, if that is sooner than
+    /// `valid_for`, instead of the operation's own rule
+    /// ([`Builder::retry_failures_after`]: a pull's 10 minutes, say).
+    /// `None`: the operation's rule.
+    pub retry_failures_after: Option<Duration>,
 }
 
 impl Schedule {
     /// Results never expire.
     pub fn never() -> Schedule {
-        Schedule { valid_for: None }
+        Schedule { valid_for: None, retry_failures_after: None }
     }
 
     /// Results expire `period` after they were produced.
     pub fn every(period: Duration) -> Schedule {
-        Schedule { valid_for: Some(period) }
+        Schedule { valid_for: Some(period), retry_failures_after: None }
+    }
+
+    /// The same schedule, with a failed run tried again `after` it ended.
+    pub fn retry_failures_after(self, after: Duration) -> Schedule {
+        Schedule { retry_failures_after: Some(after), ..self }
     }
 }
 
 impl fmt::Display for Schedule {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
         match self.valid_for {
-            None => f.write_str("never expires"),
-            Some(d) => write!(f, "valid for {}", crate::job::human_duration(d)),
+            None => f.write_str("never expires")?,
+            Some(d) => write!(f, "valid for {}", crate::job::human_duration(d))?,
+        }
+        match self.retry_failures_after {
+            None => Ok(()),
+            Some(d) => write!(f, ", a failure tried again after {}", crate::job::human_duration(d)),
         }
     }
 }

@@ -113,6 +113,17 @@ pub struct Engine<T> {
     _pipeline: Current<T>,
 }
 
+/// How much evaluating the engine has done ([`EngineHandle::timings`]).
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
+pub struct Timings {
+    /// Steps so far.
+    pub steps: u64,
+    /// How long the last step took.
+    pub last_step: Duration,
+    /// Time spent evaluating, in all.
+    pub total: Duration,
+}
+
 /// A type-erased, cloneable view of an engine, for the web UI and metrics.
 #[derive(Clone)]
 pub struct EngineHandle {
@@ -284,11 +295,10 @@ impl EngineHandle {
         crate::analysis::diagram(&self.shared.root_term, &state.graph, expanded)
     }
 
-    /// Number of steps so far, duration of the last one, and total time spent
-    /// evaluating.
-    pub fn timings(&self) -> (u64, Duration, Duration) {
+    /// How many steps ran, and how long they took.
+    pub fn timings(&self) -> Timings {
         let s = self.shared.lock();
-        (s.steps, s.last_step, s.total)
+        Timings { steps: s.steps, last_step: s.last_step, total: s.total }
     }
 
     /// The pipeline's overall state and, if it failed, the error (`None`

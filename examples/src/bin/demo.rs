@@ -16,13 +16,14 @@
 //!
 //! ```text
 //! demo --registry 127.0.0.1:5000 [--docker unix:///var/run/docker.sock]
-//!      [--listen 127.0.0.1:8080] [--port 8081] [--name deployer-demo] [--once]
+//!      [--listen 127.0.0.1:8080] [--port 8081] [--name deployer-demo] [--once] [--keep]
 //! ```
 //!
 //! `./scripts/demo` installs Docker and the registry when they are missing,
 //! starts them, and runs this. With `--once` it exits after the checks
 //! (status 0 only if the service runs the expected image digest), without
-//! `--once` it keeps the web UI up until Ctrl-C.
+//! `--once` it keeps the web UI up until Ctrl-C. Its files (the repository,
+//! the state directory) are removed when it ends, unless `--keep`.
 
 use std::net::SocketAddr;
 use std::path::Path;
@@ -46,10 +47,11 @@ struct Args {
     port: u16,
     name: String,
     once: bool,
+    keep: bool,
 }
 
 const USAGE: &str =
-    "usage: demo --registry HOST:PORT [--docker URL] [--listen ADDR] [--port PORT] [--name NAME] [--once]";
+    "usage: demo --registry HOST:PORT [--docker URL] [--listen ADDR] [--port PORT] [--name NAME] [--once] [--keep]";
 
 fn parse_args() -> Result<Args, String> {
     let mut args = Args {
@@ -59,6 +61,7 @@ fn parse_args() -> Result<Args, String> {
         port: 8081,
         name: "deployer-demo".into(),
         once: false,
+        keep: false,
     };
     let mut it = std::env::args().skip(1);
     while let Some(flag) = it.next() {
@@ -73,6 +76,7 @@ fn parse_args() -> Result<Args, String> {
             }
             "--name" => args.name = value("a service name")?,
             "--once" => args.once = true,
+            "--keep" => args.keep = true,
             "--help" | "-h" => return Err(USAGE.into()),
             other => return Err(format!("unknown argument {other:?}\n{USAGE}")),
         }
@@ -255,7 +259,7 @@ async fn deploy_version(
         engine.watch(&stages.pushed),
         engine.watch(&stages.deployed),
     );
-    let (_, _, engine_before) = engine.handle().timings();
+    let engine_before = engine.handle().timings().total;
     let (old_image, old_pushed) = (engine.output_of(&stages.image), engine.output_of(&stages.pushed));
     let start = Instant::now();
     let hash = commit(repo, version, SERVE)?;
@@ -319,7 +323,7 @@ async fn deploy_version(
     }
     mark("confirm", &mut at);
     serves(args.port, version).await?;
-    let (_, _, engine_after) = engine.handle().timings();
+    let engine_after = engine.handle().timings().total;
     Ok(Phases { version: version.to_owned(), image: pushed, phases, engine: engine_after - engine_before })
 }
 
@@ -336,8 +340,25 @@ fn print_phases(p: &Phases) {
     );
 }
 
+/// The demo's files, removed when it ends (unless `--keep`).
+struct Files {
+    dir: std::path::PathBuf,
+    keep: bool,
+}
+
+impl Drop for Files {
+    fn drop(&mut self) {
+        if self.keep {
+            println!("(the demo's files are kept in {})", self.dir.display());
+        } else if let Err(e) = std::fs::remove_dir_all(&self.dir) {
+            eprintln!("removing {}: {e}", self.dir.display());
+        }
+    }
+}
+
 async fn run(args: Args) -> Result<(), Error> {
     let dir = std::env::temp_dir().join(format!("deployer-demo-{}", std::process::id()));
+    let _files = Files { dir: dir.clone(), keep: args.keep };
     let repo = dir.join("repo");
     std::fs::create_dir_all(&repo)?;
     std::fs::copy("/bin/busybox", repo.join("busybox"))
@@ -430,7 +451,7 @@ async fn run(args: Args) -> Result<(), Error> {
     println!("phases (wall time):");
     print_phases(&v1);
     print_phases(&v2);
-    let (steps, _, total) = engine.handle().timings();
+    let deployer_core::Timings { steps, total, .. } = engine.handle().timings();
     println!(
         "whole demo: {:.1} s; {steps} engine steps took {:.1} ms in all ({:.3}%)",
         started.elapsed().as_secs_f64(),
@@ -442,7 +463,7 @@ async fn run(args: Args) -> Result<(), Error> {
         let _ = client.delete_service(&args.name).await;
         return Ok(());
     }
-    println!("\nserving the web UI at http://{ui}/ until Ctrl-C (files in {})", dir.display());
+    println!("\nserving the web UI at http://{ui}/ until Ctrl-C (files in {}, removed then)", dir.display());
     let _ = tokio::signal::ctrl_c().await;
     let _ = client.delete_service(&args.name).await;
     Ok(())

@@ -22,6 +22,9 @@ use super::spec::{Arch, Deployment, DockerSpec, ExtraArg, Flavour, RepoSpec, Uni
 /// The name of the check reported on every branch and PR.
 pub const CHECK: &str = "deployability";
 
+/// How soon a failed scheduled SSH job (the monthly backup) runs again.
+pub const SSH_RETRY: std::time::Duration = std::time::Duration::from_secs(3600);
+
 /// What a flavour's pipeline is built with: the plugins, configured.
 pub struct Plan {
     /// The store, jobs and configuration.
@@ -111,7 +114,9 @@ pub fn pipeline(flavour: &Flavour, plan: &Plan) -> Result<Current<()>, Error> {
                 .as_ref()
                 .ok_or_else(|| Error::msg(format!("the SSH job {} on {} needs SSH configured", job.key, job.host)))?;
             let on = Host::new(&job.host).map_err(|e| Error::msg(format!("the SSH job {}: {e}", job.key)))?;
-            stages.push(ssh.run(&on, &job.key, job.command.clone(), Schedule::every(job.every)));
+            // A failed backup is tried again after an hour, not a month later.
+            let schedule = Schedule::every(job.every).retry_failures_after(SSH_RETRY);
+            stages.push(ssh.run(&on, &job.key, job.command.clone(), schedule));
         }
     }
     Ok(Current::all(stages).ignore_value())
