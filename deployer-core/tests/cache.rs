@@ -150,7 +150,10 @@ impl Builder for SlowToCancel {
         Some(format!("build {key}"))
     }
     async fn build(&self, job: &Job, key: &String) -> Result<String, Error> {
-        self.runs.fetch_add(1, std::sync::atomic::Ordering::SeqCst);
+        let n = self.runs.fetch_add(1, std::sync::atomic::Ordering::SeqCst) + 1;
+        if n > 1 {
+            return Ok(format!("{key} (run {n})"));
+        }
         self.started.notify_one();
         job.cancelled().await;
         self.cleanup.notified().await;
@@ -159,7 +162,7 @@ impl Builder for SlowToCancel {
 }
 
 #[tokio::test]
-async fn auto_cancel_then_wanted_again_before_the_cancel_finished_reattaches() {
+async fn auto_cancel_then_wanted_again_before_the_cancel_finished_builds_again() {
     let (ctx, _clock) = context("autocancel");
     let (started, cleanup) = (Arc::new(Notify::new()), Arc::new(Notify::new()));
     let runs = Arc::new(std::sync::atomic::AtomicUsize::new(0));
@@ -190,12 +193,16 @@ async fn auto_cancel_then_wanted_again_before_the_cancel_finished_reattaches() {
     let shown = engine.diagram(&Default::default()).boxes.iter().find_map(|b| b.job_id.clone());
     assert_eq!(shown.as_deref(), Some(job.id()));
     assert_eq!(ctx.jobs.find("build a").len(), 1);
-    // It finishes its cleanup with a result: that one build is used.
+    // It finishes its cleanup with a result: as in OCurrent, a cancelled
+    // run is never the answer (issue 23). A replacement build runs, and its
+    // result is the value.
     cleanup.notify_one();
     wait_finished(&job).await;
-    next(&engine).await;
-    assert_eq!(engine.output(), ok("a (finished while cancelling)".to_string()));
-    assert_eq!(runs.load(std::sync::atomic::Ordering::SeqCst), 1, "one build");
+    let out = engine.settle(Duration::from_secs(10), |o| matches!(o, Output::Ok(_))).await.unwrap();
+    assert_eq!(out, ok("a (run 2)".to_string()));
+    assert_eq!(runs.load(std::sync::atomic::Ordering::SeqCst), 2, "a replacement build");
+    let first = ctx.store.by_job(job.id()).await.unwrap().unwrap();
+    assert!(first.ok && first.rebuild, "recorded as it ended, never reloaded as the answer: {first:?}");
     assert!(ctx.jobs.active().is_empty());
 }
 

@@ -634,3 +634,60 @@ fn errors_record_their_origin() {
     assert_eq!(Output::<u8>::Err(e.clone()).state(failing.id()), NodeState::Failed);
     assert_eq!(Output::<u8>::Err(e).state(downstream.id()), NodeState::Blocked);
 }
+
+/// Issue 23, a documented choice (ARCHITECTURE.md, "Where the core differs
+/// from OCurrent"): OCurrent marks a monitor's box "updating" the moment a
+/// re-read starts; here the mark appears only once a read has lasted 1 s,
+/// so the frequent quick reads (webhook-driven, polls) neither flicker the
+/// diagram nor cost the engine a step each. A quick read shows no mark; a
+/// slow one shows it after 1 s and until it ends.
+#[tokio::test(start_paused = true)]
+async fn a_monitor_marks_its_box_updating_only_for_a_read_slower_than_a_second() {
+    let delay = Arc::new(Mutex::new(Duration::ZERO));
+    let reads = Arc::new(AtomicUsize::new(0));
+    let refresh: Arc<Mutex<Option<deployer_core::monitor::Refresh>>> = Arc::new(Mutex::new(None));
+    let (d, n, r) = (delay.clone(), reads.clone(), refresh.clone());
+    let monitor = Monitor::new(
+        "head",
+        move || -> BoxFuture<Result<usize, Error>> {
+            let (wait, read) = (*d.lock().unwrap(), n.fetch_add(1, Ordering::SeqCst) + 1);
+            Box::pin(async move {
+                tokio::time::sleep(wait).await;
+                Ok(read)
+            })
+        },
+        move |refresh| -> BoxFuture<Result<Unwatch, Error>> {
+            *r.lock().unwrap() = Some(refresh);
+            Box::pin(async move { Ok(Unwatch::nothing()) })
+        },
+    );
+    let engine = Engine::new(monitor.current());
+    let update = |e: &Engine<usize>| e.diagram(&Default::default()).boxes[0].update;
+    engine.step();
+    tokio::time::timeout(Duration::from_secs(5), engine.next()).await.unwrap();
+    assert_eq!(engine.output(), Output::Ok(1));
+    // A quick re-read (0.5 s): no mark at any point, one new value.
+    *delay.lock().unwrap() = Duration::from_millis(500);
+    refresh.lock().unwrap().as_ref().unwrap().refresh();
+    tokio::time::sleep(Duration::from_millis(400)).await;
+    engine.step();
+    assert_eq!((engine.output(), update(&engine)), (Output::Ok(1), None));
+    tokio::time::timeout(Duration::from_secs(5), engine.next()).await.unwrap();
+    assert_eq!((engine.output(), update(&engine)), (Output::Ok(2), None));
+    // A slow re-read (3 s): no mark before 1 s, the mark from then on (the
+    // old value still shown), then the new value without it.
+    *delay.lock().unwrap() = Duration::from_secs(3);
+    refresh.lock().unwrap().as_ref().unwrap().refresh();
+    tokio::time::sleep(Duration::from_millis(900)).await;
+    engine.step();
+    assert_eq!(update(&engine), None);
+    tokio::time::sleep(Duration::from_millis(200)).await;
+    engine.step();
+    assert_eq!((engine.output(), update(&engine)), (Output::Ok(2), Some(deployer_core::ActiveState::Running)));
+    tokio::time::timeout(Duration::from_secs(5), engine.next()).await.unwrap();
+    while engine.output() != Output::Ok(3) {
+        tokio::time::timeout(Duration::from_secs(5), engine.next()).await.unwrap();
+    }
+    assert_eq!(update(&engine), None);
+    assert_eq!(reads.load(Ordering::SeqCst), 3);
+}

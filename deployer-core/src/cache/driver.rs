@@ -665,7 +665,9 @@ impl<O: Operation> Instance<O> {
             value: O::STORES_VALUE.then(|| value_digest.clone()),
             ok,
             outcome,
-            rebuild: !ok && obsolete,
+            // A cancelled run's outcome, even a success, is never reloaded
+            // as the answer for its value (OCurrent's rule).
+            rebuild: obsolete,
             interrupted: false,
             ready,
             running: job.info().started,
@@ -682,8 +684,14 @@ impl<O: Operation> Instance<O> {
         st.running = None;
         let wanted = st.desired.as_ref().is_some_and(|d| d.digest == value_digest);
         match result {
-            // A success is kept even if the run was no longer wanted: when
-            // the key is wanted again meanwhile, that one run is enough.
+            // A run auto-cancelled because its value was no longer wanted is
+            // not the answer, even if it succeeded (it may have stopped half
+            // way, or published something already superseded): as in
+            // OCurrent, if the value is wanted again, a new run starts, and a
+            // latched stage keeps showing the outcome before it.
+            Ok(_) if obsolete => {
+                job.log("Its result is discarded: the job was cancelled because it was no longer needed");
+            }
             Ok((outcome, _)) => {
                 st.current = Some(Done {
                     value_digest,
