@@ -141,8 +141,21 @@ async fn converged(
     name: &str,
     image: &Image,
 ) -> Result<(usize, usize), Error> {
+    let (running, want, _) = converged_since(docker, host, service, name, image).await?;
+    Ok((running, want))
+}
+
+/// Like [`converged`], with when the youngest of the running new tasks
+/// started running (the daemon's clock).
+async fn converged_since(
+    docker: &bollard::Docker,
+    host: &DockerHost,
+    service: &Service,
+    name: &str,
+    image: &Image,
+) -> Result<(usize, usize, Option<chrono::DateTime<chrono::FixedOffset>>), Error> {
     let tasks = running_tasks(docker, host, name).await?;
-    let running = tasks
+    let new: Vec<_> = tasks
         .iter()
         .filter(|t| {
             let on_image = t
@@ -153,9 +166,30 @@ async fn converged(
                 .is_some_and(|i| i == image.as_str() || i.ends_with(&format!("@{}", image.digest())));
             on_image && t.status.as_ref().and_then(|s| s.state) == Some(TaskState::RUNNING)
         })
-        .count();
+        .collect();
+    let youngest = new
+        .iter()
+        .map(|t| t.status.as_ref().and_then(|s| s.timestamp.as_deref()).and_then(daemon_time))
+        .collect::<Option<Vec<_>>>()
+        .and_then(|times| times.into_iter().max());
     let want = wanted(service).map_or(tasks.len().max(1), |w| w as usize);
-    Ok((running, want))
+    Ok((new.len(), want, youngest))
+}
+
+/// A timestamp as the daemon writes it (RFC 3339, nanoseconds).
+fn daemon_time(text: &str) -> Option<chrono::DateTime<chrono::FixedOffset>> {
+    chrono::DateTime::parse_from_rfc3339(text).ok()
+}
+
+/// How long swarm's own update monitor watched the new tasks before it
+/// called the update complete: from the youngest one's start to the
+/// update's completion, both on the daemon's clock (no clock skew with
+/// this machine).
+fn watched_by_swarm(completed_at: Option<&str>, youngest: Option<chrono::DateTime<chrono::FixedOffset>>) -> Duration {
+    match (completed_at.and_then(daemon_time), youngest) {
+        (Some(done), Some(started)) => (done - started).to_std().unwrap_or_default(),
+        _ => Duration::ZERO,
+    }
 }
 
 impl UpdateService {
@@ -213,18 +247,40 @@ impl UpdateService {
                 Some(UpdateState::UPDATING) => healthy_since = None,
                 _ => {
                     // Completed (or no update to run): the new tasks must run,
-                    // and keep running through the monitoring window.
-                    let (running, want) = converged(docker, host, &service, name, image).await?;
+                    // and keep running through the monitoring window. The
+                    // window counts from the tasks' start, so the time swarm's
+                    // own update monitor already watched them counts: with a
+                    // swarm monitor as long as the window, the deploy is
+                    // confirmed as the update completes.
+                    let (running, want, youngest) = converged_since(docker, host, &service, name, image).await?;
                     if let Some(why) = task_failure(docker, name, image).await {
                         return Ok(Err(why));
                     }
                     if running >= want {
-                        let since = *healthy_since.get_or_insert_with(Instant::now);
+                        let credit = match status.state {
+                            Some(UpdateState::COMPLETED) => watched_by_swarm(status.completed_at.as_deref(), youngest),
+                            _ => Duration::ZERO,
+                        };
+                        let since = *healthy_since.get_or_insert_with(|| {
+                            let now = Instant::now();
+                            now.checked_sub(credit.min(options.monitor)).unwrap_or(now)
+                        });
                         if since.elapsed() >= options.monitor {
-                            job.log(&format!(
-                                "{name}: {running}/{want} tasks running {image} for {} s",
-                                options.monitor.as_secs()
-                            ));
+                            let window = options.monitor.as_secs_f64();
+                            if credit >= options.monitor {
+                                job.log(&format!(
+                                    "{name}: {running}/{want} tasks running {image}; confirmed as the update \
+                                     completed: swarm's update monitor watched them for {:.1} s (the window is \
+                                     {window:.0} s)",
+                                    credit.as_secs_f64()
+                                ));
+                            } else {
+                                job.log(&format!(
+                                    "{name}: {running}/{want} tasks running {image} for {window:.0} s ({:.1} s of \
+                                     it watched by swarm's update monitor)",
+                                    credit.as_secs_f64()
+                                ));
+                            }
                             return Ok(Ok(()));
                         }
                     } else {
@@ -430,5 +486,23 @@ impl UpdateService {
                 Err(e)
             }
         }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    /// Issue 23: the window counts from the new tasks' start; the time
+    /// swarm's update monitor watched them (its completion minus the
+    /// youngest task's start, both the daemon's clock) is credited.
+    #[test]
+    fn the_time_swarm_watched_the_new_tasks_is_read_from_the_daemons_clock() {
+        let youngest = daemon_time("2026-12-03T19:35:58.490589966Z");
+        assert_eq!(watched_by_swarm(Some("2026-12-03T19:36:03.990589966Z"), youngest), Duration::from_millis(5500));
+        // A completion before the start (another update's), or no times: no credit.
+        assert_eq!(watched_by_swarm(Some("2026-12-03T19:35:50Z"), youngest), Duration::ZERO);
+        assert_eq!(watched_by_swarm(None, youngest), Duration::ZERO);
+        assert_eq!(watched_by_swarm(Some("not a time"), youngest), Duration::ZERO);
     }
 }
