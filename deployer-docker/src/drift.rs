@@ -92,7 +92,7 @@ async fn read(shared: &Shared, host: &str, name: &str) -> Result<LiveService, Er
 /// A monitor of `name` on `host`, read every `every` (and on refresh).
 pub(crate) fn monitor(shared: Shared, host: &str, name: &str, every: Duration) -> Monitor<LiveService> {
     let (host, name) = (host.to_owned(), name.to_owned());
-    Monitor::poll(&format!("{name} on {host}: live"), every, move || {
+    Monitor::poll(&format!("docker service {name} on {host}: what runs"), every, move || {
         let (shared, host, name) = (shared.clone(), host.clone(), name.clone());
         async move { read(&shared, &host, &name).await }
     })

@@ -41,7 +41,11 @@ impl Publisher for SshRun {
     type Outcome = ();
 
     fn describe(&self, key: &RunKey, command: &Vec<String>) -> Option<String> {
-        Some(format!("ssh {}: {}: {}", key.host, key.key, crate::command_line(command)))
+        // Named as the pipeline names the host (its alias), like the stage's
+        // label; the address is in the log ("Exec on user@host:port: …").
+        let hosts = self.hosts.read().unwrap_or_else(|e| e.into_inner());
+        let name = hosts.get(&key.host).map_or(key.host.as_str(), |h| h.name());
+        Some(format!("ssh {name}: {}: {}", key.key, crate::command_line(command)))
     }
     fn level(&self) -> Level {
         self.level

@@ -299,6 +299,21 @@ async fn an_ssh_config_alias_and_an_unreachable_host() {
     assert_eq!(h.name(), "backups");
     Ssh::new(&ctx).exec(&j, &h, &args("echo via the alias")).await.unwrap();
     assert!(log(&ctx, j.id()).contains(": via the alias\n"));
+    // Issue 23 (one rule for labels): a scheduled run's box and its job
+    // both name the host as the pipeline does (the alias); the job's log
+    // says where that is.
+    let engine = Engine::new(Ssh::new(&ctx).run(&h, "tarsnap", args("true"), Schedule::never()));
+    engine.step();
+    let label = engine.diagram(&Default::default()).boxes.iter().find(|b| b.job_id.is_some()).map(|b| b.label.clone());
+    assert_eq!(label.as_deref(), Some("ssh backups: tarsnap"));
+    settle(&engine, "the aliased run", |o| matches!(o, Output::Ok(()))).await;
+    let row = ctx.store.history(Default::default()).await.unwrap().rows.into_iter().next().unwrap();
+    assert_eq!(row.description, "ssh backups: tarsnap: sh -c true");
+    assert!(
+        log(&ctx, &row.job_id).contains(&format!("Exec on {}: sh -c true", h.destination())),
+        "{}",
+        log(&ctx, &row.job_id)
+    );
     // Nothing listens there.
     let closed = std::net::TcpListener::bind("127.0.0.1:0").unwrap().local_addr().unwrap().port();
     let e = Ssh::new(&ctx).exec(&j, &host(&sshd, closed), &args("true")).await.unwrap_err();
