@@ -10,6 +10,9 @@ use std::sync::{Arc, Mutex};
 
 use deployer_web::CounterSample;
 
+/// How many stages' last values are remembered at most.
+const MAX_REMEMBERED: usize = 100_000;
+
 /// Which counter.
 #[derive(Clone, Copy, Debug, PartialEq, Eq, PartialOrd, Ord)]
 pub enum Family {
@@ -40,6 +43,11 @@ impl Counters {
         let mut inner = self.inner.lock().unwrap_or_else(|e| e.into_inner());
         if inner.last.get(stage).map(String::as_str) == Some(value) {
             return;
+        }
+        // Bounded: PR builds name a stage per image, and a deployer runs for
+        // months. Forgetting only risks counting a re-evaluated value again.
+        if inner.last.len() >= MAX_REMEMBERED {
+            inner.last.clear();
         }
         inner.last.insert(stage.to_owned(), value.to_owned());
         *inner.counts.entry((family, kind.to_owned(), service.to_owned())).or_default() += 1;
@@ -75,5 +83,11 @@ mod tests {
             |kind: &str, service: &str| vec![("type".to_owned(), kind.into()), ("service".to_owned(), service.into())];
         assert_eq!(c.samples(Family::Builds), [(labels("docker", "ocaml/ocaml.org"), 3)]);
         assert_eq!(c.samples(Family::Deployments), [(labels("docker", "ocurrent/v3.ocaml.org-server"), 1)]);
+        // Memory stays bounded however many images are seen; counts are kept.
+        for i in 0..MAX_REMEMBERED + 10 {
+            c.saw(Family::Builds, "docker", "ocaml/ocaml.org", &format!("image {i}"), "");
+        }
+        assert!(c.inner.lock().unwrap().last.len() <= MAX_REMEMBERED);
+        assert_eq!(c.samples(Family::Builds)[0].1, 3 + MAX_REMEMBERED as u64 + 10);
     }
 }
