@@ -87,6 +87,11 @@ impl Endpoint {
                 }
                 let (host, port) = split_host_port(hostport).ok_or_else(|| bad("expected tcp://host:port"))?;
                 let host = if host.is_empty() { "localhost" } else { host };
+                if !host_ok(host) {
+                    return Err(bad(&format!(
+                        "{host:?} is not a host name or an IP address (an IPv6 address goes in brackets)"
+                    )));
+                }
                 let port = match port {
                     None | Some("") => default_port,
                     Some(p) => p.parse::<u16>().map_err(|_| bad(&format!("{p:?} is not a port")))?,
@@ -104,6 +109,16 @@ impl Endpoint {
             }
             _ => Err(bad("expected unix://, tcp:// or ssh://")),
         }
+    }
+}
+
+/// A host as a URL may have it: a name of letters, digits, `-`, `.` and
+/// `_`, or an IPv6 address in brackets (no zone: a deployer dials no
+/// link-local daemon), as Go's `url.Parse` refuses anything else.
+fn host_ok(host: &str) -> bool {
+    match host.strip_prefix('[').and_then(|h| h.strip_suffix(']')) {
+        Some(v6) => v6.parse::<std::net::Ipv6Addr>().is_ok(),
+        None => !host.is_empty() && host.bytes().all(|b| b.is_ascii_alphanumeric() || b"-._".contains(&b)),
     }
 }
 

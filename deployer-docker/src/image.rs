@@ -52,7 +52,9 @@ pub struct ImageRef {
 /// The registry of Docker Hub as older clients name it.
 const LEGACY_DOCKER_HUB: &str = "index.docker.io";
 
-/// The longest name (`registry/repository`) Docker accepts.
+/// The longest repository path (without the registry) Docker accepts
+/// (distribution/reference's `RepositoryNameTotalLengthMax`, checked on the
+/// normalised path: `library/…` counts).
 const NAME_MAX: usize = 255;
 
 /// A path component as Docker's grammar has it: lower-case alphanumerics,
@@ -163,7 +165,9 @@ impl ImageRef {
             return bad("the registry is not a host name (or [IPv6] address) with an optional :port");
         }
         let registry = if registry == LEGACY_DOCKER_HUB { DOCKER_HUB.to_owned() } else { registry };
-        if path.len() == 64 && path.bytes().all(|b| b.is_ascii_hexdigit() && !b.is_ascii_uppercase()) {
+        // As Docker: the whole reference being 64 hex digits is an image id
+        // (`docker.io/<64 hex>`, or one with a tag, is a name).
+        if reference.len() == 64 && reference.bytes().all(|b| b.is_ascii_hexdigit() && !b.is_ascii_uppercase()) {
             return bad("a 64-digit hexadecimal string is an image id, not a repository name");
         }
         if path.is_empty() || !path.split('/').all(path_component_ok) {
@@ -171,8 +175,8 @@ impl ImageRef {
         }
         let repository =
             if registry == DOCKER_HUB && !path.contains('/') { format!("library/{path}") } else { path.to_owned() };
-        if registry.len() + 1 + repository.len() > NAME_MAX {
-            return bad("the name is longer than 255 characters");
+        if repository.len() > NAME_MAX {
+            return bad("the repository path is longer than 255 characters");
         }
         Ok(ImageRef { original: reference.to_owned(), registry, repository, tag, digest })
     }
@@ -327,10 +331,11 @@ mod tests {
         }
         // A bare 64-digit hex string is an image id.
         assert!(ImageRef::parse(&"ab".repeat(32)).unwrap_err().why.contains("image id"));
-        // Docker's 255-character name limit.
-        let long = format!("reg.io/{}", "a".repeat(250));
+        // Docker's 255-character limit, on the repository path (the
+        // registry does not count: reference_test.go line 275).
+        let long = format!("reg.io/{}", "a".repeat(256));
         assert!(ImageRef::parse(&long).unwrap_err().why.contains("255"));
-        assert!(ImageRef::parse(&format!("reg.io/{}", "a".repeat(248))).is_ok());
+        assert!(ImageRef::parse(&format!("example.com/{}", "a".repeat(255))).is_ok());
     }
 
     #[test]

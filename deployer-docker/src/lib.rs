@@ -60,6 +60,18 @@ mod registry;
 mod run;
 mod service;
 
+/// Entry points for the fuzz targets in `fuzz/` (the `fuzzing` feature).
+/// Not part of the API.
+#[cfg(feature = "fuzzing")]
+#[doc(hidden)]
+pub mod fuzzing {
+    /// The endpoint of the Docker context `name` in the config directory
+    /// `dir` (its `meta.json`, its TLS files), as a host would resolve it.
+    pub fn resolve_context(name: &str, dir: &std::path::Path) -> Result<crate::Endpoint, crate::DockerError> {
+        crate::context::resolve(name, dir)
+    }
+}
+
 use std::collections::HashMap;
 use std::path::{Path, PathBuf};
 use std::sync::{Arc, RwLock};

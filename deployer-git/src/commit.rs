@@ -71,6 +71,17 @@ impl Remote {
     /// Checks `url`: a known scheme or an absolute path, with no whitespace,
     /// control or shell characters, and not starting with `-`.
     pub fn new(url: &str) -> Result<Remote, GitError> {
+        Remote::check(url)?;
+        // Trailing slashes name the same repository; they go unless the
+        // address would not be one without them (`/`, `host:/`, `file:///`).
+        let trimmed = url.trim_end_matches('/');
+        if trimmed != url && Remote::check(trimmed).is_ok() {
+            return Ok(Remote(trimmed.to_owned()));
+        }
+        Ok(Remote(url.to_owned()))
+    }
+
+    fn check(url: &str) -> Result<(), GitError> {
         let bad = |why| Err(GitError::BadRemote { remote: without_credentials(url), why });
         if url.is_empty() {
             return bad("it is empty");
@@ -93,7 +104,7 @@ impl Remote {
         if url.starts_with("http") && url.split_once("://").is_some_and(|(_, rest)| authority(rest).contains('@')) {
             return bad("it has credentials in it (give a token to Git::token, which keeps it out of logs)");
         }
-        Ok(Remote(url.trim_end_matches('/').to_owned()))
+        Ok(())
     }
 
     /// The local repository at `path` (which must be absolute).
@@ -440,6 +451,24 @@ mod tests {
         let r = Remote::new("git@github.com:o/app.git").unwrap();
         assert_eq!((r.host(), r.short_name(), r.is_local()), (Some("github.com"), "app", false));
         assert_eq!(r.join("../lib.git").unwrap().as_str(), "git@github.com:o/lib.git");
+    }
+
+    /// Found by the `git_names` fuzz target: `git@host:/` lost its trailing
+    /// slash and became `git@host:`, which is no remote (and `/` became
+    /// the empty string). A slash goes only where what is left is one.
+    #[test]
+    fn trailing_slashes_go_only_where_an_address_is_left() {
+        for (given, kept) in [
+            ("git@gtsush:/", "git@gtsush:/"),
+            ("/", "/"),
+            ("file:///", "file:///"),
+            ("https://h.example/o/r.git/", "https://h.example/o/r.git"),
+            ("/srv/repo//", "/srv/repo"),
+        ] {
+            let r = Remote::new(given).unwrap_or_else(|e| panic!("{given}: {e}"));
+            assert_eq!(r.as_str(), kept);
+            assert_eq!(Remote::new(r.as_str()).unwrap(), r, "{given} reads back as itself");
+        }
     }
 
     /// Remotes with IPv6 addresses and bracketed hosts, read for their host

@@ -42,6 +42,20 @@ mod head;
 mod mirror;
 mod tar;
 
+/// Entry points for the fuzz targets in `fuzz/` (the `fuzzing` feature).
+/// Not part of the API.
+#[cfg(feature = "fuzzing")]
+#[doc(hidden)]
+pub mod fuzzing {
+    /// The tar stream joiner: the entries of the archive `from`, without
+    /// its end marker, and the bytes it says it wrote.
+    pub async fn copy_tar_entries(mut from: &[u8]) -> std::io::Result<(Vec<u8>, u64)> {
+        let mut out = Vec::new();
+        let n = crate::tar::copy_entries(&mut from, &mut out).await?;
+        Ok((out, n))
+    }
+}
+
 use std::sync::Arc;
 use std::time::Duration;
 

@@ -13,8 +13,43 @@ use crate::host::{home, Host, Identity};
 use crate::known_hosts::HostKeyPolicy;
 use crate::pattern::{wildcard, wildcard_exact};
 
-/// Include depth at which a loop is assumed.
+/// Include depth at which a loop is assumed (OpenSSH's limit).
 const MAX_DEPTH: usize = 16;
+
+/// Files read for one alias at most: a file that includes itself twice
+/// would otherwise be read 2^16 times before the depth limit stops it.
+const MAX_FILES: usize = 256;
+
+/// The largest configuration file read.
+const MAX_SIZE: u64 = 1 << 20;
+
+/// The text of a configuration file, refused as OpenSSH refuses it when it
+/// is writable by others than its owner or owned by another user than root
+/// or this one ("Bad owner or permissions"), and, here, when it is not a
+/// regular file (`Include /dev/zero` would never end) or over 1 MiB.
+fn read_file(path: &Path) -> Result<String, SshError> {
+    use std::io::Read;
+    use std::os::unix::fs::MetadataExt;
+    let cannot = |e: std::io::Error| SshError::Config(format!("cannot read {}: {e}", path.display()));
+    let file = std::fs::File::open(path).map_err(cannot)?;
+    let meta = file.metadata().map_err(cannot)?;
+    if !meta.is_file() {
+        return Err(SshError::Config(format!("{} is not a regular file", path.display())));
+    }
+    let me = crate::host::effective_uid();
+    if (meta.uid() != 0 && meta.uid() != me) || meta.mode() & 0o022 != 0 {
+        return Err(SshError::Config(format!(
+            "bad owner or permissions on {} (it must be owned by root or this user, and writable by no one else)",
+            path.display()
+        )));
+    }
+    let mut text = String::new();
+    file.take(MAX_SIZE + 1).read_to_string(&mut text).map_err(cannot)?;
+    if text.len() as u64 > MAX_SIZE {
+        return Err(SshError::Config(format!("{} is larger than {MAX_SIZE} bytes", path.display())));
+    }
+    Ok(text)
+}
 
 /// Whether a `Host` line's patterns name `alias`, compared as typed (in
 /// the same case), as OpenSSH does (`ssh -G` shows it).
@@ -75,6 +110,7 @@ fn split_line(line: &str) -> Option<(String, Vec<String>)> {
 struct Settings {
     first: HashMap<String, Vec<String>>,
     identity_files: Vec<String>,
+    files_read: usize,
 }
 
 impl Settings {
@@ -82,8 +118,14 @@ impl Settings {
         if depth > MAX_DEPTH {
             return Err(SshError::Config(format!("{}: Include nested too deeply (a loop?)", path.display())));
         }
-        let text = std::fs::read_to_string(path)
-            .map_err(|e| SshError::Config(format!("cannot read {}: {e}", path.display())))?;
+        self.files_read += 1;
+        if self.files_read > MAX_FILES {
+            return Err(SshError::Config(format!(
+                "{}: more than {MAX_FILES} files read through Include (a loop?)",
+                path.display()
+            )));
+        }
+        let text = read_file(path)?;
         let mut applies = applies_outside;
         for (n, line) in text.lines().enumerate() {
             let Some((keyword, args)) = split_line(line) else { continue };
@@ -185,6 +227,30 @@ fn expand(value: &str, host: &Host) -> Result<PathBuf, SshError> {
     Ok(expand_tilde(&out))
 }
 
+/// `HostName`'s tokens, as OpenSSH has them: `%h` (the alias) and `%%`;
+/// any other is an error.
+fn expand_hostname(value: &str, alias: &str) -> Result<String, SshError> {
+    let mut out = String::new();
+    let mut chars = value.chars();
+    while let Some(c) = chars.next() {
+        if c != '%' {
+            out.push(c);
+            continue;
+        }
+        match chars.next() {
+            Some('h') => out.push_str(alias),
+            Some('%') => out.push('%'),
+            Some(other) => {
+                return Err(SshError::Config(format!(
+                    "HostName {value:?}: %{other} is not a token of HostName (%h %%)"
+                )))
+            }
+            None => return Err(SshError::Config(format!("HostName {value:?}: a '%' at the end"))),
+        }
+    }
+    Ok(out)
+}
+
 fn seconds(keyword: &str, value: &str) -> Result<Duration, SshError> {
     value
         .parse::<u64>()
@@ -196,8 +262,15 @@ fn seconds(keyword: &str, value: &str) -> Result<Duration, SshError> {
 pub(crate) fn resolve(alias: &str, path: &Path) -> Result<Host, SshError> {
     let mut settings = Settings::default();
     settings.read(path, alias, true, 0)?;
-    let hostname = settings.get("hostname").map(|h| h.replace("%h", alias)).unwrap_or_else(|| alias.to_owned());
-    let mut host = Host::new(&hostname)?;
+    let hostname = match settings.get("hostname") {
+        Some(h) => expand_hostname(h, alias)?,
+        None => alias.to_owned(),
+    };
+    // A HostName is a name or an address, never `host:port`: a bare IPv6
+    // address is read as one.
+    let bracketed =
+        if hostname.contains(':') && !hostname.starts_with('[') { format!("[{hostname}]") } else { hostname };
+    let mut host = Host::new(&bracketed)?;
     host.name = alias.to_owned();
     if let Some(user) = settings.get("user") {
         host = host.user(user);
@@ -272,6 +345,32 @@ mod tests {
         let _ = std::fs::remove_dir_all(&dir);
         std::fs::create_dir_all(&dir).unwrap();
         dir
+    }
+
+    /// Hostile files: one that includes itself over and over, a device
+    /// that never ends, a file others may write, and one too large.
+    #[test]
+    fn includes_that_never_end_and_files_others_may_write_are_refused() {
+        use std::os::unix::fs::PermissionsExt;
+        let dir = tmp("hostile");
+        let looping = dir.join("loop");
+        std::fs::write(&looping, format!("Include {0} {0} {0}\n", looping.display())).unwrap();
+        let started = std::time::Instant::now();
+        let e = resolve("h", &looping).err().expect("a loop is refused").to_string();
+        assert!(e.contains("more than 256 files") || e.contains("nested too deeply"), "{e}");
+        assert!(started.elapsed() < std::time::Duration::from_secs(5), "{:?}", started.elapsed());
+        let zero = write(&dir, "zero", "Include /dev/zero\n");
+        let e = resolve("h", &zero).err().expect("a device is refused").to_string();
+        assert!(e.contains("/dev/zero is not a regular file"), "{e}");
+        let open = write(&dir, "open", "Host h\n\tPort 2\n");
+        std::fs::set_permissions(&open, std::fs::Permissions::from_mode(0o666)).unwrap();
+        let e = resolve("h", &open).err().expect("a world-writable file is refused").to_string();
+        assert!(e.contains("bad owner or permissions"), "{e}");
+        std::fs::set_permissions(&open, std::fs::Permissions::from_mode(0o644)).unwrap();
+        assert_eq!(resolve("h", &open).unwrap().port, 2);
+        let big = write(&dir, "big", &"# padding\n".repeat(200_000));
+        let e = resolve("h", &big).err().expect("a huge file is refused").to_string();
+        assert!(e.contains("larger than"), "{e}");
     }
 
     #[test]

@@ -61,11 +61,16 @@ fn check_word(what: &str, word: &str) -> Result<(), SshError> {
     if word.starts_with('-') || word.chars().any(|c| c.is_whitespace() || c.is_control() || c == '/') {
         return Err(SshError::Config(format!("the {what} {word:?} is not a valid name")));
     }
-    // OpenSSH (9.6 and later) refuses user names with shell characters,
-    // which would reach a shell through `%r` in a ProxyCommand or a remote
-    // command line.
-    if what == "user" && word.chars().any(|c| "'`\"$\\;&<>|()".contains(c)) {
+    // OpenSSH's own rules (readconf.c, ssh_valid_ruser and
+    // ssh_valid_hostname): shell characters in a user name would reach a
+    // shell through `%r`; in a host name, and a ',' too, which would make a
+    // known_hosts line list other hosts. This crate also refuses '$' and
+    // '\\' in a user name, which OpenSSH lets through.
+    if what == "user" && word.chars().any(|c| "'`\"$\\;&<>|(){}".contains(c)) {
         return Err(SshError::Config(format!("the user {word:?} contains shell characters")));
+    }
+    if what == "host name" && word.chars().any(|c| "'`\"$\\;&<>|(){},".contains(c)) {
+        return Err(SshError::Config(format!("the host name {word:?} contains characters OpenSSH refuses")));
     }
     Ok(())
 }
@@ -80,14 +85,20 @@ fn current_user() -> String {
     login_name()
 }
 
+/// The user id this process runs as (the owner of `/proc/self`), or
+/// `u32::MAX` if that cannot be read.
+pub(crate) fn effective_uid() -> u32 {
+    use std::os::unix::fs::MetadataExt;
+    std::fs::metadata("/proc/self").map_or(u32::MAX, |m| m.uid())
+}
+
 /// The login name of the user running this process, as OpenSSH takes it
 /// (from the password database by user id, not from `$USER`, which anyone
 /// can set): the owner of `/proc/self` looked up in `/etc/passwd`; `$USER`
 /// or `$LOGNAME` only where that cannot be read.
 pub(crate) fn login_name() -> String {
-    use std::os::unix::fs::MetadataExt;
-    let by_uid = std::fs::metadata("/proc/self").ok().and_then(|m| {
-        let uid = m.uid().to_string();
+    let by_uid = Some(effective_uid()).filter(|&u| u != u32::MAX).and_then(|uid| {
+        let uid = uid.to_string();
         let passwd = std::fs::read_to_string("/etc/passwd").ok()?;
         passwd.lines().find_map(|l| {
             let mut f = l.split(':');
@@ -104,7 +115,8 @@ pub(crate) fn login_name() -> String {
 impl Host {
     /// A host from a destination: `host`, `user@host`, `user@host:port`,
     /// `[v6 address]:port` or `ssh://user@host:port` (as Docker writes it).
-    /// The user defaults to `$USER`, the port to 22, the identity to
+    /// The user defaults to the login name of the user running this (as
+    /// OpenSSH, not `$USER`), the port to 22, the identity to
     /// OpenSSH's defaults, host keys to `~/.ssh/known_hosts`.
     pub fn new(destination: &str) -> Result<Host, SshError> {
         let rest = destination.strip_prefix("ssh://").unwrap_or(destination);
@@ -140,6 +152,9 @@ impl Host {
         let user = user.unwrap_or_else(current_user);
         check_word("user", &user)?;
         check_word("host name", &hostname)?;
+        // OpenSSH connects to (and looks keys up for) the name in lower
+        // case, whatever case it was written in (`ssh -G` shows it).
+        let hostname = hostname.to_ascii_lowercase();
         let known_hosts = home().unwrap_or_default().join(".ssh").join("known_hosts");
         Ok(Host {
             name: destination.to_owned(),

@@ -43,6 +43,48 @@ mod pattern;
 mod run;
 mod tunnel;
 
+/// Entry points for the fuzz targets in `fuzz/` (the `fuzzing` feature).
+/// Not part of the API.
+#[cfg(feature = "fuzzing")]
+#[doc(hidden)]
+pub mod fuzzing {
+    use russh::keys::ssh_key::PublicKey;
+
+    /// What the `known_hosts` text says of `key` for `host:port`, as
+    /// text: `known`, `changed <line>`, `revoked <line>` or `unknown`.
+    pub fn known_hosts_check(text: &str, host: &str, port: u16, key: &PublicKey) -> String {
+        match crate::known_hosts::check(text, host, port, key) {
+            crate::known_hosts::Verdict::Known => "known".to_owned(),
+            crate::known_hosts::Verdict::Changed(l) => format!("changed {l}"),
+            crate::known_hosts::Verdict::Revoked(l) => format!("revoked {l}"),
+            crate::known_hosts::Verdict::Unknown => "unknown".to_owned(),
+        }
+    }
+
+    /// The first line listing a key for `host:port`, and the key types
+    /// listed for it.
+    pub fn known_hosts_listed(text: &str, host: &str, port: u16) -> (Option<usize>, usize) {
+        (
+            crate::known_hosts::first_listed(text, host, port),
+            crate::known_hosts::known_algorithms(text, host, port).len(),
+        )
+    }
+
+    /// The line that would list `key` for `host:port`.
+    pub fn known_hosts_line(host: &str, port: u16, key: &PublicKey) -> Option<String> {
+        crate::known_hosts::line_for(host, port, key).ok()
+    }
+
+    /// OpenSSH's wildcard match (`*`, `?`), with letters folded or not.
+    pub fn wildcard(pattern: &[u8], name: &[u8], fold: bool) -> bool {
+        if fold {
+            crate::pattern::wildcard(pattern, name)
+        } else {
+            crate::pattern::wildcard_exact(pattern, name)
+        }
+    }
+}
+
 use std::collections::HashMap;
 use std::path::Path;
 use std::sync::{Arc, RwLock};

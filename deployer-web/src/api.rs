@@ -21,7 +21,8 @@ use crate::pages::{job_id, Expansions, Filter, FilterParams};
 use crate::{Failure, State};
 
 /// Bytes of log read (and at most sent as one piece of a line) per event.
-pub(crate) const CHUNK: usize = 64 * 1024;
+/// Small when fuzzing, so that short inputs reach the pieces of long lines.
+pub(crate) const CHUNK: usize = if cfg!(feature = "fuzzing") { 64 } else { 64 * 1024 };
 
 /// Log chunks turned into HTML at once, over all streams: the work runs on
 /// blocking threads, and this keeps it from taking every core.
@@ -166,9 +167,15 @@ pub(crate) struct Follow {
 }
 
 /// What a step of a stream produced.
-enum Step {
-    Event(Event),
+pub(crate) enum Step {
+    /// Lines of the log as HTML, sent as a `log` event with the id
+    /// [`Follow::event_id`] gives after the step.
+    Log(String),
+    /// The stream ends with an `end` event saying why.
+    Ended(String),
+    /// Nothing new yet: wait for the log to grow.
     Wait,
+    /// The `end` event has been sent.
     End,
 }
 
@@ -265,12 +272,12 @@ impl Follow {
     /// The id of the event just made: where a reconnecting client resumes,
     /// `<offset sent>.<lines started>.<1 if at a line start, else 0>`, so
     /// resuming costs nothing (no count of the lines before it).
-    fn event_id(&self) -> String {
+    pub(crate) fn event_id(&self) -> String {
         format!("{}.{}.{}", self.sent, self.line, u8::from(self.at_line_start))
     }
 
     /// Reads the next chunk and converts it (blocking: file I/O and work).
-    fn step_blocking(&mut self) -> Step {
+    pub(crate) fn step_blocking(&mut self) -> Step {
         if self.done {
             return Step::End;
         }
@@ -278,7 +285,7 @@ impl Follow {
             Ok(r) => r,
             Err(e) => {
                 self.done = true;
-                return Step::Event(Event::default().event("end").data(e.message()));
+                return Step::Ended(e.message().to_owned());
             }
         };
         if !bytes.is_empty() {
@@ -287,15 +294,15 @@ impl Follow {
             if html.is_empty() {
                 return self.step_blocking(); // the middle of a line: read on
             }
-            return Step::Event(Event::default().event("log").id(self.event_id()).data(html));
+            return Step::Log(html);
         }
         if complete {
             self.done = true;
             let rest = self.convert(&[], true);
             if !rest.is_empty() {
-                return Step::Event(Event::default().event("log").id(self.event_id()).data(rest));
+                return Step::Log(rest);
             }
-            return Step::Event(Event::default().event("end").data("finished"));
+            return Step::Ended("finished".to_owned());
         }
         Step::Wait
     }
@@ -313,7 +320,8 @@ impl Follow {
             drop(permit);
             self = back;
             match step {
-                Step::Event(e) => return Some((e, self)),
+                Step::Log(html) => return Some((Event::default().event("log").id(self.event_id()).data(html), self)),
+                Step::Ended(why) => return Some((Event::default().event("end").data(why), self)),
                 Step::End => return None,
                 Step::Wait => self.jobs.wait_for_log_data(&self.id, self.read).await,
             }
@@ -325,7 +333,7 @@ impl Follow {
 /// site made, see [`Follow::event_id`]) gives the offset, the lines started
 /// before it and whether it begins a line. Nothing is read to find it; an
 /// id that is malformed or past the end of the log starts from the top.
-fn resume_point(jobs: &Jobs, id: &str, headers: &HeaderMap, from: Option<&str>) -> (u64, u64, bool) {
+pub(crate) fn resume_point(jobs: &Jobs, id: &str, headers: &HeaderMap, from: Option<&str>) -> (u64, u64, bool) {
     let from_top = (0, 0, true);
     // A reconnecting stream's own position wins over where the page began.
     let last = headers.get("last-event-id").and_then(|v| v.to_str().ok());

@@ -42,6 +42,9 @@
 pub mod access;
 mod api;
 pub mod extension;
+#[cfg(feature = "fuzzing")]
+#[doc(hidden)]
+pub mod fuzzing;
 pub mod html;
 mod limits;
 mod metrics;
