@@ -72,6 +72,13 @@ fn check_word(what: &str, word: &str) -> Result<(), SshError> {
     if what == "host name" && word.chars().any(|c| "'`\"$\\;&<>|(){},".contains(c)) {
         return Err(SshError::Config(format!("the host name {word:?} contains characters OpenSSH refuses")));
     }
+    // Nor what known_hosts reads as a pattern, a negation, brackets or a
+    // comment: a key learned for such a name would be listed for others.
+    if what == "host name" && word.chars().any(|c| "*?![]#".contains(c)) {
+        return Err(SshError::Config(format!(
+            "the host name {word:?} contains a character known_hosts reads as a pattern (* ? ! [ ] #)"
+        )));
+    }
     Ok(())
 }
 
