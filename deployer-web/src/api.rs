@@ -297,11 +297,15 @@ impl Follow {
             return Step::Log(html);
         }
         if complete {
-            self.done = true;
+            // A last line without its newline is sent first; the `end`
+            // event follows on the next step (found by the `log_view` fuzz
+            // target: the stream used to close without it, so a browser
+            // reconnected to learn that the job had finished).
             let rest = self.convert(&[], true);
             if !rest.is_empty() {
                 return Step::Log(rest);
             }
+            self.done = true;
             return Step::Ended("finished".to_owned());
         }
         Step::Wait

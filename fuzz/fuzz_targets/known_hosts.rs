@@ -34,7 +34,11 @@ fuzz_target!(|bytes: &[u8]| {
         assert!(wildcard(host.as_bytes(), host.to_ascii_uppercase().as_bytes(), true));
     }
     // Lines are written only for hosts a destination may name.
-    let Some(line) = deployer_ssh::Host::new(host).ok().and_then(|_| known_hosts_line(host, port, key())) else {
+    // (`Host::new` reads `user@host:port`: only a bare name is a host name.)
+    let bare = !host.contains(['@', ':']);
+    let Some(line) =
+        bare.then(|| deployer_ssh::Host::new(host).ok()).flatten().and_then(|_| known_hosts_line(host, port, key()))
+    else {
         return;
     };
     {
