@@ -193,5 +193,6 @@ fn the_installed_docker_cli_reads_docker_host_as_this_crate_does() {
         }
         checked += 1;
     }
-    assert!(checked >= 25, "only {checked} addresses were checked");
+    // Of the 48 cases: those that need no name lookup and do not crash the CLI.
+    assert_eq!(checked, 26, "the addresses checked against the CLI");
 }

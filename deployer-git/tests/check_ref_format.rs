@@ -19,12 +19,16 @@ fn unescape(text: &str) -> Vec<u8> {
     let mut out = Vec::new();
     let mut i = 0;
     while i < b.len() {
-        if b[i] == b'\\' && i + 3 < b.len() + 1 && b[i + 1..i + 4].iter().all(|d| (b'0'..=b'7').contains(d)) {
-            out.push(u8::from_str_radix(&text[i + 1..i + 4], 8).expect("octal"));
-            i += 4;
-        } else {
-            out.push(b[i]);
-            i += 1;
+        let octal = b.get(i + 1..i + 4).filter(|d| d.iter().all(|d| (b'0'..=b'7').contains(d)));
+        match (b[i], octal) {
+            (b'\\', Some(digits)) => {
+                out.push(digits.iter().fold(0u8, |n, d| n * 8 + (d - b'0')));
+                i += 4;
+            }
+            (byte, _) => {
+                out.push(byte);
+                i += 1;
+            }
         }
     }
     out
@@ -52,7 +56,7 @@ fn known_difference(name: &str) -> Option<&'static str> {
     if name.starts_with('-') {
         return Some("a leading '-' would be read as an option by the git a deployer runs");
     }
-    if name.chars().any(|c| "; & | ` $ < > ( ) { } ' \"".split(' ').any(|s| s.starts_with(c))) {
+    if name.contains([';', '&', '|', '`', '$', '<', '>', '(', ')', '{', '}', '\'', '"']) {
         return Some("shell characters: a ref reaches command lines, labels and job descriptions");
     }
     None
@@ -72,7 +76,7 @@ fn gits_own_cases_agree_with_git_and_with_refname() {
         assert_eq!(git_says(&options, &name), valid, "t1402 line {at}: git disagrees with the transcription");
         // A RefName reads it as git does with one-level names allowed.
         let expected = git_says(&["--allow-onelevel"], &name);
-        if options.is_empty() && name.contains(&b'/') || !options.is_empty() {
+        if !options.is_empty() || name.contains(&b'/') {
             assert_eq!(expected, valid, "t1402 line {at}: one-level names change nothing here");
         }
         assert_eq!(ours(&name), expected, "t1402 line {at}: {:?}", String::from_utf8_lossy(&name));

@@ -198,10 +198,11 @@ fn expand_tilde(path: &str) -> PathBuf {
     }
 }
 
-/// `%h`, `%p`, `%r`, `%u` (the login name of the user running this, as
-/// OpenSSH takes it, not `$USER`), `%d`, `%%` and a leading `~/` in a
-/// path. Any other `%` token is an error, as in OpenSSH.
-fn expand(value: &str, host: &Host) -> Result<PathBuf, SshError> {
+/// `value` with its `%` tokens replaced: `%%` is `%`, each `(letter,
+/// text)` of `tokens` its text, any other token an error naming `keyword`
+/// and the tokens it takes, as in OpenSSH.
+fn expand_tokens(keyword: &str, value: &str, tokens: &[(char, String)]) -> Result<String, SshError> {
+    let known = || tokens.iter().map(|(c, _)| format!("%{c}")).chain(["%%".to_owned()]).collect::<Vec<_>>().join(" ");
     let mut out = String::new();
     let mut chars = value.chars();
     while let Some(c) = chars.next() {
@@ -210,45 +211,34 @@ fn expand(value: &str, host: &Host) -> Result<PathBuf, SshError> {
             continue;
         }
         match chars.next() {
-            Some('h') => out.push_str(&host.hostname),
-            Some('p') => out.push_str(&host.port.to_string()),
-            Some('r') => out.push_str(&host.user),
-            Some('u') => out.push_str(&crate::host::login_name()),
-            Some('d') => out.push_str(&home().unwrap_or_default().to_string_lossy()),
             Some('%') => out.push('%'),
-            Some(other) => {
-                return Err(SshError::Config(format!(
-                    "{value:?}: %{other} is not a token this reads (%h %p %r %u %d %%)"
-                )))
-            }
-            None => return Err(SshError::Config(format!("{value:?}: a '%' at the end"))),
-        }
-    }
-    Ok(expand_tilde(&out))
-}
-
-/// `HostName`'s tokens, as OpenSSH has them: `%h` (the alias) and `%%`;
-/// any other is an error.
-fn expand_hostname(value: &str, alias: &str) -> Result<String, SshError> {
-    let mut out = String::new();
-    let mut chars = value.chars();
-    while let Some(c) = chars.next() {
-        if c != '%' {
-            out.push(c);
-            continue;
-        }
-        match chars.next() {
-            Some('h') => out.push_str(alias),
-            Some('%') => out.push('%'),
-            Some(other) => {
-                return Err(SshError::Config(format!(
-                    "HostName {value:?}: %{other} is not a token of HostName (%h %%)"
-                )))
-            }
-            None => return Err(SshError::Config(format!("HostName {value:?}: a '%' at the end"))),
+            Some(t) => match tokens.iter().find(|(c, _)| *c == t) {
+                Some((_, text)) => out.push_str(text),
+                None => {
+                    return Err(SshError::Config(format!(
+                        "{keyword} {value:?}: %{t} is not a token of {keyword} ({})",
+                        known()
+                    )))
+                }
+            },
+            None => return Err(SshError::Config(format!("{keyword} {value:?}: a '%' at the end"))),
         }
     }
     Ok(out)
+}
+
+/// A path setting (`keyword`) with `%h`, `%p`, `%r`, `%u` (the login name
+/// of the user running this, as OpenSSH takes it, not `$USER`), `%d`, `%%`
+/// and a leading `~/` expanded.
+fn expand(keyword: &str, value: &str, host: &Host) -> Result<PathBuf, SshError> {
+    let tokens = [
+        ('h', host.hostname.clone()),
+        ('p', host.port.to_string()),
+        ('r', host.user.clone()),
+        ('u', crate::host::login_name()),
+        ('d', home().unwrap_or_default().to_string_lossy().into_owned()),
+    ];
+    Ok(expand_tilde(&expand_tokens(keyword, value, &tokens)?))
 }
 
 fn seconds(keyword: &str, value: &str) -> Result<Duration, SshError> {
@@ -263,7 +253,8 @@ pub(crate) fn resolve(alias: &str, path: &Path) -> Result<Host, SshError> {
     let mut settings = Settings::default();
     settings.read(path, alias, true, 0)?;
     let hostname = match settings.get("hostname") {
-        Some(h) => expand_hostname(h, alias)?,
+        // HostName's tokens are %h (the alias) and %%, as in OpenSSH.
+        Some(h) => expand_tokens("HostName", h, &[('h', alias.to_owned())])?,
         None => alias.to_owned(),
     };
     // A HostName is a name or an address, never `host:port`: a bare IPv6
@@ -283,7 +274,8 @@ pub(crate) fn resolve(alias: &str, path: &Path) -> Result<Host, SshError> {
         host = host.port(port);
     }
     if !settings.identity_files.is_empty() {
-        let files: Vec<PathBuf> = settings.identity_files.iter().map(|f| expand(f, &host)).collect::<Result<_, _>>()?;
+        let files: Vec<PathBuf> =
+            settings.identity_files.iter().map(|f| expand("IdentityFile", f, &host)).collect::<Result<_, _>>()?;
         let found = files.iter().find(|f| f.exists()).ok_or_else(|| {
             let names: Vec<String> = files.iter().map(|f| f.display().to_string()).collect();
             SshError::Config(format!("host {alias}: none of its IdentityFile exists ({})", names.join(", ")))
@@ -293,11 +285,11 @@ pub(crate) fn resolve(alias: &str, path: &Path) -> Result<Host, SshError> {
         match settings.get("identityagent") {
             None | Some("none") => {}
             Some("SSH_AUTH_SOCK") => host.identity = Identity::Agent(None),
-            Some(socket) => host.identity = Identity::Agent(Some(expand(socket, &host)?)),
+            Some(socket) => host.identity = Identity::Agent(Some(expand("IdentityAgent", socket, &host)?)),
         }
     }
     let known = match settings.get("userknownhostsfile") {
-        Some(file) => expand(file, &host)?,
+        Some(file) => expand("UserKnownHostsFile", file, &host)?,
         None => home().unwrap_or_default().join(".ssh").join("known_hosts"),
     };
     host.host_keys = match settings.get("stricthostkeychecking").map(str::to_ascii_lowercase).as_deref() {
@@ -356,20 +348,20 @@ mod tests {
         let looping = dir.join("loop");
         std::fs::write(&looping, format!("Include {0} {0} {0}\n", looping.display())).unwrap();
         let started = std::time::Instant::now();
-        let e = resolve("h", &looping).err().expect("a loop is refused").to_string();
+        let e = resolve("h", &looping).expect_err("a loop is refused").to_string();
         assert!(e.contains("more than 256 files") || e.contains("nested too deeply"), "{e}");
         assert!(started.elapsed() < std::time::Duration::from_secs(5), "{:?}", started.elapsed());
         let zero = write(&dir, "zero", "Include /dev/zero\n");
-        let e = resolve("h", &zero).err().expect("a device is refused").to_string();
+        let e = resolve("h", &zero).expect_err("a device is refused").to_string();
         assert!(e.contains("/dev/zero is not a regular file"), "{e}");
         let open = write(&dir, "open", "Host h\n\tPort 2\n");
         std::fs::set_permissions(&open, std::fs::Permissions::from_mode(0o666)).unwrap();
-        let e = resolve("h", &open).err().expect("a world-writable file is refused").to_string();
+        let e = resolve("h", &open).expect_err("a world-writable file is refused").to_string();
         assert!(e.contains("bad owner or permissions"), "{e}");
         std::fs::set_permissions(&open, std::fs::Permissions::from_mode(0o644)).unwrap();
         assert_eq!(resolve("h", &open).unwrap().port, 2);
         let big = write(&dir, "big", &"# padding\n".repeat(200_000));
-        let e = resolve("h", &big).err().expect("a huge file is refused").to_string();
+        let e = resolve("h", &big).expect_err("a huge file is refused").to_string();
         assert!(e.contains("larger than"), "{e}");
     }
 

@@ -35,10 +35,8 @@ fuzz_target!(|bytes: &[u8]| {
     }
     // Lines are written only for hosts a destination may name.
     // (`Host::new` reads `user@host:port`: only a bare name is a host name.)
-    let bare = !host.contains(['@', ':']);
-    let Some(line) =
-        bare.then(|| deployer_ssh::Host::new(host).ok()).flatten().and_then(|_| known_hosts_line(host, port, key()))
-    else {
+    let bare = !host.contains(['@', ':']) && deployer_ssh::Host::new(host).is_ok();
+    let Some(line) = known_hosts_line(host, port, key()).filter(|_| bare) else {
         return;
     };
     {
