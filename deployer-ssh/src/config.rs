@@ -265,7 +265,9 @@ pub(crate) fn resolve(alias: &str, path: &Path) -> Result<Host, SshError> {
     host.name = alias.to_owned();
     if let Some(user) = settings.get("user") {
         host = host.user(user);
-        Host::new(&format!("{user}@{}", host.hostname))?; // the same checks as a destination's
+        // Checked as it is (found by the ssh_config fuzz target: checked as
+        // part of `user@host`, `User ssh://10` passed as the user `10`).
+        crate::host::check_word("user", user)?;
     }
     if let Some(port) = settings.get("port") {
         let port = port.parse().ok().filter(|p| *p != 0).ok_or_else(|| {
@@ -337,6 +339,14 @@ mod tests {
         let _ = std::fs::remove_dir_all(&dir);
         std::fs::create_dir_all(&dir).unwrap();
         dir
+    }
+
+    #[test]
+    fn a_user_is_checked_as_it_is_written() {
+        let dir = tmp("user");
+        let config = write(&dir, "config", "Host w\n\tUser ssh://10\n");
+        let e = resolve("w", &config).expect_err("a user with '/' is refused").to_string();
+        assert!(e.contains("ssh://10"), "{e}");
     }
 
     /// Hostile files: one that includes itself over and over, a device

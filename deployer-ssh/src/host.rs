@@ -54,7 +54,7 @@ pub struct Host {
 }
 
 /// Refuses what a host name or user must never hold.
-fn check_word(what: &str, word: &str) -> Result<(), SshError> {
+pub(crate) fn check_word(what: &str, word: &str) -> Result<(), SshError> {
     if word.is_empty() {
         return Err(SshError::Config(format!("the {what} is empty")));
     }
