@@ -8,10 +8,15 @@ pub fn runtime() -> tokio::runtime::Runtime {
     tokio::runtime::Builder::new_current_thread().enable_all().build().expect("a runtime")
 }
 
-/// A fresh directory for target `name` (in `/dev/shm` when there is one:
-/// the targets write files on every input).
+/// A fresh directory for target `name`: under `$DEPLOYER_FUZZ_SCRATCH`
+/// (which `fuzz/run` sets, and removes after), else in `/dev/shm` when
+/// there is one (the targets write files on every input).
 pub fn scratch(name: &str) -> PathBuf {
-    let base = if std::path::Path::new("/dev/shm").is_dir() { PathBuf::from("/dev/shm") } else { std::env::temp_dir() };
+    let base = match std::env::var_os("DEPLOYER_FUZZ_SCRATCH") {
+        Some(dir) => PathBuf::from(dir),
+        None if std::path::Path::new("/dev/shm").is_dir() => PathBuf::from("/dev/shm"),
+        None => std::env::temp_dir(),
+    };
     let dir = base.join(format!("deployer-fuzz-{name}-{}", std::process::id()));
     let _ = std::fs::remove_dir_all(&dir);
     std::fs::create_dir_all(&dir).expect("a scratch directory");
