@@ -693,10 +693,10 @@ fn explicit_opt<'a>(r: &mut Reader<'a>, n: u8) -> Result<Option<Reader<'a>>, Dec
 
 fn decode_config_devices(r: &mut Reader<'_>, c: &mut Config<'_>) -> Result<(), DecodeError> {
     if let Some(mut b) = explicit_opt(r, 0)? {
-        let mut set = b.nested(wire::SET, "blocks")?;
+        let set = b.set_elements("blocks")?;
         b.finish("blocks")?;
-        while !set.is_empty() {
-            let mut s = set.nested(wire::SEQUENCE, "a block")?;
+        for mut element in set {
+            let mut s = element.nested(wire::SEQUENCE, "a block")?;
             let name = s.utf8("a block's name")?.to_owned();
             let host_device =
                 if s.peek() == Some(wire::UTF8_STRING) { Some(s.utf8("host device")?.to_owned()) } else { None };
@@ -706,10 +706,10 @@ fn decode_config_devices(r: &mut Reader<'_>, c: &mut Config<'_>) -> Result<(), D
         }
     }
     if let Some(mut b) = explicit_opt(r, 1)? {
-        let mut set = b.nested(wire::SET, "bridges")?;
+        let set = b.set_elements("bridges")?;
         b.finish("bridges")?;
-        while !set.is_empty() {
-            let mut s = set.nested(wire::SEQUENCE, "a bridge")?;
+        for mut element in set {
+            let mut s = element.nested(wire::SEQUENCE, "a bridge")?;
             let netif = s.utf8("a bridge's netif")?.to_owned();
             let bridge = if s.peek() == Some(wire::UTF8_STRING) { Some(s.utf8("bridge")?.to_owned()) } else { None };
             let mac = match s.optional(wire::OCTET_STRING)? {
@@ -914,10 +914,10 @@ fn decode_info(version: InfoVersion, content: &[u8]) -> Result<Info, DecodeError
         linux_boot_partition: None,
     };
     if let Some(mut b) = explicit_opt(&mut r, 0)? {
-        let mut set = b.nested(wire::SET, "blocks")?;
+        let set = b.set_elements("blocks")?;
         b.finish("blocks")?;
-        while !set.is_empty() {
-            let mut s = set.nested(wire::SEQUENCE, "a block")?;
+        for mut element in set {
+            let mut s = element.nested(wire::SEQUENCE, "a block")?;
             let entry = (
                 s.utf8("device")?.to_owned(),
                 s.utf8("host device")?.to_owned(),
@@ -929,10 +929,10 @@ fn decode_info(version: InfoVersion, content: &[u8]) -> Result<Info, DecodeError
         }
     }
     if let Some(mut b) = explicit_opt(&mut r, 1)? {
-        let mut set = b.nested(wire::SET, "bridges")?;
+        let set = b.set_elements("bridges")?;
         b.finish("bridges")?;
-        while !set.is_empty() {
-            let mut s = set.nested(wire::SEQUENCE, "a bridge")?;
+        for mut element in set {
+            let mut s = element.nested(wire::SEQUENCE, "a bridge")?;
             let entry = (s.utf8("device")?.to_owned(), s.utf8("host device")?.to_owned(), s.octets("mac")?.to_vec());
             s.finish("a bridge")?;
             info.bridges.push(entry);
@@ -1093,5 +1093,30 @@ impl Command<'_> {
             Command::PolicyInfo => Command::PolicyInfo,
             Command::PolicyAdd(p) => Command::PolicyAdd(p),
         }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    /// Found by the `albatross_der` fuzz target: a create command whose
+    /// bridges (a SET OF) came in another order than DER's decoded to a
+    /// value that encoding reordered, so decode → encode → decode changed
+    /// it. A SET OF now decodes in DER's order, whatever the wire's.
+    #[test]
+    fn a_set_of_decodes_in_ders_order_whatever_order_it_came_in() {
+        let hex = "3081d33015020105040800000002000000000c063a68656c6c6fa081b9a381b6b581b33081b0a002050001010004107f454c462d706c616365686f6c64657202010a0101ffa10c310a020180020102020200ff31060201000201fe020140a01d311b30190c0773746f726167650c0a68656c6c6f2d6461746102021000a12d312b30160c07736572766963650c0362723004060030160c077330110c0f6d616e6167651d65740c6e03627231a22330210c122d2d697076343d31302e302e302e322f32340c022d6c0c072a3a6465627567a303020101";
+        let bytes: Vec<u8> =
+            (0..hex.len()).step_by(2).map(|i| u8::from_str_radix(&hex[i..i + 2], 16).unwrap()).collect();
+        let wire = Wire::decode(&bytes).expect("the fuzzer's message decodes");
+        let again = wire.encode();
+        assert_ne!(again, bytes, "the message came in non-DER order");
+        assert_eq!(Wire::decode(&again).unwrap(), wire);
+        let Payload::Command(Command::Unikernel(UnikernelCmd::ForceCreate(_, config))) = &wire.payload else {
+            panic!("{wire:?}")
+        };
+        // Sorted by encoding: the shorter SEQUENCE (0x30 0x11 …) first.
+        assert!(config.bridges[0].netif.starts_with("manage"), "{:?}", config.bridges);
     }
 }

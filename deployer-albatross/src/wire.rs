@@ -222,6 +222,22 @@ impl<'a> Reader<'a> {
         }
     }
 
+    /// The elements of a SET OF (`what`), each a reader over one whole
+    /// element, in DER's order: sorted by their encoding, as [`set_of`]
+    /// writes them, whatever order they came in (so that what is decoded
+    /// encodes back to itself; found by the `albatross_der` fuzz target).
+    pub(crate) fn set_elements(&mut self, what: &str) -> Result<Vec<Reader<'a>>, DecodeError> {
+        let mut set = self.nested(SET, what)?;
+        let mut elements = Vec::new();
+        while !set.is_empty() {
+            let start = set.rest;
+            set.any()?;
+            elements.push(&start[..start.len() - set.rest.len()]);
+        }
+        elements.sort_unstable();
+        Ok(elements.into_iter().map(Reader::new).collect())
+    }
+
     /// A constructed element with `tag`, as a reader over its content.
     pub(crate) fn nested(&mut self, tag: u8, what: &str) -> Result<Reader<'a>, DecodeError> {
         Ok(Reader::new(self.expect(tag, what)?))

@@ -52,7 +52,9 @@ fuzz_target!(|bytes: &[u8]| {
     // What it resolves to is what its host address reads as (no TLS files
     // are in the folder).
     if let Ok(endpoint) = resolved {
-        let json: serde_json::Value = serde_json::from_str(meta).expect("a context that resolved is JSON");
+        // (serde_json's Value refuses its private raw-value key, which the
+        // typed reading of meta.json ignores: nothing to compare then.)
+        let Ok(json) = serde_json::from_str::<serde_json::Value>(meta) else { return };
         let host = json.pointer("/Endpoints/docker/Host").and_then(|h| h.as_str()).expect("a host");
         assert_eq!(Endpoint::parse(host, None).ok(), Some(endpoint), "{meta}");
     }

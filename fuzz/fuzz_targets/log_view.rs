@@ -3,8 +3,9 @@
 //! page ended, or where a reconnecting client's `Last-Event-ID` says. For
 //! any log bytes, page limit and resumption id: nothing panics or hangs;
 //! the page and the stream together number the log's lines 1, 2, 3, …
-//! exactly as one uninterrupted rendering does, with the same text when
-//! no colour or carriage return crosses the break; and a hostile
+//! exactly as one uninterrupted rendering does, with the same text (long
+//! lines' pieces joined) when the log is UTF-8 and no colour or carriage
+//! return crosses the break; and a hostile
 //! `Last-Event-ID` resumes somewhere in the log or from its top.
 #![no_main]
 
@@ -62,9 +63,13 @@ fuzz_target!(|input: Input| {
     let split = view_log(&t.ctx.jobs, &t.id, u64::from(input.limit), None, steps);
     let stitched = format!("{}{}", split.page, split.stream.concat());
     assert_eq!(line_numbers(&stitched), numbers, "the page and the stream number the lines otherwise");
-    let plain = !input.log.contains(&b'\r') && !input.log.contains(&0x1b);
+    // A line longer than a chunk is sent in pieces (`line cont` spans),
+    // cut where the reads fell, which differs between the two readings:
+    // joined, the lines are the same.
+    let joined = |html: &str| html.replace(r#"</span><span class="line cont">"#, "");
+    let plain = !input.log.contains(&b'\r') && !input.log.contains(&0x1b) && std::str::from_utf8(&input.log).is_ok();
     if plain {
-        assert_eq!(stitched, whole.page, "the page and the stream show the log otherwise");
+        assert_eq!(joined(&stitched), joined(&whole.page), "the page and the stream show the log otherwise");
     }
 
     if let Some(id) = &input.last_event_id {
