@@ -73,6 +73,7 @@ fn row(o: usize, k: usize, build: i64) -> JobRecord {
         outcome: if !n.is_multiple_of(SPARSE) { format!("\"sha256:{n:064x}\"") } else { "exit status 1".into() },
         rebuild: n % SPARSE == SPARSE / 2,
         interrupted: false,
+        unavailable: false,
         ready: finished - 30_000,
         running: Some(finished - 20_000),
         finished,

@@ -54,6 +54,11 @@ pub enum ErrorKind {
     Cancelled,
     /// The job ran past its time limit.
     TimedOut,
+    /// Something the job needs outside did not answer (a daemon that is
+    /// restarting, a registry that is down, a host that dropped the
+    /// connection): trying again later may succeed. A failure of this kind
+    /// is retried by itself ([`cache::RETRY_UNAVAILABLE`](crate::cache::RETRY_UNAVAILABLE)).
+    Unavailable,
 }
 
 /// An error flowing through a pipeline, tagged with the node it came from.

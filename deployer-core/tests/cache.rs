@@ -561,6 +561,7 @@ async fn a_stored_outcome_that_no_longer_deserializes_is_rebuilt() {
                 outcome: "{\"an old format\": 1}".into(),
                 rebuild: false,
                 interrupted: false,
+                unavailable: false,
                 ready: 0,
                 running: None,
                 finished: 0,
@@ -759,4 +760,79 @@ async fn a_schedule_may_retry_a_failure_sooner_than_it_expires() {
     engine.step();
     assert!(ctx.jobs.active().is_empty(), "a success waits for its month");
     assert_eq!(control.runs("push backup.sh as tarsnap"), 2);
+}
+
+/// Fails with [`ErrorKind::Unavailable`] while `down` is set; otherwise
+/// publishes at once.
+struct Remote {
+    down: Arc<std::sync::atomic::AtomicBool>,
+    runs: Arc<std::sync::atomic::AtomicUsize>,
+}
+
+#[async_trait]
+impl Publisher for Remote {
+    const ID: &'static str = "remote";
+    type Key = String;
+    type Value = String;
+    type Outcome = String;
+    fn level(&self) -> Level {
+        Level::Harmless
+    }
+    async fn publish(&self, _job: &Job, key: &String, value: &String) -> Result<String, Error> {
+        use std::sync::atomic::Ordering::SeqCst;
+        self.runs.fetch_add(1, SeqCst);
+        if self.down.load(SeqCst) {
+            return Err(Error::new(deployer_core::ErrorKind::Unavailable, "the registry did not answer"));
+        }
+        Ok(format!("{key} = {value}"))
+    }
+}
+
+/// Issue 20 (faults): a failure because something outside did not answer is
+/// retried by itself after `RETRY_UNAVAILABLE`, with no rule set by the
+/// publisher or the use, and keeps that kind across a restart; once the
+/// service answers, the value is published. (Other failures stay sticky:
+/// `output_retry_after_a_failure_only_when_asked`.)
+#[tokio::test]
+async fn a_failure_because_a_service_did_not_answer_is_retried_by_itself_after_a_restart_too() {
+    use deployer_core::cache::RETRY_UNAVAILABLE;
+    use std::sync::atomic::Ordering::SeqCst;
+    let (ctx, clock) = context("unavailable");
+    let dir = ctx.state_dir().to_owned();
+    let down = Arc::new(std::sync::atomic::AtomicBool::new(true));
+    let runs = Arc::new(std::sync::atomic::AtomicUsize::new(0));
+    let remote = || Remote { down: down.clone(), runs: runs.clone() };
+    {
+        let cache = OutputCache::new(&ctx, remote());
+        let engine = Engine::new(cache.set("push", "tag".to_string(), "v1".to_string()));
+        engine.step();
+        next(&engine).await;
+        let err = engine.output().err().cloned().expect("the push failed");
+        assert_eq!(err.kind(), deployer_core::ErrorKind::Unavailable);
+        assert_eq!(runs.load(SeqCst), 1);
+        clock.advance(RETRY_UNAVAILABLE - Duration::from_secs(1));
+        engine.step();
+        assert!(ctx.jobs.active().is_empty(), "nothing runs before the retry time");
+        assert_eq!(runs.load(SeqCst), 1);
+        clock.advance(Duration::from_secs(1));
+        next(&engine).await;
+        while runs.load(SeqCst) < 2 || !ctx.jobs.active().is_empty() {
+            next(&engine).await;
+        }
+        assert!(engine.output().err().is_some(), "still down: {:?}", engine.output());
+    }
+    // A restart reloads the failure with its kind: it is retried too.
+    let ctx = Context::open_with_clock(&dir, Config::default(), clock.clock()).unwrap();
+    let cache = OutputCache::new(&ctx, remote());
+    let engine = Engine::new(cache.set("push", "tag".to_string(), "v1".to_string()));
+    engine.step();
+    assert_eq!(engine.output().err().map(Error::kind), Some(deployer_core::ErrorKind::Unavailable));
+    assert_eq!(runs.load(SeqCst), 2, "the reloaded failure is not run again at once");
+    down.store(false, SeqCst);
+    clock.advance(RETRY_UNAVAILABLE);
+    next(&engine).await;
+    while engine.output() != ok("tag = v1".to_string()) {
+        next(&engine).await;
+    }
+    assert_eq!(runs.load(SeqCst), 3);
 }

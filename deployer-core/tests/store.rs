@@ -27,6 +27,7 @@ fn record(op: &str, key: &str, build: i64, ok: bool, finished: i64, job_id: &str
         outcome: if ok { "\"done\"".into() } else { "it broke".into() },
         rebuild: false,
         interrupted: false,
+        unavailable: false,
         ready: finished - 10,
         running: Some(finished - 5),
         finished,

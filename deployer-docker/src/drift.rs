@@ -8,7 +8,7 @@ use std::time::Duration;
 use bollard::models::TaskState;
 use deployer_core::{Error, Monitor};
 
-use crate::error::{daemon_message, is_not_found, DockerError};
+use crate::error::{is_not_found, DockerError};
 use crate::image::Image;
 use crate::service::Deployed;
 use crate::Shared;
@@ -57,24 +57,16 @@ async fn read(shared: &Shared, host: &str, name: &str) -> Result<LiveService, Er
                 deploy_started,
             });
         }
-        Err(e) => {
-            return Err(DockerError::Daemon {
-                host: host.to_owned(),
-                what: format!("inspecting {name}"),
-                why: daemon_message(&e),
-            }
-            .into())
-        }
+        Err(e) => return Err(DockerError::daemon(host.to_owned(), format!("inspecting {name}"), &e).into()),
     };
     let spec = service.spec.clone().unwrap_or_default();
     let image = spec.task_template.as_ref().and_then(|t| t.container_spec.as_ref()).and_then(|c| c.image.clone());
     let filters = std::collections::HashMap::from([("service", vec![name]), ("desired-state", vec!["running"])]);
     let options = bollard::query_parameters::ListTasksOptionsBuilder::new().filters(&filters).build();
-    let tasks = docker.list_tasks(Some(options)).await.map_err(|e| DockerError::Daemon {
-        host: host.to_owned(),
-        what: format!("listing the tasks of {name}"),
-        why: daemon_message(&e),
-    })?;
+    let tasks = docker
+        .list_tasks(Some(options))
+        .await
+        .map_err(|e| DockerError::daemon(host.to_owned(), format!("listing the tasks of {name}"), &e))?;
     let running = tasks.iter().filter(|t| t.status.as_ref().and_then(|s| s.state) == Some(TaskState::RUNNING)).count();
     let wanted = spec
         .mode

@@ -52,7 +52,7 @@ impl Builder for Extract {
         let docker = host.client().await?;
         let daemon = |what: String| {
             let host = host.name().to_owned();
-            move |e: bollard::errors::Error| Error::from(DockerError::Daemon { host, what, why: daemon_message(&e) })
+            move |e: bollard::errors::Error| Error::from(DockerError::daemon(host, what, &e))
         };
         let config = bollard::models::ContainerCreateBody {
             image: Some(key.image.to_string()),

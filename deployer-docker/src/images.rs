@@ -9,7 +9,7 @@ use deployer_core::{Error, Job, Level};
 use futures_util::StreamExt;
 use serde::{Deserialize, Serialize};
 
-use crate::error::{daemon_message, is_not_found, DockerError};
+use crate::error::{is_not_found, DockerError};
 use crate::image::{Image, ImageRef};
 use crate::Shared;
 
@@ -86,12 +86,9 @@ pub(crate) async fn pull_latest(
     let digest = match &key.arch {
         None => {
             let daemon_creds = credentials.as_ref().map(|c| c.for_daemon(tag.registry()));
-            let inspect =
-                docker.inspect_registry_image(tag.as_str(), daemon_creds).await.map_err(|e| DockerError::Daemon {
-                    host: host.name().to_owned(),
-                    what: format!("asking the registry for {tag}'s digest"),
-                    why: daemon_message(&e),
-                })?;
+            let inspect = docker.inspect_registry_image(tag.as_str(), daemon_creds).await.map_err(|e| {
+                DockerError::daemon(host.name().to_owned(), format!("asking the registry for {tag}'s digest"), &e)
+            })?;
             inspect.descriptor.digest.ok_or_else(|| Error::msg(format!("the registry gave no digest for {tag}")))?
         }
         Some(arch) => {
@@ -113,14 +110,7 @@ pub(crate) async fn pull_latest(
             return Ok(Image(pinned));
         }
         Err(e) if is_not_found(&e) => {}
-        Err(e) => {
-            return Err(DockerError::Daemon {
-                host: host.name().to_owned(),
-                what: format!("inspecting {pinned}"),
-                why: daemon_message(&e),
-            }
-            .into())
-        }
+        Err(e) => return Err(DockerError::daemon(host.name().to_owned(), format!("inspecting {pinned}"), &e).into()),
     }
     job.log(&format!("Pulling {pinned} on {}", host.name()));
     let options = bollard::query_parameters::CreateImageOptionsBuilder::new().from_image(&pinned).build();
@@ -128,11 +118,7 @@ pub(crate) async fn pull_latest(
     let mut stream = docker.create_image(Some(options), None, daemon_creds);
     let mut last = String::new();
     while let Some(item) = stream.next().await {
-        let info = item.map_err(|e| DockerError::Daemon {
-            host: host.name().to_owned(),
-            what: format!("pulling {pinned}"),
-            why: daemon_message(&e),
-        })?;
+        let info = item.map_err(|e| DockerError::daemon(host.name().to_owned(), format!("pulling {pinned}"), &e))?;
         if let Some(detail) = info.error_detail {
             return Err(Error::msg(format!(
                 "pulling {pinned} on {}: {}",
@@ -169,11 +155,7 @@ async fn tag_image(shared: &Shared, job: &Job, key: &TagKey, image: &Image) -> R
         .tag(key.tag.tag_or_latest())
         .build();
     docker.tag_image(image.as_str(), Some(options)).await.map_err(|e| {
-        Error::from(DockerError::Daemon {
-            host: host.name().to_owned(),
-            what: format!("tagging {image} as {}", key.tag),
-            why: daemon_message(&e),
-        })
+        Error::from(DockerError::daemon(host.name().to_owned(), format!("tagging {image} as {}", key.tag), &e))
     })
 }
 
@@ -239,21 +221,16 @@ pub(crate) async fn push_image(shared: &Shared, job: &Job, key: &TagKey, image: 
             docker.push_image(tag.name(), Some(options), credentials.as_ref().map(|c| c.for_daemon(tag.registry())));
         let mut last = String::new();
         while let Some(item) = stream.next().await {
-            let info = item.map_err(|e| DockerError::Daemon {
-                host: host.name().to_owned(),
-                what: format!("pushing {tag}"),
-                why: daemon_message(&e),
-            })?;
+            let info = item.map_err(|e| DockerError::daemon(host.name().to_owned(), format!("pushing {tag}"), &e))?;
             if let Some(detail) = info.error_detail {
                 return Err(Error::msg(format!("pushing {tag}: {}", detail.message.unwrap_or_default())));
             }
             log_progress(job, &mut last, info.status.as_deref(), None);
         }
-        let inspect = docker.inspect_image(tag.as_str()).await.map_err(|e| DockerError::Daemon {
-            host: host.name().to_owned(),
-            what: format!("inspecting {tag} after the push"),
-            why: daemon_message(&e),
-        })?;
+        let inspect = docker
+            .inspect_image(tag.as_str())
+            .await
+            .map_err(|e| DockerError::daemon(host.name().to_owned(), format!("inspecting {tag} after the push"), &e))?;
         let prefix = format!("{}@", tag.name());
         let pushed = inspect
             .repo_digests

@@ -187,7 +187,11 @@ impl Registry {
             if let Some(body) = &body {
                 request = request.body(body.clone());
             }
-            let response = request.send().await.map_err(|e| self.error(format!("{method} {url}: {e}")))?;
+            let response = request.send().await.map_err(|e| DockerError::Unanswered {
+                whom: format!("registry {}", self.registry),
+                what: format!("{method} {url}"),
+                why: e.to_string(),
+            })?;
             if response.status() != StatusCode::UNAUTHORIZED || attempt == 1 {
                 return Ok(response);
             }

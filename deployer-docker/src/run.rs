@@ -52,9 +52,7 @@ impl Builder for Run {
         let docker = host.client().await?;
         let daemon = |what: String| {
             let host = host.name().to_owned();
-            move |e: bollard::errors::Error| {
-                Error::from(DockerError::Daemon { host: host.clone(), what: what.clone(), why: daemon_message(&e) })
-            }
+            move |e: bollard::errors::Error| Error::from(DockerError::daemon(host.clone(), what.clone(), &e))
         };
         let config = bollard::models::ContainerCreateBody {
             image: Some(key.image.to_string()),

@@ -16,7 +16,7 @@ use deployer_core::cache::Publisher;
 use deployer_core::{Error, Job, Level};
 use serde::{Deserialize, Serialize};
 
-use crate::error::{daemon_message, is_not_found, DockerError};
+use crate::error::{is_not_found, DockerError};
 use crate::host::DockerHost;
 use crate::image::{Image, ImageRef};
 use crate::Shared;
@@ -80,7 +80,7 @@ pub(crate) struct UpdateService {
 const POLL: Duration = Duration::from_millis(250);
 
 fn daemon(host: &DockerHost, what: String) -> impl FnOnce(bollard::errors::Error) -> Error + '_ {
-    move |e| Error::from(DockerError::Daemon { host: host.name().to_owned(), what, why: daemon_message(&e) })
+    move |e| Error::from(DockerError::daemon(host.name(), what, &e))
 }
 
 /// The service's image (as its spec names it).

@@ -4,6 +4,7 @@
 
 mod support {
     pub mod docker;
+    pub mod pipeline;
 }
 
 #[path = "../../deployer-ssh/tests/support/sshd.rs"]
@@ -12,77 +13,11 @@ mod sshd;
 use std::path::{Path, PathBuf};
 use std::time::Duration;
 
-use bollard::models::{ServiceSpec, ServiceSpecMode, ServiceSpecModeReplicated, TaskSpec, TaskSpecContainerSpec};
 use deployer_core::cache::Schedule;
-use deployer_core::{Config, Context, Current, Engine, ManualClock, Output, Secret, Value, Var};
-use deployer_docker::{BuildOptions, BuildSource, Credentials, Docker, DockerHost, Endpoint, Image, ServiceOptions};
+use deployer_core::{Config, Context, Current, Engine, ManualClock, Output, Secret, Var};
+use deployer_docker::{BuildOptions, BuildSource, Credentials, Docker, Endpoint, Image, ServiceOptions};
 use support::docker::{busybox_context, docker_cli, registry_with_password, run, served_by, services, SERVE};
-
-/// A directory for one test.
-fn dir(name: &str) -> PathBuf {
-    let d = services().work.join(name);
-    let _ = std::fs::remove_dir_all(&d);
-    std::fs::create_dir_all(&d).unwrap();
-    d
-}
-
-/// Docker with the test daemon as the host `test`, credentials from an
-/// empty config directory.
-fn docker(ctx: &Context, d: &Path) -> (Docker, DockerHost) {
-    let config = d.join("docker-config");
-    std::fs::create_dir_all(&config).unwrap();
-    let docker = Docker::new(ctx).config_dir(&config);
-    let host = docker.unix("test", &services().socket).unwrap();
-    (docker, host)
-}
-
-/// A unique name for this process (tests share one daemon).
-fn unique(name: &str) -> String {
-    format!("{name}-{}", std::process::id())
-}
-
-/// Steps `engine` until `want` holds (`secs` at most).
-async fn settle<T: Value + std::fmt::Debug>(
-    engine: &Engine<T>,
-    what: &str,
-    secs: u64,
-    want: impl Fn(&Output<T>) -> bool,
-) -> Output<T> {
-    let wait = Duration::from_secs(secs);
-    engine.settle(wait, want).await.unwrap_or_else(|last| panic!("{what}: still {last:?} after {secs} s"))
-}
-
-fn log(ctx: &Context, job: &str) -> String {
-    String::from_utf8(ctx.jobs.read_log(job, 0, 1 << 20).unwrap().0).unwrap()
-}
-
-/// A spec for a quick-to-update replicated service (1 replica, 1 s stop
-/// grace).
-fn quick_spec() -> ServiceSpec {
-    ServiceSpec {
-        mode: Some(ServiceSpecMode {
-            replicated: Some(ServiceSpecModeReplicated { replicas: Some(1) }),
-            ..Default::default()
-        }),
-        task_template: Some(TaskSpec {
-            container_spec: Some(TaskSpecContainerSpec {
-                stop_grace_period: Some(1_000_000_000),
-                ..Default::default()
-            }),
-            ..Default::default()
-        }),
-        ..Default::default()
-    }
-}
-
-fn quick_options() -> ServiceOptions {
-    ServiceOptions {
-        monitor: Duration::from_secs(2),
-        deadline: Duration::from_secs(90),
-        create: Some(quick_spec()),
-        drift_check: Duration::from_millis(500),
-    }
-}
+use support::pipeline::{dir, docker, log, quick_options, settle, unique};
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn build_push_deploy_then_a_broken_image_is_rolled_back_and_drift_is_seen() {

@@ -97,8 +97,17 @@ impl fmt::Display for SshError {
 
 impl std::error::Error for SshError {}
 
+/// A host that could not be reached gives a failure of kind
+/// [`Unavailable`](deployer_core::ErrorKind::Unavailable) (nothing ran
+/// there, so it is tried again by itself); a session cut while a command ran
+/// is an ordinary failure, retried on its schedule, since the command may
+/// have done part of its work.
 impl From<SshError> for deployer_core::Error {
     fn from(e: SshError) -> deployer_core::Error {
-        deployer_core::Error::msg(e.to_string())
+        let kind = match e {
+            SshError::Connect { .. } => deployer_core::ErrorKind::Unavailable,
+            _ => deployer_core::ErrorKind::Failed,
+        };
+        deployer_core::Error::new(kind, e.to_string())
     }
 }

@@ -23,7 +23,7 @@ use crate::config::Level;
 use crate::context::Context;
 use crate::job::{Job, JobActions, JobStatus, Pool, PoolGuard, Priority};
 use crate::node::Metadata;
-use crate::output::{ActiveState, Error, Output};
+use crate::output::{ActiveState, Error, ErrorKind, Output};
 use crate::primitive::{CatchUnwind, Hooks, Source};
 use crate::store::{JobRecord, JobStart};
 use crate::term::{Current, Value};
@@ -321,6 +321,8 @@ impl<O: Operation> Instance<O> {
                     return;
                 }
             }
+        } else if row.unavailable {
+            Err(Error::new(ErrorKind::Unavailable, row.outcome.clone()))
         } else {
             Err(Error::msg(row.outcome.clone()))
         };
@@ -331,16 +333,25 @@ impl<O: Operation> Instance<O> {
     /// schedule, as in OCurrent, whether it succeeded or failed (a failed
     /// scheduled job is tried again on its schedule); a failure also
     /// expires after its schedules' `retry_failures_after` (else the
-    /// operation's), if sooner.
+    /// operation's), if sooner, and an [`ErrorKind::Unavailable`] one after
+    /// [`RETRY_UNAVAILABLE`](super::RETRY_UNAVAILABLE) at the latest.
     fn expires_at(cache: &Cache<O>, st: &State<O>) -> Option<i64> {
         let done = st.current.as_ref()?;
         let scheduled = st.schedules.iter().filter_map(|s| s.valid_for).min();
-        let retry = if done.result.is_err() {
-            // The uses' own rule wins over the operation's default.
-            let per_use = st.schedules.iter().filter_map(|s| s.retry_failures_after).min();
-            per_use.or_else(|| cache.op.retry_failures_after())
-        } else {
-            None
+        let retry = match &done.result {
+            Err(e) => {
+                // The uses' own rule wins over the operation's default; a
+                // service that did not answer is asked again in any case.
+                let per_use = st.schedules.iter().filter_map(|s| s.retry_failures_after).min();
+                let rule = per_use.or_else(|| cache.op.retry_failures_after());
+                match e.kind() {
+                    ErrorKind::Unavailable => {
+                        Some(rule.map_or(super::RETRY_UNAVAILABLE, |r| r.min(super::RETRY_UNAVAILABLE)))
+                    }
+                    _ => rule,
+                }
+            }
+            Ok(_) => None,
         };
         let valid_for = [scheduled, retry].into_iter().flatten().min()?;
         Some(done.finished + valid_for.as_millis() as i64)
@@ -669,6 +680,7 @@ impl<O: Operation> Instance<O> {
             // as the answer for its value (OCurrent's rule).
             rebuild: obsolete,
             interrupted: false,
+            unavailable: result.as_ref().err().is_some_and(|e| e.kind() == ErrorKind::Unavailable),
             ready,
             running: job.info().started,
             finished: ctx.clock().now_ms(),

@@ -47,6 +47,14 @@ use crate::job::{Job, Pool};
 use crate::output::Error;
 use crate::term::Value;
 
+/// After how long, at the latest, a failure of kind
+/// [`ErrorKind::Unavailable`](crate::ErrorKind::Unavailable) (a daemon,
+/// registry or host that did not answer) is tried again by itself, whatever
+/// the operation's or the use's rule: one minute. Such a failure says
+/// nothing about the value, so no operator should have to ask again once
+/// the service is back.
+pub const RETRY_UNAVAILABLE: Duration = Duration::from_secs(60);
+
 /// How long a cached result stays valid, and how soon a failure is tried
 /// again.
 ///
@@ -173,7 +181,9 @@ pub trait Builder: Send + Sync + 'static {
 
     /// After how long a failed build is tried again by itself. `None` (the
     /// default): failures are sticky until a rebuild is asked for or the key
-    /// changes. Set it for failures that pass (a remote that was down).
+    /// changes, except those of kind
+    /// [`Unavailable`](crate::ErrorKind::Unavailable), retried after
+    /// [`RETRY_UNAVAILABLE`]. Set it for other failures that pass.
     fn retry_failures_after(&self) -> Option<Duration> {
         None
     }
@@ -242,6 +252,15 @@ pub trait Publisher: Send + Sync + 'static {
     /// waiting for an operator.
     fn idempotent(&self) -> bool {
         false
+    }
+
+    /// After how long a failed publish is tried again by itself. `None` (the
+    /// default): failures are sticky until a rebuild is asked for or the
+    /// value changes, except those of kind
+    /// [`Unavailable`](crate::ErrorKind::Unavailable), retried after
+    /// [`RETRY_UNAVAILABLE`].
+    fn retry_failures_after(&self) -> Option<Duration> {
+        None
     }
 
     /// The pool publishes wait for, if any.

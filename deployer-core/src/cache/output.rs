@@ -38,6 +38,9 @@ impl<P: Publisher> Operation for Publish<P> {
     fn idempotent(&self) -> bool {
         self.0.idempotent()
     }
+    fn retry_failures_after(&self) -> Option<Duration> {
+        self.0.retry_failures_after()
+    }
     fn pool(&self) -> Option<Pool> {
         self.0.pool()
     }

@@ -120,6 +120,10 @@ pub struct JobRecord {
     pub rebuild: bool,
     /// The job was running when the deployer stopped.
     pub interrupted: bool,
+    /// It failed because something outside did not answer
+    /// ([`ErrorKind::Unavailable`](crate::ErrorKind::Unavailable)): the
+    /// failure is retried by itself, after a restart too.
+    pub unavailable: bool,
     /// When the job was created (Unix milliseconds).
     pub ready: i64,
     /// When it started running, if it did.
@@ -229,11 +233,13 @@ fn row_to_record(row: &rusqlite::Row<'_>) -> rusqlite::Result<JobRecord> {
         running: row.get(10)?,
         finished: row.get(11)?,
         description: row.get(12)?,
+        unavailable: row.get(13)?,
     })
 }
 
 const COLUMNS: &str =
-    "op, key, build, job_id, value, ok, outcome, rebuild, interrupted, ready, running, finished, description";
+    "op, key, build, job_id, value, ok, outcome, rebuild, interrupted, ready, running, finished, description, \
+     unavailable";
 
 impl Store {
     /// Opens (creating if needed) the database at `path`, migrates it to the
@@ -474,7 +480,7 @@ fn latest(c: &Connection, op: &str, key: &str) -> rusqlite::Result<Option<JobRec
 
 fn insert(tx: &Connection, r: &JobRecord) -> rusqlite::Result<()> {
     tx.prepare_cached(&format!(
-        "INSERT OR REPLACE INTO cache ({COLUMNS}) VALUES (?1, ?2, ?3, ?4, ?5, ?6, ?7, ?8, ?9, ?10, ?11, ?12, ?13)"
+        "INSERT OR REPLACE INTO cache ({COLUMNS}) VALUES (?1, ?2, ?3, ?4, ?5, ?6, ?7, ?8, ?9, ?10, ?11, ?12, ?13, ?14)"
     ))?
     .execute(params![
         r.op,
@@ -489,7 +495,8 @@ fn insert(tx: &Connection, r: &JobRecord) -> rusqlite::Result<()> {
         r.ready,
         r.running,
         r.finished,
-        r.description
+        r.description,
+        r.unavailable
     ])?;
     tx.prepare_cached("INSERT OR IGNORE INTO ops (op) VALUES (?1)")?.execute(params![r.op])?;
     Ok(())
@@ -592,7 +599,7 @@ fn history(c: &Connection, q: &HistoryQuery) -> rusqlite::Result<HistoryPage> {
     let mut rows = Vec::with_capacity(limit + 1);
     let mut rowids = Vec::with_capacity(limit + 1);
     for r in stmt
-        .query_map(rusqlite::params_from_iter(args.iter()), |row| Ok((row_to_record(row)?, row.get::<_, i64>(13)?)))?
+        .query_map(rusqlite::params_from_iter(args.iter()), |row| Ok((row_to_record(row)?, row.get::<_, i64>(14)?)))?
     {
         let (rec, rowid) = r?;
         rows.push(rec);

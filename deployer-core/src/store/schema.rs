@@ -49,6 +49,9 @@ const MIGRATIONS: &[&str] = &[
     "CREATE INDEX cache_op_ok_finished ON cache (op, ok, finished);
     CREATE INDEX cache_ok_finished ON cache (ok, finished);
     CREATE INDEX cache_rebuild_finished ON cache (finished) WHERE rebuild = 1;",
+    // 5: failures because something outside did not answer are retried by
+    // themselves, after a restart too.
+    "ALTER TABLE cache ADD COLUMN unavailable INTEGER NOT NULL DEFAULT 0;",
 ];
 
 /// The schema version this program writes.
