@@ -3,6 +3,7 @@
 //! the real engine, caches and store.
 
 use std::net::TcpListener;
+use std::os::unix::process::CommandExt as _;
 use std::path::{Path, PathBuf};
 use std::process::{Child, Command, Stdio};
 use std::time::Duration;
@@ -57,6 +58,11 @@ struct Daemon {
 impl Daemon {
     fn start(base: &Path) -> Daemon {
         let port = TcpListener::bind("127.0.0.1:0").unwrap().local_addr().unwrap().port();
+        Daemon::start_on(base, port)
+    }
+
+    /// The same on `port` (a daemon started again where it was).
+    fn start_on(base: &Path, port: u16) -> Daemon {
         let child = Command::new("git")
             .args(["daemon", "--reuseaddr", "--export-all", "--enable=receive-pack", "--listen=127.0.0.1"])
             .arg(format!("--port={port}"))
@@ -64,6 +70,9 @@ impl Daemon {
             .arg(base)
             .stdout(Stdio::null())
             .stderr(Stdio::null())
+            // `git daemon` runs `git-daemon` as a child: its own process
+            // group, so that stopping it stops both.
+            .process_group(0)
             .spawn()
             .expect("git daemon starts (Debian's git package has it)");
         let deadline = std::time::Instant::now() + Duration::from_secs(10);
@@ -81,8 +90,15 @@ impl Daemon {
 
 impl Drop for Daemon {
     fn drop(&mut self) {
-        let _ = self.child.kill();
+        let group = format!("-{}", self.child.id());
+        let _ = Command::new("kill").args(["-KILL", "--", &group]).status();
         let _ = self.child.wait();
+        // Until the port is free again (a daemon may be started on it).
+        let deadline = std::time::Instant::now() + Duration::from_secs(10);
+        while std::net::TcpStream::connect(("127.0.0.1", self.port)).is_ok() {
+            assert!(std::time::Instant::now() < deadline, "git daemon still listens on {}", self.port);
+            std::thread::sleep(Duration::from_millis(20));
+        }
     }
 }
 
@@ -497,4 +513,73 @@ async fn an_untrusted_commits_hostile_submodules_are_not_fetched() {
     let engine = Engine::new(fetch);
     let Output::Ok(c) = settle(&engine, "our fetch", is_commit(&hash)).await else { unreachable!() };
     assert_eq!(c.submodules.len(), 1);
+}
+
+/// A deploy of a fetched commit, for the fault test below: records each
+/// commit it deploys (test code standing in for a service update).
+struct RecordDeploy {
+    deployed: std::sync::Arc<std::sync::Mutex<Vec<String>>>,
+}
+
+#[async_trait::async_trait]
+impl deployer_core::cache::Publisher for RecordDeploy {
+    const ID: &'static str = "test-deploy";
+    type Key = String;
+    type Value = Commit;
+    type Outcome = String;
+    fn level(&self) -> Level {
+        Level::Harmless
+    }
+    fn latched(&self) -> bool {
+        true
+    }
+    async fn publish(&self, _job: &Job, _key: &String, commit: &Commit) -> Result<String, deployer_core::Error> {
+        let hash = commit.id.hash.as_str().to_owned();
+        self.deployed.lock().unwrap().push(hash.clone());
+        Ok(hash)
+    }
+}
+
+/// Issue 20 §2: the git remote becomes unreachable, and while it is, its
+/// branch is force-pushed. The version deployed from it stays deployed (no
+/// deploy runs while the head cannot be read); once the remote answers
+/// again (same address), the new head is fetched and deployed, once.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn an_unreachable_remote_then_force_pushed_keeps_the_deployed_version_then_deploys_the_new_head() {
+    let dir = work("unreachable-force");
+    let served = dir.join("served");
+    std::fs::create_dir_all(&served).unwrap();
+    git(&served, &["init", "-q", "--bare", "-b", "main", "app.git"]);
+    let daemon = Daemon::start(&served);
+    let (port, url) = (daemon.port, daemon.url("app.git"));
+    let w = repo(&dir.join("work"));
+    let base = commit(&w, "VERSION", "v1 base");
+    let first = commit(&w, "VERSION", "v1");
+    git(&w, &["push", "-q", &url, "main"]);
+    let ctx = context(&dir);
+    let git_ = Git::new(&ctx);
+    let head = git_.remote_branch(&Remote::new(&url).unwrap(), "main", Duration::from_secs(3600)).unwrap();
+    let fetched = git_.fetch("fetch app", &head.current());
+    let deployed = std::sync::Arc::new(std::sync::Mutex::new(Vec::new()));
+    let deploys = deployer_core::cache::OutputCache::new(&ctx, RecordDeploy { deployed: deployed.clone() });
+    let engine = Engine::new(deploys.set("deploy app", "app".to_string(), fetched));
+    settle(&engine, "v1 deployed", |o| matches!(o, Output::Ok(h) if *h == first)).await;
+    // The remote goes away; meanwhile its branch is rewritten (pushed
+    // straight into the served repository).
+    drop(daemon);
+    git(&w, &["reset", "-q", "--hard", &base]);
+    let rewritten = commit(&w, "VERSION", "v2, force-pushed");
+    git(&w, &["push", "-q", "-f", served.join("app.git").to_str().unwrap(), "main"]);
+    head.refresh();
+    // The head cannot be read: the failure names the remote and blocks the
+    // deploy, which does not run (the service keeps what it runs).
+    let out = settle(&engine, "the unreachable remote's failure", |o| o.err().is_some()).await;
+    let message = out.err().unwrap().message().to_owned();
+    assert!(message.contains(&format!("127.0.0.1:{port}")), "the failure names the remote: {message}");
+    assert_eq!(*deployed.lock().unwrap(), [first.clone()], "nothing is deployed while the head cannot be read");
+    // Back, at the same address: the new head is fetched and deployed once.
+    let _daemon = Daemon::start_on(&served, port);
+    head.refresh();
+    settle(&engine, "the force-pushed head deployed", |o| matches!(o, Output::Ok(h) if *h == rewritten)).await;
+    assert_eq!(*deployed.lock().unwrap(), [first, rewritten]);
 }
