@@ -129,7 +129,30 @@ pub(crate) fn daemon_message(e: &bollard::errors::Error) -> String {
         E::DockerStreamError { error } => error.clone(),
         E::IOError { err } => err.to_string(),
         E::RequestTimeoutError => "the daemon did not answer in time".to_owned(),
+        E::HyperResponseError { .. } | E::HyperLegacyError { .. } | E::HttpClientError { .. } => {
+            format!("the connection to the daemon failed ({})", causes(e))
+        }
         other => other.to_string(),
+    }
+}
+
+/// What `e` wraps, innermost last (`client error (SendRequest): connection
+/// closed before message completed`), without `e`'s own words: for an HTTP
+/// client error, the cause is what tells a reader what happened.
+fn causes(e: &dyn std::error::Error) -> String {
+    let mut parts: Vec<String> = Vec::new();
+    let mut next = e.source();
+    while let Some(cause) = next {
+        let text = cause.to_string();
+        if !parts.iter().any(|p| p.contains(&text)) {
+            parts.push(text);
+        }
+        next = cause.source();
+    }
+    if parts.is_empty() {
+        e.to_string()
+    } else {
+        parts.join(": ")
     }
 }
 

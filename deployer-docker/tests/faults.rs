@@ -27,7 +27,7 @@ use std::time::{Duration, Instant};
 use bollard::models::ServiceSpecUpdateConfig;
 use deployer_core::cache::{Schedule, RETRY_UNAVAILABLE};
 use deployer_core::{Config, Context, Current, Engine, ErrorKind, ManualClock, Output, Var};
-use deployer_docker::{BuildOptions, BuildSource, Deployed, Image, ServiceOptions};
+use deployer_docker::{BuildOptions, BuildSource, Deployed, Docker, DockerHost, Image, ServiceOptions};
 use support::docker::{busybox_context, docker_cli, run, served_by, services, SERVE};
 use support::pipeline::{dir, docker, log, quick_options, quick_spec_with, settle, unique};
 
@@ -90,15 +90,61 @@ struct Web {
 
 fn web(ctx: &Context, d: &Path, registry: &str, name: &str, replicas: u64) -> Web {
     let (docker, host) = docker(ctx, d);
+    web_on(&docker, &host, d, registry, name, replicas)
+}
+
+/// [`web`] through `docker` on `host`.
+fn web_on(docker: &Docker, host: &DockerHost, d: &Path, registry: &str, name: &str, replicas: u64) -> Web {
     let source = Var::new("source", BuildSource::Dir(busybox_context(&d.join("v1"), "v1", SERVE)));
-    let image = docker.build("build", &host, &source.current(), BuildOptions::default());
-    let pushed = docker.push(&host, &format!("{registry}/{name}:live"), &image).unwrap();
+    let image = docker.build("build", host, &source.current(), BuildOptions::default());
+    let pushed = docker.push(host, &format!("{registry}/{name}:live"), &image).unwrap();
     let mut spec = quick_spec_with(replicas);
     spec.update_config =
         Some(ServiceSpecUpdateConfig { parallelism: Some(1), delay: Some(2_000_000_000), ..Default::default() });
     let options = ServiceOptions { create: Some(spec), ..quick_options() };
-    let deployed = docker.service(&host, name, &pushed, options);
+    let deployed = docker.service(host, name, &pushed, options);
     Web { source, deployed }
+}
+
+/// Steps `engine` until the update of service `name` from `old` is
+/// half-way: swarm is updating and one task runs the new image (the one the
+/// deployer put in the spec), another `old`. Gives the new image.
+async fn half_way(engine: &Engine<Deployed>, name: &str, old: &Image) -> Image {
+    let started = Instant::now();
+    loop {
+        assert!(started.elapsed() < Duration::from_secs(180), "the update never got half-way");
+        engine.step();
+        let (spec, running) = service_images(name);
+        if !is_image(&spec, old)
+            && update_state(name) == "updating"
+            && running.iter().any(|i| *i == spec)
+            && running.iter().any(|i| is_image(i, old))
+        {
+            return Image(spec);
+        }
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    }
+}
+
+/// Waits until swarm has ended its update of `name` (to `new` or back to
+/// `old`) with `replicas` tasks all on one version: never a mix. Gives the
+/// version it ended on.
+async fn update_ended(name: &str, replicas: usize, old: &Image, new: &Image) -> &'static str {
+    let mut on = "";
+    wait_until("swarm's update to end", 180, || {
+        let (spec, running) = service_images(name);
+        let all = |image: &Image| running.len() == replicas && running.iter().all(|i| is_image(i, image));
+        on = if update_state(name) != "updating" && is_image(&spec, new) && all(new) {
+            "the new version"
+        } else if is_image(&spec, old) && all(old) {
+            "the old version"
+        } else {
+            ""
+        };
+        !on.is_empty()
+    })
+    .await;
+    on
 }
 
 /// The directory of the services' files (where `docker.pid` is).
@@ -159,22 +205,7 @@ async fn dockerd_restarted_in_the_middle_of_a_service_update() {
     let out = settle(&engine, "v1 deployed", 180, |o| o.is_ok()).await;
     let v1 = out.ok().unwrap().image;
     w.source.set(BuildSource::Dir(busybox_context(&d.join("v2"), "v2", SERVE)));
-    // Half-way: swarm is updating and one task runs v2 (the image the
-    // deployer put in the spec), the other v1.
-    let started = Instant::now();
-    let v2 = loop {
-        assert!(started.elapsed() < Duration::from_secs(180), "the update never got half-way");
-        engine.step();
-        let (spec, running) = service_images(&name);
-        if !is_image(&spec, &v1)
-            && update_state(&name) == "updating"
-            && running.iter().any(|i| *i == spec)
-            && running.iter().any(|i| is_image(i, &v1))
-        {
-            break Image(spec);
-        }
-        tokio::time::sleep(Duration::from_millis(100)).await;
-    };
+    let v2 = half_way(&engine, &name, &v1).await;
     let hold = stop_dockerd().await;
     let out = settle(&engine, "the deploy's failure", 120, |o| o.err().is_some()).await;
     let e = out.err().unwrap().clone();
@@ -190,16 +221,8 @@ async fn dockerd_restarted_in_the_middle_of_a_service_update() {
     drop(hold);
     wait_for_dockerd().await;
     // Swarm ends its update: one version on every task, never a mix.
-    wait_until("swarm's update to end", 180, || {
-        let state = update_state(&name);
-        let (spec, running) = service_images(&name);
-        state != "updating" && running.len() == 2 && running.iter().all(|i| *i == running[0]) && is_image(&spec, &v2)
-            || (is_image(&spec, &v1) && running.len() == 2 && running.iter().all(|i| is_image(i, &v1)))
-    })
-    .await;
-    let (spec, running) = service_images(&name);
-    let on = if is_image(&spec, &v2) { "v2" } else { "v1" };
-    println!("after the restart, swarm left {name} on {on} ({} tasks: {running:?})", running.len());
+    let on = update_ended(&name, 2, &v1, &v2).await;
+    println!("after the restart, swarm left {name} on {on}");
     // A minute later, the deployer tries again by itself and confirms v2.
     clock.advance(RETRY_UNAVAILABLE);
     engine.step();
@@ -386,4 +409,63 @@ async fn the_registry_down_during_a_push_and_during_a_scheduled_pull() {
     assert_eq!(out.ok().unwrap().image.digest(), v2.digest());
     assert_eq!(version(), before, "the same digest is not deployed again");
     run(docker_cli(s).args(["service", "rm", &name, &pulled_name]));
+}
+
+/// sshd is killed (the listener, every connection and what they run, as
+/// when the host crashes) while a deploy tunnelled over SSH watches a
+/// two-replica service half-way through its update. The job fails clearly
+/// (nothing answered, naming the service and host); the deployer keeps no
+/// socket to the dead server and left no process behind; the daemon itself
+/// was not touched, so swarm finishes the update on its own; once sshd is
+/// back, the retry a minute later connects again, over one new connection,
+/// and confirms the new version without an operator.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn sshd_killed_during_a_deploy_tunnelled_over_ssh() {
+    let _one = FAULTS.lock().await;
+    let s = services();
+    let d = dir("fault-sshd");
+    // The test's own services (started for this process) are not the deployer's.
+    let services_running = sshd::children_other_than(&[]);
+    let (ctx, clock) = context(&d);
+    let mut server = sshd::Sshd::start(&d.join("sshd"));
+    let known = server.known_hosts("known_hosts", server.port);
+    let ssh_host = deployer_ssh::Host::new(&format!("{}@127.0.0.1:{}", server.user, server.port))
+        .unwrap()
+        .key_file(&server.client_key)
+        .known_hosts(&known);
+    let config = d.join("docker-config");
+    std::fs::create_dir_all(&config).unwrap();
+    let docker = Docker::new(&ctx).config_dir(&config);
+    let host = docker.ssh("tunnelled", ssh_host, &s.socket.to_string_lossy()).unwrap();
+    let name = unique("fault-sshd");
+    let w = web_on(&docker, &host, &d, &s.registry, &name, 2);
+    let engine = Engine::new(w.deployed.clone());
+    let v1 = settle(&engine, "v1 deployed over SSH", 180, |o| o.is_ok()).await.ok().unwrap().image;
+    assert_eq!(sshd::connections_to(server.port), ["01"], "one SSH connection carries every request");
+    w.source.set(BuildSource::Dir(busybox_context(&d.join("v2"), "v2", SERVE)));
+    let v2 = half_way(&engine, &name, &v1).await;
+    server.kill();
+    let out = settle(&engine, "the deploy's failure", 120, |o| o.err().is_some()).await;
+    let e = out.err().unwrap().clone();
+    assert_eq!(e.kind(), ErrorKind::Unavailable, "{e:?}");
+    assert!(e.message().contains(&name) && e.message().contains("tunnelled"), "names the service and host: {e:?}");
+    println!("the tunnelled deploy failed: {e}");
+    wait_until("no socket left to the dead sshd", 20, || sshd::connections_to(server.port).is_empty()).await;
+    // The daemon was not touched: swarm ends its update by itself.
+    let on = update_ended(&name, 2, &v1, &v2).await;
+    println!("with sshd dead, swarm left {name} on {on}");
+    // Back a minute later: the retry connects again and confirms v2.
+    server.restart();
+    clock.advance(RETRY_UNAVAILABLE);
+    engine.step();
+    settle(&engine, "v2 confirmed over a new connection", 180, |o| {
+        matches!(o, Output::Ok(d) if d.image.digest() == v2.digest())
+    })
+    .await;
+    assert_eq!(served_by(s, &name), "v2");
+    assert_eq!(sshd::connections_to(server.port), ["01"], "one new connection, none left from before");
+    let left: Vec<String> =
+        sshd::children_other_than(&["sshd"]).into_iter().filter(|p| !services_running.contains(p)).collect();
+    assert_eq!(left, Vec::<String>::new(), "the deployer left no process behind");
+    run(docker_cli(s).args(["service", "rm", &name]));
 }

@@ -396,3 +396,65 @@ async fn never_two_runs_at_once_for_one_key() {
     .await;
     assert_eq!(std::fs::read_to_string(&trace).unwrap(), "first-start\nfirst-end\nsecond\n");
 }
+
+/// Issue 20 §2: sshd is killed (the listener, every connection and the
+/// command they run, as when the host crashes) in the middle of a scheduled
+/// command. The run fails clearly, naming the host, and keeps no socket to
+/// the dead server; while sshd is down the retries fail as "nothing
+/// answered"; once it is back the next retry connects again, over one new
+/// connection, and succeeds. No process is left behind on the deployer's
+/// side (it runs SSH in-process).
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn sshd_killed_during_a_scheduled_command_fails_clearly_and_the_next_run_reconnects() {
+    let dir = work("killed");
+    let mut sshd = Sshd::start(&dir.join("sshd"));
+    let ctx = context(&dir);
+    let ssh = Ssh::new(&ctx);
+    let (runs, go) = (dir.join("runs"), dir.join("go"));
+    let line = format!(
+        "echo run >> {runs}; echo started; while [ ! -e {go} ]; do sleep 0.02; done; echo finished",
+        runs = runs.display(),
+        go = go.display()
+    );
+    // An hourly job whose failures are tried again after a second.
+    let schedule = Schedule::every(Duration::from_secs(3600)).retry_failures_after(Duration::from_secs(1));
+    let engine = Engine::new(ssh.run(&host(&sshd, sshd.port), "nightly", args(&line), schedule));
+    engine.step();
+    let id = running_job(&ctx).await;
+    wait_for("the command to start", || log(&ctx, &id).contains(": started\n").then_some(())).await;
+    assert_eq!(support::sshd::connections_to(sshd.port), ["01"], "one established connection");
+    sshd.kill();
+    let out = settle(&engine, "the run's failure", |o| o.err().is_some()).await;
+    let e = out.err().unwrap().clone();
+    assert!(e.message().contains("127.0.0.1"), "the error names the host: {e:?}");
+    assert_ne!(e.kind(), ErrorKind::Cancelled, "{e:?}");
+    assert!(e.message().contains("closed before"), "{e:?}");
+    wait_for("no socket left to the dead server", || {
+        support::sshd::connections_to(sshd.port).is_empty().then_some(())
+    })
+    .await;
+    // Down: the retries find nobody there.
+    let deadline = Instant::now() + Duration::from_secs(20);
+    let refused = loop {
+        let rows = ctx.store.history(Default::default()).await.unwrap().rows;
+        if let Some(row) = rows.into_iter().find(|r| !r.ok && r.unavailable) {
+            break row;
+        }
+        assert!(Instant::now() < deadline, "no retry while sshd was down within 20 s");
+        tokio::time::sleep(Duration::from_millis(20)).await;
+    };
+    assert!(refused.outcome.contains("cannot connect to"), "{}", refused.outcome);
+    assert_eq!(std::fs::read_to_string(&runs).unwrap(), "run\n", "nothing ran while sshd was down");
+    // Back: the next retry connects again and the command runs to its end.
+    std::fs::write(&go, "").unwrap();
+    sshd.restart();
+    settle(&engine, "the run after the restart", |o| matches!(o, Output::Ok(()))).await;
+    assert_eq!(std::fs::read_to_string(&runs).unwrap(), "run\nrun\n");
+    let history = ctx.store.history(Default::default()).await.unwrap();
+    let ok = history.rows.iter().find(|r| r.ok).expect("a successful run");
+    assert!(log(&ctx, &ok.job_id).contains(": finished\n"), "{}", log(&ctx, &ok.job_id));
+    assert_eq!(support::sshd::connections_to(sshd.port), ["01"], "one new connection, none left from before");
+    // The deployer runs SSH in-process: it started no process of its own.
+    let servers = ["sshd", "ssh-agent", "ssh-keygen", "ssh-add", "id"];
+    assert_eq!(support::sshd::children_other_than(&servers), Vec::<String>::new());
+}

@@ -93,16 +93,7 @@ impl Sshd {
             d = dir.display()
         );
         std::fs::write(dir.join("sshd_config"), config).unwrap();
-        let log = std::fs::File::create(dir.join("sshd.log")).unwrap();
-        let child = Command::new(sshd)
-            .args(["-D", "-e", "-f"])
-            .arg(dir.join("sshd_config"))
-            .stdin(Stdio::null())
-            .stdout(Stdio::null())
-            .stderr(log)
-            .spawn()
-            .expect("sshd starts");
-        wait_listening(port, "sshd");
+        let child = Sshd::spawn(dir, port);
         let user = run(Command::new("id").arg("-un")).trim().to_owned();
         Sshd {
             child,
@@ -114,6 +105,53 @@ impl Sshd {
             stranger_key: dir.join("stranger_key"),
             user,
         }
+    }
+
+    /// Starts sshd with the configuration in `dir`, logging to its
+    /// `sshd.log` (appended), and waits until it listens on `port`.
+    fn spawn(dir: &Path, port: u16) -> Child {
+        let log = std::fs::OpenOptions::new().create(true).append(true).open(dir.join("sshd.log")).unwrap();
+        let child = Command::new("/usr/sbin/sshd")
+            .args(["-D", "-e", "-f"])
+            .arg(dir.join("sshd_config"))
+            .stdin(Stdio::null())
+            .stdout(Stdio::null())
+            .stderr(log)
+            .spawn()
+            .expect("sshd starts");
+        wait_listening(port, "sshd");
+        child
+    }
+
+    /// Kills sshd as a crashed or rebooted host does: SIGKILL to the
+    /// listener and to every process under it (each connection's sshd and
+    /// the commands it runs), so every connection drops at once. Waits
+    /// until they are all gone and the port refuses connections.
+    pub fn kill(&mut self) {
+        let mut pids = descendants(self.child.id());
+        pids.push(self.child.id());
+        // One that exited meanwhile is not an error.
+        let _ = Command::new("kill").arg("-KILL").args(pids.iter().map(u32::to_string)).stderr(Stdio::null()).status();
+        let _ = self.child.wait();
+        let deadline = Instant::now() + Duration::from_secs(10);
+        while pids.iter().any(|p| alive(*p))
+            || std::net::TcpStream::connect(("127.0.0.1", self.port)).is_ok()
+        {
+            assert!(Instant::now() < deadline, "sshd's processes {pids:?} still there 10 s after SIGKILL");
+            std::thread::sleep(Duration::from_millis(10));
+        }
+    }
+
+    /// Starts sshd again after [`Sshd::kill`], on the same port with the
+    /// same keys.
+    pub fn restart(&mut self) {
+        self.child = Sshd::spawn(&self.dir, self.port);
+    }
+
+    /// The processes under sshd: one per connection and the commands they
+    /// run.
+    pub fn sessions(&self) -> Vec<u32> {
+        descendants(self.child.id())
     }
 
     /// A known_hosts file at `name` listing this server's key for `port`.
@@ -136,6 +174,74 @@ impl Drop for Sshd {
         let _ = self.child.kill();
         let _ = self.child.wait();
     }
+}
+
+/// Whether process `pid` exists and is not a zombie.
+pub fn alive(pid: u32) -> bool {
+    std::fs::read_to_string(format!("/proc/{pid}/stat"))
+        .is_ok_and(|stat| stat.rfind(')').is_some_and(|i| !stat[i + 1..].trim_start().starts_with('Z')))
+}
+
+/// The processes under `pid` (its children, theirs, …), from `/proc`.
+pub fn descendants(pid: u32) -> Vec<u32> {
+    let parents: Vec<(u32, u32)> = std::fs::read_dir("/proc")
+        .unwrap()
+        .flatten()
+        .filter_map(|entry| entry.file_name().to_str()?.parse::<u32>().ok())
+        .filter_map(|p| Some((p, parent(p)?)))
+        .collect();
+    let mut found = vec![pid];
+    let mut i = 0;
+    while i < found.len() {
+        let parent = found[i];
+        found.extend(parents.iter().filter(|(_, pp)| *pp == parent).map(|(p, _)| *p));
+        i += 1;
+    }
+    found.remove(0);
+    found
+}
+
+/// This process's children whose command name is not in `allowed`, as
+/// `pid name`: what the code under test started and left running.
+pub fn children_other_than(allowed: &[&str]) -> Vec<String> {
+    let me = std::process::id();
+    descendants(me)
+        .into_iter()
+        .filter(|pid| alive(*pid) && parent(*pid) == Some(me))
+        .filter_map(|pid| {
+            let comm = std::fs::read_to_string(format!("/proc/{pid}/comm")).ok()?.trim().to_owned();
+            (!allowed.contains(&comm.as_str())).then(|| format!("{pid} {comm}"))
+        })
+        .collect()
+}
+
+/// The parent of process `pid`.
+fn parent(pid: u32) -> Option<u32> {
+    let stat = std::fs::read_to_string(format!("/proc/{pid}/stat")).ok()?;
+    // `pid (comm) state ppid …`; comm may hold spaces and parentheses.
+    stat.rsplit_once(')')?.1.split_whitespace().nth(1)?.parse().ok()
+}
+
+/// This process's TCP connections to `127.0.0.1:port` that are not closed
+/// (their states, as `/proc/net/tcp` names them in hex: `01` established,
+/// `08` close-wait, …): a socket the deployer leaked stays in this list.
+pub fn connections_to(port: u16) -> Vec<String> {
+    let mine: std::collections::HashSet<String> = std::fs::read_dir("/proc/self/fd")
+        .unwrap()
+        .flatten()
+        .filter_map(|fd| std::fs::read_link(fd.path()).ok())
+        .filter_map(|l| l.to_str().and_then(|l| l.strip_prefix("socket:[")?.strip_suffix(']').map(str::to_owned)))
+        .collect();
+    let table = std::fs::read_to_string("/proc/net/tcp").unwrap();
+    let remote = format!("0100007F:{port:04X}");
+    table
+        .lines()
+        .skip(1)
+        .filter_map(|line| {
+            let f: Vec<&str> = line.split_whitespace().collect();
+            (f.len() > 9 && f[2] == remote && mine.contains(f[9])).then(|| f[3].to_owned())
+        })
+        .collect()
 }
 
 /// A TCP proxy to a port, counting the connections it carries; `cut`
