@@ -56,7 +56,8 @@ pub enum ErrorKind {
     TimedOut,
     /// Something the job needs outside did not answer (a daemon that is
     /// restarting, a registry that is down, a host that dropped the
-    /// connection): trying again later may succeed. A failure of this kind
+    /// connection), or the deployer's own state directory could not be
+    /// written (a full disk): trying again later may succeed. A failure of this kind
     /// is retried by itself ([`cache::RETRY_UNAVAILABLE`](crate::cache::RETRY_UNAVAILABLE)).
     Unavailable,
 }

@@ -458,9 +458,12 @@ async fn sshd_killed_during_a_deploy_tunnelled_over_ssh() {
     server.restart();
     clock.advance(RETRY_UNAVAILABLE);
     engine.step();
-    settle(&engine, "v2 confirmed over a new connection", 180, |o| {
-        matches!(o, Output::Ok(d) if d.image.digest() == v2.digest())
-    })
+    settle(
+        &engine,
+        "v2 confirmed over a new connection",
+        180,
+        |o| matches!(o, Output::Ok(d) if d.image.digest() == v2.digest()),
+    )
     .await;
     assert_eq!(served_by(s, &name), "v2");
     assert_eq!(sshd::connections_to(server.port), ["01"], "one new connection, none left from before");

@@ -429,10 +429,8 @@ async fn sshd_killed_during_a_scheduled_command_fails_clearly_and_the_next_run_r
     assert!(e.message().contains("127.0.0.1"), "the error names the host: {e:?}");
     assert_ne!(e.kind(), ErrorKind::Cancelled, "{e:?}");
     assert!(e.message().contains("closed before"), "{e:?}");
-    wait_for("no socket left to the dead server", || {
-        support::sshd::connections_to(sshd.port).is_empty().then_some(())
-    })
-    .await;
+    wait_for("no socket left to the dead server", || support::sshd::connections_to(sshd.port).is_empty().then_some(()))
+        .await;
     // Down: the retries find nobody there.
     let deadline = Instant::now() + Duration::from_secs(20);
     let refused = loop {

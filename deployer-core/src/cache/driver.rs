@@ -404,7 +404,9 @@ impl<O: Operation> Instance<O> {
         let job = match cache.ctx.jobs.create(cache.op.id(), &description) {
             Ok(job) => job,
             Err(e) => {
-                let result = Err(e.context("cannot create a job"));
+                // The state directory could not be written (a full disk,
+                // say): nothing ran, so it is tried again later by itself.
+                let result = Err(Error::new(ErrorKind::Unavailable, format!("cannot create a job: {}", e.message())));
                 st.current =
                     Some(Done { value_digest, result, finished: cache.ctx.clock().now_ms(), job_id: String::new() });
                 return;
@@ -619,10 +621,9 @@ impl<O: Operation> Instance<O> {
                     job_id: job.id(),
                     description: job.description(),
                 };
-                ctx.store
-                    .record_start(start)
-                    .await
-                    .map_err(|e| Error::msg(format!("cannot record the start of the job: {e}")))?;
+                ctx.store.record_start(start).await.map_err(|e| {
+                    Error::new(ErrorKind::Unavailable, format!("cannot record the start of the job: {e}"))
+                })?;
                 CatchUnwind(op.run(&job, &self.key, &value)).await
             };
             tokio::pin!(run);
@@ -685,11 +686,13 @@ impl<O: Operation> Instance<O> {
             running: job.info().started,
             finished: ctx.clock().now_ms(),
         };
-        let recorded = match ctx.store.record(record).await {
-            Ok(_) => true,
+        let unrecorded = match ctx.store.record(record).await {
+            Ok(_) => None,
             Err(e) => {
-                job.log(&format!("cannot record the outcome: {e}"));
-                false
+                let e = format!("cannot record the outcome of job {}: {e}", job.id());
+                tracing::error!("{e}");
+                job.log(&e);
+                Some(e)
             }
         };
         let mut st = self.lock();
@@ -712,9 +715,24 @@ impl<O: Operation> Instance<O> {
                     job_id: job.id().to_owned(),
                 });
             }
-            // Sticky, unless it was for a value no longer wanted, not
-            // recorded, or cancelled because no longer needed.
-            Err(e) if wanted && recorded && !obsolete => {
+            // A failure that could not be recorded is not the answer for
+            // its value (a restart would not know it): it shows, saying why,
+            // and is tried again later by itself, as when a service did not
+            // answer (the store's disk was full, say). Not at once: a
+            // store that refuses writes would make that a busy loop.
+            Err(e) if wanted && !obsolete && unrecorded.is_some() => {
+                let why = unrecorded.unwrap_or_default();
+                let message = format!("{}; and {why}", ctx.jobs.scrub(e.message()));
+                st.current = Some(Done {
+                    value_digest,
+                    result: Err(Error::new(ErrorKind::Unavailable, message)),
+                    finished: ctx.clock().now_ms(),
+                    job_id: job.id().to_owned(),
+                });
+            }
+            // Sticky, unless it was for a value no longer wanted or
+            // cancelled because no longer needed.
+            Err(e) if wanted && !obsolete => {
                 let e = e.with_message(ctx.jobs.scrub(e.message()));
                 st.current = Some(Done {
                     value_digest,

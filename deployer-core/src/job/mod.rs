@@ -196,17 +196,29 @@ impl Jobs {
     /// (shown on its page and in the history), and its empty log file.
     pub fn create(&self, op: &str, description: &str) -> Result<Job, Error> {
         let now = self.inner.clock.now();
-        let id =
-            format!("{}/{}-{}-{}", now.format("%Y-%m-%d"), now.format("%H%M%S"), sanitize_label(op), random_suffix());
-        let path = self.inner.dir.join(log_path(&id).map_err(|e| Error::msg(e.to_string()))?);
-        if let Some(parent) = path.parent() {
-            std::fs::create_dir_all(parent).map_err(|e| Error::msg(format!("creating {}: {e}", parent.display())))?;
-        }
-        std::fs::OpenOptions::new()
-            .create_new(true)
-            .append(true)
-            .open(&path)
-            .map_err(|e| Error::from(e).context(format!("creating log {}", path.display())))?;
+        // A new log file each time: a name already taken (by a job of the
+        // same second whose random part collides, or by one that failed
+        // before it could say so) gets another random part.
+        let mut attempts = 0;
+        let (id, path) = loop {
+            let id = format!(
+                "{}/{}-{}-{}",
+                now.format("%Y-%m-%d"),
+                now.format("%H%M%S"),
+                sanitize_label(op),
+                random_suffix()
+            );
+            let path = self.inner.dir.join(log_path(&id).map_err(|e| Error::msg(e.to_string()))?);
+            if let Some(parent) = path.parent() {
+                std::fs::create_dir_all(parent)
+                    .map_err(|e| Error::from(e).context(format!("creating {}", parent.display())))?;
+            }
+            match std::fs::OpenOptions::new().create_new(true).append(true).open(&path) {
+                Ok(_) => break (id, path),
+                Err(e) if e.kind() == std::io::ErrorKind::AlreadyExists && attempts < 8 => attempts += 1,
+                Err(e) => return Err(Error::from(e).context(format!("creating log {}", path.display()))),
+            }
+        };
         let (log_len, _) = watch::channel(0u64);
         let (status, _) = watch::channel(JobStatus::Ready);
         let (cancel, _) = watch::channel(None);

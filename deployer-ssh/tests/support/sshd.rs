@@ -134,9 +134,7 @@ impl Sshd {
         let _ = Command::new("kill").arg("-KILL").args(pids.iter().map(u32::to_string)).stderr(Stdio::null()).status();
         let _ = self.child.wait();
         let deadline = Instant::now() + Duration::from_secs(10);
-        while pids.iter().any(|p| alive(*p))
-            || std::net::TcpStream::connect(("127.0.0.1", self.port)).is_ok()
-        {
+        while pids.iter().any(|p| alive(*p)) || std::net::TcpStream::connect(("127.0.0.1", self.port)).is_ok() {
             assert!(Instant::now() < deadline, "sshd's processes {pids:?} still there 10 s after SIGKILL");
             std::thread::sleep(Duration::from_millis(10));
         }
