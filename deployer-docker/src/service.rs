@@ -91,7 +91,49 @@ fn spec_image(spec: &ServiceSpec) -> Option<&str> {
 /// Whether a spec's image is `image` (a spec may pin `tag@digest` for a
 /// digest the image names as `repo@digest`).
 fn same_image(spec: &ServiceSpec, image: &Image) -> bool {
-    spec_image(spec).is_some_and(|s| s == image.as_str() || s.ends_with(&format!("@{}", image.digest())))
+    spec_image(spec).is_some_and(|s| is_image(s, image))
+}
+
+/// Whether an image reference from the daemon (`repo:tag@sha256:…`,
+/// `repo@sha256:…`) is `image`.
+fn is_image(reference: &str, image: &Image) -> bool {
+    reference == image.as_str() || reference.ends_with(&format!("@{}", image.digest()))
+}
+
+/// Whether task `t` is of `image`.
+fn task_of(t: &Task, image: &Image) -> bool {
+    t.spec
+        .as_ref()
+        .and_then(|s| s.container_spec.as_ref())
+        .and_then(|c| c.image.as_deref())
+        .is_some_and(|i| is_image(i, image))
+}
+
+/// Whether swarm is already rolling `service` out on `image`: its update is
+/// in progress, or a task of `image` that should run is on its way (being
+/// scheduled, pulled or started). Forcing an update then would replace
+/// tasks swarm is starting for this very image: after a restart of the
+/// deployer in the middle of a deploy, that would update the service twice
+/// for one value.
+fn rolling_out(service: &Service, tasks: &[Task], image: &Image) -> bool {
+    let updating = service.update_status.as_ref().and_then(|u| u.state) == Some(UpdateState::UPDATING);
+    let on_its_way = tasks.iter().any(|t| {
+        task_of(t, image)
+            && matches!(
+                t.status.as_ref().and_then(|s| s.state),
+                Some(
+                    TaskState::NEW
+                        | TaskState::ALLOCATED
+                        | TaskState::PENDING
+                        | TaskState::ASSIGNED
+                        | TaskState::ACCEPTED
+                        | TaskState::PREPARING
+                        | TaskState::READY
+                        | TaskState::STARTING
+                )
+            )
+    });
+    updating || on_its_way
 }
 
 /// The tasks of `name` that should be running.
@@ -109,12 +151,7 @@ async fn task_failure(docker: &bollard::Docker, name: &str, image: &Image) -> Op
     let mut tasks = docker.list_tasks(Some(options)).await.ok()?;
     tasks.sort_by(|a, b| b.updated_at.cmp(&a.updated_at));
     tasks.into_iter().find_map(|t| {
-        let runs_image = t
-            .spec
-            .as_ref()
-            .and_then(|s| s.container_spec.as_ref())
-            .and_then(|c| c.image.as_deref())
-            .is_some_and(|i| i == image.as_str() || i.ends_with(&format!("@{}", image.digest())));
+        let runs_image = task_of(&t, image);
         let status = t.status.as_ref()?;
         let failed = matches!(status.state, Some(TaskState::FAILED | TaskState::REJECTED));
         (runs_image && failed).then(|| {
@@ -157,15 +194,7 @@ async fn converged_since(
     let tasks = running_tasks(docker, host, name).await?;
     let new: Vec<_> = tasks
         .iter()
-        .filter(|t| {
-            let on_image = t
-                .spec
-                .as_ref()
-                .and_then(|s| s.container_spec.as_ref())
-                .and_then(|c| c.image.as_deref())
-                .is_some_and(|i| i == image.as_str() || i.ends_with(&format!("@{}", image.digest())));
-            on_image && t.status.as_ref().and_then(|s| s.state) == Some(TaskState::RUNNING)
-        })
+        .filter(|t| task_of(t, image) && t.status.as_ref().and_then(|s| s.state) == Some(TaskState::RUNNING))
         .collect();
     let youngest = new
         .iter()
@@ -461,6 +490,22 @@ impl UpdateService {
             if running >= want {
                 job.log(&format!("{name} already runs {image} ({running}/{want} tasks)"));
                 return Ok(Deployed { name: name.clone(), image: image.clone(), at: crate::drift::now_ms() });
+            }
+            // The right image, its tasks on their way (a deploy cut by a
+            // restart of the deployer): watch swarm finish it.
+            if rolling_out(&service, &running_tasks(&docker, &host, name).await?, image) {
+                job.log(&format!(
+                    "{name} is already being rolled out on {image} ({running}/{want} tasks run): watching it"
+                ));
+                return match self.watch_update(&options, job, (&docker, &host), name, image, started).await? {
+                    Ok(()) => Ok(Deployed { name: name.clone(), image: image.clone(), at: crate::drift::now_ms() }),
+                    Err(why) => {
+                        job.log(&format!("{name} is not healthy on {image}: {why}"));
+                        // Back to swarm's previous spec, the one before this rollout.
+                        self.roll_back(&options, job, &docker, &host, name, &ServiceSpec::default()).await?;
+                        Err(Error::msg(format!("{name} was rolled back: {why}")))
+                    }
+                };
             }
             // The right image, not running: make the tasks again.
             job.log(&format!("{name} has {image} but {running}/{want} tasks run: forcing an update"));
